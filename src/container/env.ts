@@ -1,0 +1,138 @@
+// The command's environment, as Charliecloud builds it: the host's, then HOME, PATH (with /bin
+// when missing), no TMPDIR, the user's --set-env and --unset-env in command-line order, and
+// CH_RUNNING last.
+import { ChError } from "../sys/errors.ts";
+
+export interface Assignment {
+  name: string;
+  value: string;
+  /** Where it came from, for messages: "FILE:LINE" or the argument itself. */
+  origin: string;
+}
+
+export type EnvOp =
+  | { kind: "set"; vars: Assignment[] }
+  /** --set-env with no argument: the image's /ch/environment, read when planning. */
+  | { kind: "image-file"; path: string; nul: boolean }
+  | { kind: "unset"; glob: string };
+
+/** Parses one NAME=VALUE; strips one pair of single quotes around the value. */
+export function parseAssignment(text: string, origin: string): Assignment {
+  const eq = text.indexOf("=");
+  if (eq < 0) throw new ChError(`can't parse variable: no delimiter: ${origin}`);
+  const name = text.slice(0, eq);
+  if (!name) throw new ChError(`can't parse variable: empty name: ${origin}`);
+  let value = text.slice(eq + 1);
+  if (value.length >= 2 && value.startsWith("'") && value.endsWith("'")) value = value.slice(1, -1);
+  return { name, value, origin };
+}
+
+/** Parses a --set-env file: one assignment per line (or per NUL-terminated record with
+ * --set-env0); empty records are skipped; line numbers count from 1. */
+export function parseEnvFile(text: string, path: string, nul: boolean): Assignment[] {
+  const records = text.split(nul ? "\0" : "\n");
+  const out: Assignment[] = [];
+  records.forEach((r, i) => {
+    const rec = nul && r.endsWith("\n") ? r.slice(0, -1) : r;
+    if (rec === "") return;
+    out.push(parseAssignment(rec, `${path}:${i + 1}`));
+  });
+  return out;
+}
+
+/** Expands $NAME and ${NAME} items of a colon-separated value; an item naming an unset or
+ * empty variable is dropped with its separator. */
+export function expand(value: string, env: Map<string, string>): string {
+  const items = value.split(":");
+  const out: string[] = [];
+  for (const item of items) {
+    const m = /^\$(?:\{([^}]+)\}|(.+))$/.exec(item);
+    if (!m) {
+      out.push(item);
+      continue;
+    }
+    const v = env.get(m[1] ?? m[2]);
+    if (v) out.push(v);
+  }
+  return out.join(":");
+}
+
+/** fnmatch(3)-style glob on a variable name: * ? [...] [!...]. */
+export function globToRegExp(glob: string): RegExp {
+  let re = "";
+  for (let i = 0; i < glob.length; i++) {
+    const c = glob[i];
+    if (c === "*") re += ".*";
+    else if (c === "?") re += ".";
+    else if (c === "[") {
+      const end = glob.indexOf("]", i + 2);
+      if (end < 0) re += "\\[";
+      else {
+        let set = glob.slice(i + 1, end);
+        if (set.startsWith("!")) set = `^${set.slice(1)}`;
+        re += `[${set.replace(/\\/g, "\\\\")}]`;
+        i = end;
+      }
+    } else re += c.replace(/[.+^${}()|\\\]]/g, "\\$&");
+  }
+  return new RegExp(`^${re}$`, "s");
+}
+
+export interface EnvInput {
+  host: Record<string, string | undefined>;
+  home: string;
+  ops: EnvOp[];
+  expand: boolean;
+  /** Reads the image's environment file (container path); null if missing. */
+  readImageFile(path: string): string | null;
+}
+
+export interface EnvResult {
+  env: Map<string, string>;
+  warnings: string[];
+  /** Verbose lines: each change made. */
+  log: string[];
+}
+
+export function hasBin(path: string): boolean {
+  return path.split(":").some((d) => d === "/bin" || d === "/bin/");
+}
+
+export function buildEnv(input: EnvInput): EnvResult {
+  const env = new Map<string, string>();
+  for (const [k, v] of Object.entries(input.host)) if (v !== undefined) env.set(k, v);
+  const warnings: string[] = [];
+  const log: string[] = [];
+  env.set("HOME", input.home);
+  const path = env.get("PATH");
+  if (path === undefined) warnings.push("$PATH not set");
+  else if (!hasBin(path)) {
+    env.set("PATH", `${path}:/bin`);
+    log.push(`new $PATH: ${env.get("PATH")}`);
+  }
+  env.delete("TMPDIR");
+  const set = (vars: Assignment[]) => {
+    for (const a of vars) {
+      const value = input.expand ? expand(a.value, env) : a.value;
+      env.set(a.name, value);
+      log.push(`environment: ${a.name}=${value}`);
+    }
+  };
+  for (const op of input.ops) {
+    if (op.kind === "set") set(op.vars);
+    else if (op.kind === "image-file") {
+      const text = input.readImageFile(op.path);
+      if (text === null) throw new ChError(`can't open: ${op.path}`, { errno: 2 });
+      set(parseEnvFile(text, op.path, op.nul));
+    } else {
+      const re = globToRegExp(op.glob);
+      for (const k of [...env.keys()])
+        if (re.test(k)) {
+          env.delete(k);
+          log.push(`environment: unset ${k}`);
+        }
+    }
+  }
+  env.set("CH_RUNNING", "Weird Al Yankovic");
+  return { env, warnings, log };
+}

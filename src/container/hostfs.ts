@@ -1,0 +1,81 @@
+// What the planner may look at on the host: a read-only view of the file system. The real one
+// uses node:fs; tests use MemFs, a tree in memory.
+import { lstatSync, readFileSync, readlinkSync } from "node:fs";
+
+export type FileType = "file" | "dir" | "link" | "other";
+
+export interface Stat {
+  type: FileType;
+  uid: number;
+  mode: number;
+}
+
+export interface HostFs {
+  lstat(path: string): Stat | null;
+  readlink(path: string): string;
+  /** The file's text, or null if it can't be read; errno set in `lastErrno`. */
+  readFile(path: string): string | null;
+}
+
+function typeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }): FileType {
+  if (st.isSymbolicLink()) return "link";
+  if (st.isDirectory()) return "dir";
+  if (st.isFile()) return "file";
+  return "other";
+}
+
+export const realFs: HostFs = {
+  lstat(path) {
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    return st ? { type: typeOf(st), uid: st.uid, mode: st.mode } : null;
+  },
+  readlink(path) {
+    return readlinkSync(path);
+  },
+  readFile(path) {
+    try {
+      return readFileSync(path, "utf8");
+    } catch {
+      return null;
+    }
+  },
+};
+
+export type MemNode = string | { dir: true } | { link: string } | { other: true };
+
+/** A file system in memory: absolute paths to file contents, directories, links. Parent
+ * directories of every entry exist implicitly. */
+export class MemFs implements HostFs {
+  private readonly nodes = new Map<string, MemNode>();
+
+  constructor(tree: Record<string, MemNode>) {
+    for (const [path, node] of Object.entries(tree)) {
+      this.nodes.set(path, node);
+      let p = path;
+      while (p !== "/") {
+        p = p.slice(0, p.lastIndexOf("/")) || "/";
+        if (!this.nodes.has(p)) this.nodes.set(p, { dir: true });
+      }
+    }
+  }
+
+  lstat(path: string): Stat | null {
+    const n = this.nodes.get(path);
+    if (n === undefined) return null;
+    if (typeof n === "string") return { type: "file", uid: 1000, mode: 0o100644 };
+    if ("link" in n) return { type: "link", uid: 1000, mode: 0o120777 };
+    if ("other" in n) return { type: "other", uid: 1000, mode: 0o020666 };
+    return { type: "dir", uid: 1000, mode: 0o40755 };
+  }
+
+  readlink(path: string): string {
+    const n = this.nodes.get(path);
+    if (n && typeof n === "object" && "link" in n) return n.link;
+    throw Object.assign(new Error(`EINVAL: ${path}`), { errno: -22 });
+  }
+
+  readFile(path: string): string | null {
+    const n = this.nodes.get(path);
+    return typeof n === "string" ? n : null;
+  }
+}

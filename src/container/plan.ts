@@ -1,0 +1,262 @@
+// Plan, then execute: a pure function from the options and the host's facts to the list of
+// operations that make the container. Nothing here touches the system; execute.ts runs a plan.
+import { posix } from "node:path";
+import { ChError, EXIT_EXEC } from "../sys/errors.ts";
+import type { Group, Passwd } from "../sys/libc.ts";
+import { ContainerView, type Mounted } from "./binds.ts";
+import { buildEnv, type EnvOp } from "./env.ts";
+import type { HostFs } from "./hostfs.ts";
+import { groupFile, passwdFile } from "./passwd.ts";
+
+export interface Bind {
+  src: string;
+  dst: string;
+}
+
+export interface RunOptions {
+  argv: string[];
+  binds: Bind[];
+  cd: string | null;
+  uid: number | null;
+  gid: number | null;
+  home: boolean;
+  noPasswd: boolean;
+  privateTmp: boolean;
+  write: boolean;
+  /** -W: tmpfs size for the overlay, or null. */
+  writeFake: string | null;
+  env: EnvOp[];
+  envNoExpand: boolean;
+  verbosity: number;
+}
+
+export interface HostFacts {
+  euid: number;
+  egid: number;
+  /** $USER, or the invoking user's name. */
+  user: string;
+  env: Record<string, string | undefined>;
+  /** Host working directory, to make relative bind sources absolute. */
+  cwd: string;
+  /** The image directory (real path) and its file system's mount flags (MS_NOSUID etc.). */
+  image: { root: string; mountFlags: number; readOnly: boolean };
+  passwd(uid: number): Passwd | null;
+  group(gid: number): Group | null;
+  fs: HostFs;
+}
+
+export type Op =
+  | { op: "private" }
+  | { op: "bind"; src: string; dst: string; what: string }
+  | { op: "tmpfs"; dst: string; options: string; what: string }
+  | { op: "overlay"; lower: string; upper: string; work: string; dst: string }
+  | { op: "mkdir"; path: string; what: string }
+  | { op: "file"; path: string; content: string; what: string }
+  | { op: "umount"; path: string }
+  | { op: "remount-ro"; path: string; flags: number }
+  | { op: "pivot"; root: string }
+  | { op: "userns"; uid: number; gid: number }
+  | { op: "chdir"; path: string }
+  | { op: "exec"; candidates: string[]; argv: string[]; env: string[] };
+
+export interface Plan {
+  ops: Op[];
+  warnings: string[];
+  /** Lines for -v. */
+  log: string[];
+}
+
+/** Host files bound into the container when both sides have them. */
+export const OPTIONAL_FILES = [
+  "/etc/hosts",
+  "/etc/machine-id",
+  "/etc/resolv.conf",
+  "/var/lib/hugetlbfs",
+  "/etc/opt/cray/wlm_detect",
+  "/opt/cray/wlm_detect",
+  "/opt/cray/alps",
+  "/opt/cray/udreg",
+  "/opt/cray/ugni",
+  "/opt/cray/xpmem",
+  "/var/opt/cray/alps",
+  "/var/spool/slurmd",
+];
+
+export const DEFAULT_WRITE_FAKE_SIZE = "12%";
+
+// statvfs f_flag bits and the mount(2) flags a read-only bind remount must keep.
+const KEEP_FLAGS: [number, number][] = [
+  [2, 0x2], // ST_NOSUID -> MS_NOSUID
+  [4, 0x4], // ST_NODEV -> MS_NODEV
+  [8, 0x8], // ST_NOEXEC -> MS_NOEXEC
+  [1024, 0x400], // ST_NOATIME -> MS_NOATIME
+  [2048, 0x800], // ST_NODIRATIME -> MS_NODIRATIME
+  [4096, 0x200000], // ST_RELATIME -> MS_RELATIME
+];
+
+export function lockedMountFlags(statvfsFlags: number): number {
+  let f = 0;
+  for (const [st, ms] of KEEP_FLAGS) if (statvfsFlags & st) f |= ms;
+  return f;
+}
+
+/** execvp(3)'s candidates for a command name under a PATH. */
+export function execCandidates(cmd: string, path: string | undefined): string[] {
+  if (cmd.includes("/")) return [cmd];
+  const dirs = (path ?? "/bin:/usr/bin").split(":");
+  return dirs.map((d) => (d === "" ? cmd : posix.join(d, cmd)));
+}
+
+export function plan(o: RunOptions, h: HostFacts): Plan {
+  const ops: Op[] = [];
+  const warnings: string[] = [];
+  const log: string[] = [];
+  const uid = o.uid ?? h.euid;
+  const gid = o.gid ?? h.egid;
+  const img = h.image.root;
+  const view = new ContainerView(img, h.fs);
+  let newroot = img;
+  const at = (p: string) => posix.join(newroot, p);
+  const mounted = (m: Mounted) => view.mounts.push(m);
+
+  log.push(`image: ${img}`, `container uid: ${uid}`, `container gid: ${gid}`);
+  const need = (p: string, type: "dir" | "file") => {
+    const r = view.resolve(p);
+    if (r.type === null)
+      throw new ChError(`can't bind ${p}: not found in image ${img} (is it a complete image? ch-convert fixes up images)`, {
+        errno: 2,
+      });
+    if (type === "dir" && r.type !== "dir")
+      throw new ChError(`can't bind ${p}: not a directory in image: ${r.path}`, { errno: 20 });
+    return r.path;
+  };
+
+  // Our own mount namespace, and the image as a mount of its own (pivot_root(2) needs one).
+  ops.push({ op: "private" });
+  ops.push({ op: "bind", src: img, dst: img, what: `can't bind image to itself: ${img}` });
+
+  // A small private tmpfs, mounted where the host's /dev will go, holds the overlay's upper
+  // layer for -W and the synthesized passwd and group files; nothing is written on the host.
+  const stage = posix.join(img, need("/dev", "dir"));
+  const staging = !o.noPasswd || o.writeFake !== null;
+  if (staging) {
+    const size = o.writeFake ?? "1m";
+    ops.push({ op: "tmpfs", dst: stage, options: `size=${size},mode=0700`, what: `can't mount tmpfs at ${stage}` });
+  }
+  if (o.writeFake !== null) {
+    const [upper, work, merged] = ["upper", "work", "merged"].map((d) => posix.join(stage, d));
+    for (const d of [upper, work, merged]) ops.push({ op: "mkdir", path: d, what: `can't mkdir ${d}` });
+    ops.push({ op: "overlay", lower: img, upper, work, dst: merged });
+    newroot = merged;
+    log.push(`overlaying tmpfs for --write-fake (${o.writeFake})`, `newroot updated: ${newroot}`);
+  }
+  const writable = o.write || o.writeFake !== null;
+
+  // HOME, then the ID files that use it.
+  const homeDir = o.home ? `/home/${h.user}` : view.resolve("/root").type === "dir" ? "/root" : "/";
+  if (!o.noPasswd) {
+    const ids = { uid, gid, home: homeDir, user: h.passwd(uid), group: h.group(gid) };
+    if (!ids.user) log.push(`UID ${uid} not found; using dummy info`);
+    if (!ids.group) log.push(`GID ${gid} not found; using dummy info`);
+    for (const [name, content] of [
+      ["passwd", passwdFile(ids)],
+      ["group", groupFile(ids)],
+    ]) {
+      const dst = need(`/etc/${name}`, "file");
+      const tmp = posix.join(stage, name);
+      ops.push({ op: "file", path: tmp, content, what: `can't write ${tmp}` });
+      ops.push({ op: "bind", src: tmp, dst: at(dst), what: `can't bind ${name} file to ${dst}` });
+      mounted({ dst, src: null });
+    }
+  }
+  if (staging && o.writeFake === null) ops.push({ op: "umount", path: stage });
+
+  // Host directories and files.
+  const bindHost = (src: string, dst: string) => {
+    ops.push({ op: "bind", src, dst: at(dst), what: `can't bind ${src} to ${dst}` });
+    mounted({ dst, src });
+  };
+  for (const d of ["/dev", "/proc", "/sys"]) bindHost(d, need(d, "dir"));
+  for (const f of OPTIONAL_FILES) {
+    const hs = h.fs.lstat(f);
+    if (!hs || hs.type === "link" || hs.type === "other") continue;
+    const r = view.resolve(f);
+    if (r.type !== hs.type) continue;
+    bindHost(f, r.path);
+  }
+  const tmp = need("/tmp", "dir");
+  if (o.privateTmp) {
+    ops.push({ op: "tmpfs", dst: at(tmp), options: "mode=1777", what: `can't mount tmpfs at ${tmp}` });
+    mounted({ dst: tmp, src: null });
+  } else bindHost("/tmp", tmp);
+
+  if (o.home) {
+    const hostHome = h.env.HOME;
+    if (!hostHome) throw new ChError("--home failed: $HOME not set");
+    const r = view.resolve(homeDir);
+    if (r.type === "dir") bindHost(hostHome, r.path);
+    else {
+      const home = need("/home", "dir");
+      ops.push({ op: "tmpfs", dst: at(home), options: "size=4m,mode=0755", what: `can't mount tmpfs at ${home}` });
+      mounted({ dst: home, src: null });
+      const d = posix.join(home, h.user);
+      ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
+      view.created.add(d);
+      bindHost(hostHome, d);
+    }
+  }
+
+  // The user's binds, in order.
+  for (const b of o.binds) {
+    const src = posix.resolve(h.cwd, b.src);
+    const hs = h.fs.lstat(src);
+    if (!hs) throw new ChError(`can't bind: source not found: ${b.src}`, { errno: 2 });
+    const r = view.resolve(b.dst);
+    if (r.type === null) {
+      if (!writable)
+        throw new ChError(
+          `can't bind ${b.src} to ${b.dst}: destination not found in image, which is read-only (use an existing directory such as /mnt/0, or -w or -W)`,
+          { errno: 2 },
+        );
+      if (r.under) throw new ChError(`can't mkdir ${r.missing}: under existing bind-mount ${r.under.dst}`, { errno: 1 });
+      // mkdir -p the missing part, inside the image only.
+      const parts = posix.relative(posix.dirname(r.missing as string), r.path).split("/");
+      let p = posix.dirname(r.missing as string);
+      for (const part of parts) {
+        p = posix.join(p, part);
+        view.created.add(p);
+        ops.push({ op: "mkdir", path: at(p), what: `can't mkdir ${p}` });
+      }
+    }
+    bindHost(src, r.path);
+  }
+
+  // The image read-only, keeping the flags it is mounted with (a user namespace may not
+  // clear nosuid, nodev, noexec or atime flags: Charliecloud's "is it on NFS?" failure).
+  if (!writable && !h.image.readOnly) ops.push({ op: "remount-ro", path: newroot, flags: lockedMountFlags(h.image.mountFlags) });
+
+  ops.push({ op: "pivot", root: newroot });
+  ops.push({ op: "userns", uid, gid });
+
+  // Environment, working directory, command.
+  const env = buildEnv({
+    host: h.env,
+    home: homeDir,
+    ops: o.env,
+    expand: !o.envNoExpand,
+    readImageFile: (p) => {
+      const r = view.resolve(p);
+      return r.host && r.type === "file" ? h.fs.readFile(r.host) : null;
+    },
+  });
+  warnings.push(...env.warnings);
+  log.push(...env.log);
+  ops.push({ op: "chdir", path: o.cd === null ? "/" : posix.resolve("/", o.cd) });
+  const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
+  const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
+  ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
+  log.push(`executing: ${o.argv.join(" ")}`);
+  return { ops, warnings, log };
+}
+
+export { EXIT_EXEC };

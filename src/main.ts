@@ -1,0 +1,77 @@
+// One executable, many programs: argv[0] (through a symlink) picks the program, and
+// `charliecloud PROGRAM ...` works too.
+import { basename } from "node:path";
+import { ChError, describe, EXIT_ERR, setProgram } from "./sys/errors.ts";
+import { loadLibc } from "./sys/libc.ts";
+import { VERSION } from "./version.ts";
+
+type Main = (argv: string[]) => number | Promise<number>;
+
+/** Programs, loaded only when called so that ch-run's start-up stays small. */
+const PROGRAMS: Record<string, () => Promise<{ main: Main }>> = {
+  "ch-run": () => import("./programs/ch-run.ts"),
+  "ch-image": () => import("./programs/ch-image.ts"),
+  "ch-convert": () => import("./programs/ch-convert.ts"),
+  "ch-tar2dir": () => import("./programs/ch-tar2dir.ts"),
+  "ch-fromhost": () => import("./programs/ch-fromhost.ts"),
+  "ch-checkns": () => import("./programs/ch-checkns.ts"),
+};
+
+/** Exit status of a program's own failures: ch-run's is distinct from any command's. */
+function errorExit(program: string): number {
+  return program === "ch-run" ? EXIT_ERR : 1;
+}
+
+function usage(): string {
+  return `Usage: charliecloud PROGRAM [ARG...]\n\nCharliecloud ${VERSION}: unprivileged containers for HPC.\n\nPrograms:\n${Object.keys(
+    PROGRAMS,
+  )
+    .map((p) => `  ${p}`)
+    .join("\n")}\n\nEach program is also this executable called by that name (a symlink).\n`;
+}
+
+async function run(): Promise<number> {
+  let name = basename(process.argv0 || process.argv[1] || "charliecloud");
+  let args = process.argv.slice(2);
+  if (!(name in PROGRAMS)) {
+    // Called as charliecloud (or node bundle.cjs): the program is the first argument.
+    const first = process.argv[1] && !process.argv[1].startsWith("-") && !(process.argv[1] in PROGRAMS) ? 2 : 1;
+    const [prog, ...rest] = process.argv.slice(first);
+    if (prog === "--version" || prog === "-V") {
+      process.stdout.write(`charliecloud ${VERSION}\n`);
+      return 0;
+    }
+    if (!prog || prog === "--help" || prog === "-h") {
+      process.stdout.write(usage());
+      return prog ? 0 : 1;
+    }
+    if (!(prog in PROGRAMS)) {
+      process.stderr.write(`charliecloud: unknown program: ${prog}\n${usage()}`);
+      return 1;
+    }
+    name = prog;
+    args = rest;
+  }
+  setProgram(name);
+  try {
+    const mod = await PROGRAMS[name]();
+    return await mod.main(args);
+  } catch (e) {
+    if (e instanceof ChError) {
+      await loadLibc().catch(() => {}); // for strerror(3)
+      process.stderr.write(`${describe(e)}\n`);
+      return e.exit ?? errorExit(name);
+    }
+    throw e;
+  }
+}
+
+run().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`${basename(process.argv0)}[${process.pid}]: internal error: ${(e as Error)?.stack ?? e}\n`);
+    process.exitCode = 70;
+  },
+);

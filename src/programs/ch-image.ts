@@ -1,0 +1,6 @@
+// ch-image: not built yet.
+import { notBuilt } from "../cli/notbuilt.ts";
+
+export function main(argv: string[]): number {
+  return notBuilt("ch-image", argv);
+}

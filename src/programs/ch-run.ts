@@ -1,0 +1,258 @@
+// ch-run: run a command in a container.
+import { closeSync, openSync, readFileSync, readSync, realpathSync, statSync } from "node:fs";
+import { posix } from "node:path";
+import { helpText, type OptSpec, parseArgs, parseId } from "../cli/getopt.ts";
+import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
+import { describeOp, execute } from "../container/execute.ts";
+import { realFs } from "../container/hostfs.ts";
+import { type Bind, DEFAULT_WRITE_FAKE_SIZE, type HostFacts, plan, type RunOptions } from "../container/plan.ts";
+import { imagePath, storageDir } from "../image/storage.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
+import { launch, NODE_IGNORED } from "../sys/launch.ts";
+import { libc, loadLibc } from "../sys/libc.ts";
+import { VERSION } from "../version.ts";
+
+const SPECS: OptSpec[] = [
+  { name: "bind", short: "b", arg: "required", argName: "SRC[:DST]", help: "mount SRC at guest DST (default: same as SRC)" },
+  { name: "cd", short: "c", arg: "required", argName: "DIR", help: "initial working directory in container" },
+  { name: "env-no-expand", arg: "none", help: "don't expand $ in --set-env input" },
+  { name: "feature", arg: "required", argName: "FEAT", help: "exit successfully if FEAT is supported" },
+  { name: "gid", short: "g", arg: "required", argName: "GID", help: "run as GID within container" },
+  { name: "home", arg: "none", help: "mount host $HOME at guest /home/$USER" },
+  { name: "mount", short: "m", arg: "required", argName: "DIR", help: "SquashFS mount point" },
+  { name: "no-passwd", arg: "none", help: "don't bind-mount /etc/{passwd,group}" },
+  { name: "private-tmp", short: "t", arg: "none", help: "use container-private /tmp" },
+  { name: "quiet", short: "q", arg: "none", help: "print less output (can be repeated)" },
+  { name: "set-env", arg: "optional", argName: "ARG", help: "set env. variables per ARG (newline-delimited)" },
+  { name: "set-env0", arg: "optional", argName: "ARG", help: "set env. variables per ARG (null-delimited)" },
+  { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set image storage directory to DIR" },
+  { name: "uid", short: "u", arg: "required", argName: "UID", help: "run as UID within container" },
+  { name: "unsafe", arg: "none", help: "do unsafe things (internal use only)" },
+  { name: "unset-env", arg: "required", argName: "GLOB", help: "unset environment variable(s)" },
+  { name: "verbose", short: "v", arg: "none", help: "be more verbose (can be repeated)" },
+  { name: "write", short: "w", arg: "none", help: "mount image read-write (avoid)" },
+  { name: "write-fake", short: "W", arg: "optional", argName: "SIZE", help: "overlay read-write tmpfs on top of image" },
+  { name: "help", arg: "none", help: "give this help list" },
+  { name: "version", short: "V", arg: "none", help: "print version and exit" },
+];
+
+const FEATURES: Record<string, boolean> = {
+  extglob: false,
+  overlayfs: true,
+  seccomp: false,
+  squash: false,
+  "tmpfs-xattrs": true,
+};
+
+interface Parsed {
+  opts: RunOptions;
+  image: string;
+  storage: string | null;
+  unsafe: boolean;
+}
+
+function parseBind(spec: string): Bind {
+  const i = spec.indexOf(":");
+  const src = i < 0 ? spec : spec.slice(0, i);
+  const dst = i < 0 ? spec : spec.slice(i + 1);
+  if (!src) throw new ChError(`--bind: no source provided: ${spec}`);
+  if (!dst) throw new ChError(`--bind: no destination provided: ${spec}`);
+  if (!dst.startsWith("/")) throw new ChError(`--bind: destination must be absolute: ${dst}`);
+  if (posix.normalize(dst) === "/") throw new ChError(`--bind: destination can't be /: ${spec}`);
+  return { src, dst: posix.normalize(dst) };
+}
+
+function readEnvFile(path: string, nul: boolean): Assignment[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw sysError(`can't open: ${path}`, e);
+  }
+  return parseEnvFile(text, path, nul);
+}
+
+function parse(argv: string[]): Parsed | number {
+  const p = parseArgs(argv, SPECS, 1);
+  const o: RunOptions = {
+    argv: [],
+    binds: [],
+    cd: null,
+    uid: null,
+    gid: null,
+    home: false,
+    noPasswd: false,
+    privateTmp: false,
+    write: false,
+    writeFake: null,
+    env: [],
+    envNoExpand: false,
+    verbosity: 0,
+  };
+  let storage: string | null = null;
+  let unsafe = false;
+  let quiet = 0;
+  for (const { name, value } of p.opts) {
+    const v = value ?? "";
+    switch (name) {
+      case "help":
+        process.stdout.write(
+          helpText(
+            "ch-run [OPTION...] IMAGE -- COMMAND [ARG...]",
+            "Run a command in a Charliecloud container.",
+            SPECS,
+            "Example:\n\n  $ ch-run /data/foo -- echo hello\n  hello\n\nYou cannot use this program to actually change your UID.",
+          ),
+        );
+        return 0;
+      case "version":
+        process.stdout.write(`ch-run (Charliecloud) ${VERSION}\n`);
+        return 0;
+      case "feature":
+        if (!(v in FEATURES)) throw new ChError(`unknown feature: ${v}`);
+        return FEATURES[v] ? 0 : 1;
+      case "bind":
+        o.binds.push(parseBind(v));
+        break;
+      case "cd":
+        o.cd = v;
+        break;
+      case "env-no-expand":
+        o.envNoExpand = true;
+        break;
+      case "gid":
+        o.gid = parseId("gid", v);
+        break;
+      case "uid":
+        o.uid = parseId("uid", v);
+        break;
+      case "home":
+        o.home = true;
+        break;
+      case "mount":
+        if (!v) throw new ChError("--mount: mount point can't be empty string");
+        break;
+      case "no-passwd":
+        o.noPasswd = true;
+        break;
+      case "private-tmp":
+        o.privateTmp = true;
+        break;
+      case "quiet":
+        quiet++;
+        break;
+      case "verbose":
+        o.verbosity++;
+        break;
+      case "set-env":
+      case "set-env0": {
+        const nul = name === "set-env0";
+        let op: EnvOp;
+        if (value === null) op = { kind: "image-file", path: "/ch/environment", nul };
+        else if (v.includes("=")) op = { kind: "set", vars: [parseAssignment(v, v)] };
+        else op = { kind: "set", vars: readEnvFile(v, nul) };
+        o.env.push(op);
+        break;
+      }
+      case "unset-env":
+        if (!v) throw new ChError("--unset-env: GLOB must have non-zero length");
+        o.env.push({ kind: "unset", glob: v });
+        break;
+      case "storage":
+        storage = v;
+        break;
+      case "unsafe":
+        unsafe = true;
+        break;
+      case "write":
+        o.write = true;
+        break;
+      case "write-fake":
+        o.writeFake = value ?? DEFAULT_WRITE_FAKE_SIZE;
+        break;
+    }
+  }
+  if (quiet && o.verbosity) throw new ChError("--quiet incompatible with --verbose");
+  if (quiet > 3) throw new ChError("--quiet can be specified at most thrice");
+  if (o.verbosity > 3) throw new ChError("--verbose can be specified at most thrice");
+  if (quiet) o.verbosity = -quiet;
+  if (p.positionals.length < 1)
+    throw new ChError("IMAGE and COMMAND not specified (usage: ch-run [OPTION...] IMAGE -- COMMAND [ARG...])");
+  if (p.positionals.length < 2) throw new ChError(`no COMMAND specified after IMAGE ${p.positionals[0]} (missing "-- COMMAND"?)`);
+  const [image, ...cmd] = p.positionals;
+  o.argv = cmd;
+  if (o.write && o.writeFake !== null) throw new ChError("--write and --write-fake are mutually exclusive");
+  return { opts: o, image, storage, unsafe };
+}
+
+/** Finds the image: a name in storage first, then a path. */
+function findImage(image: string, storage: string, write: boolean, unsafe: boolean): string {
+  const byName = imagePath(storage, image);
+  if (statSync(byName, { throwIfNoEntry: false })?.isDirectory()) {
+    if (write && !unsafe) throw new ChError(`--write invalid when running by name: ${image}`);
+    return realpathSync(byName);
+  }
+  const st = statSync(image, { throwIfNoEntry: false });
+  if (!st) throw new ChError(`can't find image: ${image}`, { errno: 2 });
+  if (st.isDirectory()) {
+    const root = realpathSync(image);
+    const img = `${storage}/img/`;
+    if (!unsafe && `${root}/`.startsWith(img)) throw new ChError("can't run directory images from storage (hint: run by name)");
+    return root;
+  }
+  const magic = Buffer.alloc(4);
+  try {
+    const fd = openSync(image, "r");
+    readSync(fd, magic, 0, 4, 0);
+    closeSync(fd);
+  } catch (e) {
+    throw sysError(`can't read image: ${image}`, e);
+  }
+  if (magic.toString("latin1") === "hsqs")
+    throw new ChError(`SquashFS images are not supported yet: ${image}; unpack it with: ch-convert ${image} DIR`);
+  throw new ChError(`unknown image type: ${image}`);
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const parsed = parse(argv);
+  if (typeof parsed === "number") return parsed;
+  await loadLibc();
+  const { opts, image, unsafe } = parsed;
+  const euid = process.geteuid?.() ?? 0;
+  const egid = process.getegid?.() ?? 0;
+  const c = libc();
+  const user = process.env.USER || c.getpwuid(euid)?.name;
+  if (!user) throw new ChError("$USER not set and UID not found");
+  const storage = storageDir(parsed.storage, process.env, user);
+  const root = findImage(image, storage, opts.write, unsafe);
+  const flags = c.mountFlags(root);
+  const facts: HostFacts = {
+    euid,
+    egid,
+    user,
+    env: process.env,
+    cwd: process.cwd(),
+    image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
+    passwd: (uid) => c.getpwuid(uid),
+    group: (gid) => c.getgrgid(gid),
+    fs: realFs,
+  };
+  const p = plan(opts, facts);
+  if (opts.verbosity >= 0) for (const w of p.warnings) warn(w);
+  if (opts.verbosity >= 1) {
+    const say = (s: string) => process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);
+    for (const l of p.log) say(l);
+    for (const op of p.ops) say(describeOp(op));
+  }
+  const last = p.ops[p.ops.length - 1];
+  const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
+  launch({
+    euid,
+    egid,
+    build(b) {
+      execute(p.ops.slice(0, -1), b);
+      b.beforeExec(NODE_IGNORED, [0, 1, 2], nullFds);
+      execute([last], b);
+    },
+  });
+}

@@ -1,0 +1,73 @@
+// System call numbers for the architectures the launcher is built for.
+
+export type Arch = "x64" | "arm64";
+
+export interface SyscallNumbers {
+  read: number;
+  write: number;
+  openat: number;
+  close: number;
+  fcntl: number;
+  dup3: number;
+  mkdirat: number;
+  chdir: number;
+  mount: number;
+  umount2: number;
+  pivot_root: number;
+  unshare: number;
+  setns: number;
+  execve: number;
+  prctl: number;
+  rt_sigaction: number;
+  rt_sigprocmask: number;
+  exit_group: number;
+}
+
+export const SYSCALLS: Record<Arch, SyscallNumbers> = {
+  x64: {
+    read: 0,
+    write: 1,
+    openat: 257,
+    close: 3,
+    fcntl: 72,
+    dup3: 292,
+    mkdirat: 258,
+    chdir: 80,
+    mount: 165,
+    umount2: 166,
+    pivot_root: 155,
+    unshare: 272,
+    setns: 308,
+    execve: 59,
+    prctl: 157,
+    rt_sigaction: 13,
+    rt_sigprocmask: 14,
+    exit_group: 231,
+  },
+  arm64: {
+    read: 63,
+    write: 64,
+    openat: 56,
+    close: 57,
+    fcntl: 25,
+    dup3: 24,
+    mkdirat: 34,
+    chdir: 49,
+    mount: 40,
+    umount2: 39,
+    pivot_root: 41,
+    unshare: 97,
+    setns: 268,
+    execve: 221,
+    prctl: 167,
+    rt_sigaction: 134,
+    rt_sigprocmask: 135,
+    exit_group: 94,
+  },
+};
+
+export function hostArch(): Arch {
+  if (process.arch === "x64") return "x64";
+  if (process.arch === "arm64") return "arm64";
+  throw new Error(`unsupported architecture: ${process.arch}`);
+}

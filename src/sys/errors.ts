@@ -1,0 +1,63 @@
+// The one error type of the project, and Charliecloud's message format:
+//   PROG[PID]: message: strerror (file.ts:LINE ERRNO)
+
+import { sourceLocation } from "./sourcemap.ts";
+import { errnoName, strerror } from "./strerror.ts";
+
+/** Exit status of ch-run's own failures, distinct from the command's. */
+export const EXIT_ERR = 31;
+/** Exit status when the command could not be executed. */
+export const EXIT_EXEC = 49;
+
+let program = "charliecloud";
+
+export function setProgram(name: string): void {
+  program = name;
+}
+
+export function programName(): string {
+  return program;
+}
+
+export interface ChErrorOptions {
+  /** errno of the failure; 0 when none applies. */
+  errno?: number;
+  /** Exit status; defaults to EXIT_ERR for ch-run, 1 elsewhere (see exitCode()). */
+  exit?: number;
+  /** An Error captured where the failing step was planned; its first frame is the location. */
+  at?: Error;
+}
+
+export class ChError extends Error {
+  readonly errno: number;
+  readonly exit: number | undefined;
+  readonly at: Error;
+
+  constructor(message: string, opts: ChErrorOptions = {}) {
+    super(message);
+    this.errno = opts.errno ?? 0;
+    this.exit = opts.exit;
+    this.at = opts.at ?? this;
+  }
+}
+
+/** Wraps a Node system error (ENOENT and friends) with a message of ours. */
+export function sysError(message: string, e: unknown, exit?: number): ChError {
+  const errno = typeof e === "object" && e !== null && "errno" in e ? Math.abs(Number(e.errno)) : 0;
+  return new ChError(message, { errno, exit, at: new Error() });
+}
+
+export function formatError(message: string, errno: number, where: string, pid = process.pid): string {
+  const text = errno ? `: ${strerror(errno)}` : "";
+  return `${program}[${pid}]: ${message}${text} (${where} ${errno})`;
+}
+
+export function describe(e: ChError): string {
+  return formatError(e.message, e.errno, sourceLocation(e.at));
+}
+
+export function warn(message: string): void {
+  process.stderr.write(`${program}[${process.pid}]: warning: ${message}\n`);
+}
+
+export { errnoName };

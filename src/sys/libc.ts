@@ -1,0 +1,214 @@
+// libc through koffi. Nothing outside src/sys/ knows koffi.
+type Koffi = typeof import("koffi");
+
+let koffi: Koffi | undefined;
+
+/** Loads koffi (its native module) once; every program that calls libc awaits this first. */
+export async function loadLibc(): Promise<void> {
+  const m = (await import("koffi")) as unknown as { default?: Koffi } & Koffi;
+  koffi ??= m.default ?? m;
+}
+
+function k0(): Koffi {
+  if (!koffi) throw new Error("libc used before loadLibc()");
+  return koffi;
+}
+
+export interface Passwd {
+  name: string;
+  uid: number;
+  gid: number;
+  gecos: string;
+  dir: string;
+  shell: string;
+}
+
+export interface Group {
+  name: string;
+  gid: number;
+}
+
+function bind() {
+  const koffi = k0();
+  const lib = koffi.load("libc.so.6");
+  const passwd = koffi.struct("ch_passwd", {
+    pw_name: "char *",
+    pw_passwd: "char *",
+    pw_uid: "uint32_t",
+    pw_gid: "uint32_t",
+    pw_gecos: "char *",
+    pw_dir: "char *",
+    pw_shell: "char *",
+  });
+  const group = koffi.struct("ch_group", {
+    gr_name: "char *",
+    gr_passwd: "char *",
+    gr_gid: "uint32_t",
+    gr_mem: "void *",
+  });
+  const f = {
+    strerror: lib.func("const char *strerror(int)"),
+    getpwuid: lib.func("ch_passwd *getpwuid(uint32_t)"),
+    getgrgid: lib.func("ch_group *getgrgid(uint32_t)"),
+    mmap: lib.func("void *mmap(void *, size_t, int, int, int, intptr_t)"),
+    munmap: lib.func("int munmap(void *, size_t)"),
+    mprotect: lib.func("int mprotect(void *, size_t, int)"),
+    pipe2: lib.func("int pipe2(_Out_ int32_t *fds, int)"),
+    read: lib.func("intptr_t read(int, _Out_ uint8_t *, size_t)"),
+    write: lib.func("intptr_t write(int, const uint8_t *, size_t)"),
+    close: lib.func("int close(int)"),
+    clone: lib.func("int clone(void *fn, void *stack, int flags, void *arg)"),
+    waitpid: lib.func("int waitpid(int, _Out_ int *, int)"),
+    kill: lib.func("int kill(int, int)"),
+    memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
+    execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
+    sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
+    statvfs: lib.func("int statvfs(const char *, _Out_ uint8_t *)"),
+  };
+  return { koffi, f, passwd, group };
+}
+
+let bound: ReturnType<typeof bind> | undefined;
+function b(): ReturnType<typeof bind> {
+  bound ??= bind();
+  return bound;
+}
+
+function errno(): number {
+  return k0().errno();
+}
+
+/** A failed libc call: errno and the call's name. */
+export class LibcError extends Error {
+  readonly call: string;
+  readonly errno: number;
+  constructor(call: string, errno: number) {
+    super(`${call} failed: errno ${errno}`);
+    this.call = call;
+    this.errno = errno;
+  }
+}
+
+function check(call: string, r: number): number {
+  if (r < 0) throw new LibcError(call, errno());
+  return r;
+}
+
+/** A page-aligned anonymous private mapping, copied into a clone(2) child like any memory. */
+export interface Mapping {
+  readonly address: bigint;
+  readonly size: number;
+  readonly ptr: unknown;
+}
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+
+export function libc() {
+  const { koffi: k, f, passwd, group } = b();
+  return {
+    strerror(e: number): string {
+      return f.strerror(e) as string;
+    },
+    getpwuid(uid: number): Passwd | null {
+      const ptr = f.getpwuid(uid);
+      if (!ptr) return null;
+      const p = k.decode(ptr, passwd) as Record<string, string | number | null>;
+      return {
+        name: String(p.pw_name),
+        uid: Number(p.pw_uid),
+        gid: Number(p.pw_gid),
+        gecos: String(p.pw_gecos ?? ""),
+        dir: String(p.pw_dir ?? ""),
+        shell: String(p.pw_shell ?? ""),
+      };
+    },
+    getgrgid(gid: number): Group | null {
+      const ptr = f.getgrgid(gid);
+      if (!ptr) return null;
+      const g = k.decode(ptr, group) as Record<string, string | number | null>;
+      return { name: String(g.gr_name), gid: Number(g.gr_gid) };
+    },
+    mmap(size: number): Mapping {
+      const ptr = f.mmap(null, size, PROT_READ | PROT_WRITE, 0x22 /* MAP_PRIVATE|MAP_ANONYMOUS */, -1, 0);
+      const address = k.address(ptr);
+      if (address === 0xffffffffffffffffn) throw new LibcError("mmap", errno());
+      return { ptr, address, size };
+    },
+    munmap(m: Mapping): void {
+      f.munmap(m.ptr, m.size);
+    },
+    /** Copies bytes into the mapping at an offset. */
+    poke(m: Mapping, offset: number, bytes: Uint8Array): void {
+      new Uint8Array(k.view(m.ptr, m.size)).set(bytes, offset);
+    },
+    mprotect(m: Mapping, offset: number, size: number, prot: number): void {
+      const p = k.as(Number(m.address) + offset, "void *") ?? null;
+      check("mprotect", f.mprotect(p, size, prot) as number);
+    },
+    pipe2(flags: number): [number, number] {
+      const fds = [0, 0];
+      check("pipe2", f.pipe2(fds, flags) as number);
+      return [fds[0], fds[1]];
+    },
+    read(fd: number, buf: Uint8Array): number {
+      for (;;) {
+        const r = Number(f.read(fd, buf, buf.length));
+        if (r >= 0) return r;
+        const e = errno();
+        if (e !== 4 /* EINTR */) throw new LibcError("read", e);
+      }
+    },
+    write(fd: number, buf: Uint8Array): number {
+      return check("write", Number(f.write(fd, buf, buf.length)));
+    },
+    close(fd: number): void {
+      f.close(fd);
+    },
+    /** glibc clone(fn, stack, flags, arg) with addresses inside a mapping. */
+    clone(fn: bigint, stackTop: bigint, flags: number, arg: bigint): number {
+      const ptr = (a: bigint) => k.as(a, "void *");
+      return check("clone", f.clone(ptr(fn), ptr(stackTop), flags, ptr(arg)) as number);
+    },
+    /** waitpid(2); returns the raw status. */
+    waitpid(pid: number): number {
+      const st = [0];
+      for (;;) {
+        const r = f.waitpid(pid, st, 0) as number;
+        if (r >= 0) return st[0];
+        const e = errno();
+        if (e !== 4) throw new LibcError("waitpid", e);
+      }
+    },
+    kill(pid: number, sig: number): void {
+      f.kill(pid, sig);
+    },
+    memfd(name: string, bytes: Uint8Array): number {
+      const fd = check("memfd_create", f.memfd_create(name, 1 /* MFD_CLOEXEC */) as number);
+      let off = 0;
+      while (off < bytes.length) off += check("write", Number(f.write(fd, bytes.subarray(off), bytes.length - off)));
+      return fd;
+    },
+    /** execveat(fd, "", argv, envp, AT_EMPTY_PATH); returns only on failure. */
+    execFd(fd: number, argv: string[], envp: string[]): never {
+      f.execveat(fd, "", [...argv, null], [...envp, null], 0x1000);
+      throw new LibcError("execveat", errno());
+    },
+    /** pthread_sigmask(how, set); returns the old mask. */
+    sigmask(how: number, set: bigint): bigint {
+      const old = [0n];
+      const r = f.sigprocmask(how, [set], old) as number;
+      if (r !== 0) throw new LibcError("pthread_sigmask", r);
+      return BigInt(old[0]);
+    },
+    /** statvfs(3) f_flag: ST_RDONLY, ST_NOSUID, ST_NODEV, ST_NOEXEC, atime flags... */
+    mountFlags(path: string): number {
+      const buf = new Uint8Array(128);
+      check("statvfs", f.statvfs(path, buf) as number);
+      return Number(new DataView(buf.buffer).getBigUint64(72, true));
+    },
+  };
+}
+
+export type Libc = ReturnType<typeof libc>;

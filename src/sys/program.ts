@@ -1,0 +1,208 @@
+// ProgramBuilder: the real Syscalls. Each call becomes one or more ops of a program that the
+// native launcher (native/launcher.c) runs in the clone(2) child. Strings and arrays are laid out
+// after the ops; serialize() fixes their addresses once the program's memory is mapped.
+import { type Arch, SYSCALLS, type SyscallNumbers } from "./arch.ts";
+import { EXIT_ERR } from "./errors.ts";
+import type { Syscalls, Why } from "./syscalls.ts";
+
+const AT_FDCWD = -100;
+const O_WRONLY = 0o1;
+const O_RDWR = 0o2;
+const O_CREAT = 0o100;
+const O_TRUNC = 0o1000;
+const O_CLOEXEC = 0o2000000;
+const F_SETFD = 2;
+const PR_SET_PDEATHSIG = 1;
+const SIG_SETMASK = 2;
+const EEXIST = 17;
+
+const OP_WORDS = 10;
+const HEADER_WORDS = 2;
+
+type Arg = number | bigint | { str: string } | { strs: string[] } | { bytes: Uint8Array } | { reg: number };
+
+interface Op {
+  nr: number;
+  args: Arg[];
+  dst?: number;
+  expect?: number;
+  soft?: boolean;
+  skip?: number;
+  okErrno?: number;
+  why: Why;
+  at: Error;
+}
+
+export interface OpOptions {
+  dst?: number;
+  expect?: number;
+  soft?: boolean;
+  skip?: number;
+  okErrno?: number;
+}
+
+export class ProgramBuilder implements Syscalls {
+  readonly ops: Op[] = [];
+  readonly nr: SyscallNumbers;
+  reportFd = -1;
+
+  constructor(arch: Arch) {
+    this.nr = SYSCALLS[arch];
+  }
+
+  /** Appends one raw system call. */
+  op(nr: number, args: Arg[], why: Why, opts: OpOptions = {}): void {
+    this.ops.push({ nr, args, why, at: new Error(), ...opts });
+  }
+
+  // --- launch protocol ---
+
+  /** Dies with the parent; waits for the parent's go-ahead (it writes our ID maps first). */
+  prologue(syncRead: number, syncWrite: number): void {
+    const n = this.nr;
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
+    this.op(n.close, [syncWrite], { what: "can't close sync pipe" });
+    this.op(n.read, [syncRead, { bytes: new Uint8Array(8) }, 1], { what: "parent did not start the container" }, { expect: 1 });
+    this.op(n.close, [syncRead], { what: "can't close sync pipe" });
+  }
+
+  /** What the command needs from its launcher: default signal actions, no blocked signals,
+   * standard descriptors kept across execve(2), stdout/stderr to /dev/null when asked. */
+  beforeExec(resetSignals: number[], keepFds: number[], nullFds: number[]): void {
+    const n = this.nr;
+    const zero = { bytes: new Uint8Array(32) };
+    for (const sig of resetSignals) this.op(n.rt_sigaction, [sig, zero, 0, 8], { what: `can't reset signal ${sig}` });
+    this.op(n.rt_sigprocmask, [SIG_SETMASK, zero, 0, 8], { what: "can't unblock signals" });
+    for (const fd of keepFds) this.op(n.fcntl, [fd, F_SETFD, 0], { what: `can't keep descriptor ${fd}` }, { soft: true });
+    if (nullFds.length) {
+      this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
+      for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
+    }
+  }
+
+  // --- Syscalls ---
+
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null, why: Why): void {
+    const s = (x: string | null) => (x === null ? 0 : { str: x });
+    this.op(this.nr.mount, [s(source), { str: target }, s(fstype), flags, s(data)], why);
+  }
+
+  umount(target: string, flags: number, why: Why): void {
+    this.op(this.nr.umount2, [{ str: target }, flags], why);
+  }
+
+  mkdir(path: string, mode: number, why: Why): void {
+    this.op(this.nr.mkdirat, [AT_FDCWD, { str: path }, mode], why, { okErrno: EEXIST });
+  }
+
+  private write(path: string, flags: number, mode: number, content: string, why: Why): void {
+    const n = this.nr;
+    const bytes = new TextEncoder().encode(content);
+    this.op(n.openat, [AT_FDCWD, { str: path }, flags | O_WRONLY | O_CLOEXEC, mode], why, { dst: 0 });
+    this.op(n.write, [{ reg: 0 }, { bytes }, bytes.length], why, { expect: bytes.length });
+    this.op(n.close, [{ reg: 0 }], why);
+  }
+
+  writeFile(path: string, content: string, mode: number, why: Why): void {
+    this.write(path, O_CREAT | O_TRUNC, mode, content, why);
+  }
+
+  writeExisting(path: string, content: string, why: Why): void {
+    this.write(path, 0, 0, content, why);
+  }
+
+  chdir(path: string, why: Why): void {
+    this.op(this.nr.chdir, [{ str: path }], why);
+  }
+
+  chdirOr(path: string, fallback: string, warning: string, why: Why): void {
+    const msg = new TextEncoder().encode(`${warning}\n`);
+    this.op(this.nr.chdir, [{ str: path }], why, { soft: true, skip: 2 });
+    this.op(this.nr.write, [2, { bytes: msg }, msg.length], why, { soft: true });
+    this.op(this.nr.chdir, [{ str: fallback }], why);
+  }
+
+  pivotRoot(newRoot: string, putOld: string, why: Why): void {
+    this.op(this.nr.pivot_root, [{ str: newRoot }, { str: putOld }], why);
+  }
+
+  unshare(flags: number, why: Why): void {
+    this.op(this.nr.unshare, [flags], why);
+  }
+
+  execve(candidates: string[], argv: string[], envp: string[], why: Why): void {
+    const a = { strs: argv };
+    const e = { strs: envp };
+    candidates.forEach((c, i) => {
+      const last = i === candidates.length - 1;
+      this.op(this.nr.execve, [{ str: c }, a, e], why, { soft: !last });
+    });
+  }
+
+  // --- serialization ---
+
+  /** Serializes the program as if loaded at `base`; returns the bytes. */
+  serialize(base: bigint): Uint8Array {
+    const fixed = (HEADER_WORDS + this.ops.length * OP_WORDS) * 8;
+    const data: Uint8Array[] = [];
+    let dataLen = 0;
+    const cache = new Map<string, bigint>();
+    const place = (bytes: Uint8Array, key?: string): bigint => {
+      if (key !== undefined) {
+        const hit = cache.get(key);
+        if (hit !== undefined) return hit;
+      }
+      const off = fixed + dataLen;
+      const pad = (8 - (bytes.length % 8)) % 8;
+      data.push(bytes, new Uint8Array(pad));
+      dataLen += bytes.length + pad;
+      const addr = base + BigInt(off);
+      if (key !== undefined) cache.set(key, addr);
+      return addr;
+    };
+    const enc = new TextEncoder();
+    const cstr = (s: string) => place(enc.encode(`${s}\0`), `s:${s}`);
+    const words = new BigInt64Array(fixed / 8);
+    words[0] = BigInt(this.ops.length);
+    words[1] = BigInt(this.reportFd);
+    this.ops.forEach((op, i) => {
+      const w = HEADER_WORDS + i * OP_WORDS;
+      let flags = 0n;
+      words[w] = BigInt(op.nr);
+      op.args.forEach((a, j) => {
+        let v: bigint;
+        if (typeof a === "number" || typeof a === "bigint") v = BigInt(a);
+        else if ("reg" in a) {
+          flags |= BigInt(a.reg + 1) << BigInt(4 * j);
+          v = 0n;
+        } else if ("str" in a) v = cstr(a.str);
+        else if ("bytes" in a) v = place(a.bytes);
+        else {
+          const ptrs = new BigInt64Array(a.strs.length + 1);
+          a.strs.forEach((s, k) => {
+            ptrs[k] = cstr(s);
+          });
+          v = place(new Uint8Array(ptrs.buffer), `v:${a.strs.join("\0")}`);
+        }
+        words[w + 1 + j] = BigInt.asIntN(64, v);
+      });
+      if (op.dst !== undefined) flags |= BigInt(op.dst + 1) << 24n;
+      if (op.expect !== undefined) flags |= 1n << 28n;
+      if (op.soft) flags |= 1n << 29n;
+      const exit = op.why.exit ?? EXIT_ERR;
+      flags |= BigInt(exit & 255) << 32n;
+      flags |= BigInt((op.skip ?? 0) & 255) << 40n;
+      words[w + 7] = flags;
+      words[w + 8] = BigInt(op.okErrno ?? 0);
+      words[w + 9] = BigInt(op.expect ?? 0);
+    });
+    const out = new Uint8Array(fixed + dataLen);
+    out.set(new Uint8Array(words.buffer), 0);
+    let off = fixed;
+    for (const d of data) {
+      out.set(d, off);
+      off += d.length;
+    }
+    return out;
+  }
+}
