@@ -97,6 +97,9 @@ const KEEP_FLAGS: [number, number][] = [
 export function lockedMountFlags(statvfsFlags: number): number {
   let f = 0;
   for (const [st, ms] of KEEP_FLAGS) if (statvfsFlags & st) f |= ms;
+  // Neither noatime nor relatime: strictatime, which a remount must then ask for explicitly
+  // (the kernel's default is relatime, and a user namespace may not change a locked atime mode).
+  if (!(statvfsFlags & (1024 | 4096))) f |= 0x1000000; // MS_STRICTATIME
   return f;
 }
 

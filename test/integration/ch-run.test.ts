@@ -1,0 +1,363 @@
+// ch-run as an ordinary user: a real container from a busybox image made offline.
+import assert from "node:assert/strict";
+import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { busyboxImage, CH_RUN, chRun, cleanup, ERROR_LINE, run, tmp } from "../helpers.ts";
+
+let dir: string;
+let img: string;
+const uid = process.getuid?.() ?? -1;
+const gid = process.getgid?.() ?? -1;
+
+before(() => {
+  assert.notEqual(uid, 0, "container tests must run as an ordinary user (npm test does this for root)");
+  dir = tmp();
+  img = busyboxImage(dir);
+});
+after(() => cleanup(dir));
+
+describe("ch-run basics", () => {
+  it("runs a command in the image", () => {
+    const r = chRun([img, "--", "echo", "hello"]);
+    assert.equal(r.stderr, "");
+    assert.equal(r.stdout, "hello\n");
+    assert.equal(r.status, 0);
+  });
+
+  it("runs without -- as in the FAQ", () => {
+    const r = chRun([img, "echo", "hi"]);
+    assert.equal(r.stdout, "hi\n");
+  });
+
+  it("is the invoking user inside, with a name from the synthesized passwd", () => {
+    const r = chRun([img, "--", "sh", "-c", "id -u; id -g; id -un; grep -c . /etc/passwd"]);
+    const [u, g, name] = r.stdout.trim().split("\n");
+    assert.equal(Number(u), uid);
+    assert.equal(Number(g), gid);
+    assert.equal(name, process.env.USER);
+  });
+
+  it("gives root inside with --uid 0, and a dummy entry for unknown IDs", () => {
+    assert.equal(chRun(["--uid", "0", img, "--", "id", "-un"]).stdout, "root\n");
+    assert.equal(chRun(["--uid=4242", img, "--", "id", "-un"]).stdout, "charlie\n");
+    assert.equal(chRun(["--gid=4243", img, "--", "id", "-gn"]).stdout, "charliegroup\n");
+  });
+
+  it("shows the image's own passwd with --no-passwd", () => {
+    assert.equal(chRun(["--no-passwd", img, "--", "cat", "/etc/passwd"]).stdout, "root:x:0:0:root:/root:/bin/sh\n");
+  });
+
+  it("keeps the FAQ's --uid 0 quirk: only the user's own files, as outside", () => {
+    const f = join(dir, "cantreadme");
+    writeFileSync(f, "surprise\n");
+    chmodSync(f, 0o000);
+    const plain = chRun([img, "--", "cat", f]);
+    assert.notEqual(plain.status, 0);
+    assert.match(plain.stderr, /Permission denied/);
+    const root = chRun(["--uid", "0", img, "--", "cat", f]);
+    assert.equal(root.stdout, "surprise\n");
+    // Not an escalation: a root-only host file stays unreadable.
+    const shadow = chRun(["--uid", "0", img, "--", "cat", "/proc/1/environ"]);
+    assert.notEqual(shadow.status, 0);
+  });
+
+  it("maps the user's group to GID 5 with --gid=5, so chown to tty works (FAQ)", () => {
+    const f = join(dir, "ptyfile");
+    writeFileSync(f, "");
+    const r = chRun(["--gid=5", img, "--", "sh", "-c", `id -g; chown ${uid}:5 ${f} && stat -c %g ${f}`]);
+    assert.equal(r.stdout, "5\n5\n");
+    assert.notEqual(chRun([img, "--", "chown", `${uid}:5`, f]).status, 0);
+  });
+
+  it("shares the host network, where ping has no raw socket (FAQ)", () => {
+    for (const args of [[img], ["--uid=0", img]]) {
+      const r = chRun([...args, "--", "ping", "-c", "1", "127.0.0.1"]);
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr, /permission denied \(are you root\?\)/);
+    }
+  });
+});
+
+describe("file systems", () => {
+  it("mounts the image read-only by default", () => {
+    const r = chRun([img, "--", "touch", "/x"]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /Read-only file system/);
+  });
+
+  it("writes to the image with -w", () => {
+    assert.equal(chRun(["-w", img, "--", "touch", "/written"]).status, 0);
+    assert.ok(existsSync(join(img, "written")));
+  });
+
+  it("overlays a tmpfs with -W: writes work and vanish", () => {
+    const r = chRun(["-W", img, "--", "sh", "-c", "echo x > /fake && cat /fake && mkdir -p /usr/new && ls /bin/busybox"]);
+    assert.equal(r.stdout, "x\n/bin/busybox\n");
+    assert.ok(!existsSync(join(img, "fake")));
+    assert.equal(chRun(["--write-fake=4m", img, "--", "sh", "-c", "echo y > /f2 && cat /f2"]).stdout, "y\n");
+  });
+
+  it("binds /dev, /proc, /sys and the host's /tmp", () => {
+    const mark = join(dir, "seen-in-container");
+    writeFileSync(mark, "tmp");
+    const r = chRun([img, "--", "sh", "-c", `test -c /dev/null && test -d /proc/self && test -d /sys/kernel && cat ${mark}`]);
+    assert.equal(r.stdout, "tmp");
+  });
+
+  it("gives a private /tmp with -t", () => {
+    const r = chRun(["-t", img, "--", "sh", "-c", "touch /tmp/private-x && ls /tmp"]);
+    assert.equal(r.stdout, "private-x\n");
+    assert.ok(!existsSync("/tmp/private-x"));
+  });
+
+  it("binds $HOME at /home/$USER with --home", () => {
+    const r = chRun(["--home", img, "--", "sh", "-c", 'echo $HOME; test -d "$HOME" && echo ok']);
+    assert.equal(r.stdout, `/home/${process.env.USER}\nok\n`);
+  });
+
+  it("binds with -b SRC:DST and -b SRC", () => {
+    const src = join(dir, "data");
+    mkdirSync(src, { recursive: true });
+    writeFileSync(join(src, "f"), "bound\n");
+    assert.equal(chRun(["-b", `${src}:/mnt/3`, img, "--", "cat", "/mnt/3/f"]).stdout, "bound\n");
+    // Default destination: the same path; under /tmp it exists through the /tmp bind.
+    assert.equal(chRun(["--bind", src, img, "--", "cat", `${src}/f`]).stdout, "bound\n");
+  });
+
+  it("refuses a bind destination missing from a read-only image, naming it", () => {
+    const r = chRun(["-b", `${dir}:/nonexistent`, img, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, ERROR_LINE);
+    assert.match(r.stderr, /\/nonexistent: destination not found in image/);
+  });
+
+  it("creates a missing bind destination in a writable image, but never inside an earlier bind", () => {
+    const src = join(dir, "data2");
+    mkdirSync(src, { recursive: true });
+    writeFileSync(join(src, "g"), "made\n");
+    assert.equal(chRun(["-W", "-b", `${src}:/new/dir`, img, "--", "cat", "/new/dir/g"]).stdout, "made\n");
+    assert.ok(!existsSync(join(img, "new")));
+    const r = chRun(["-W", "-b", `${src}:/tmp/chtest-not-there/x`, img, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, /under existing bind-mount \/tmp/);
+  });
+
+  it("names a missing bind source", () => {
+    const r = chRun(["-b", "/no/such/source:/mnt/0", img, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, /^ch-run\[\d+\]: can't bind: source not found: \/no\/such\/source: No such file or directory/);
+  });
+
+  it("reports a failed setup step from the container with errno", () => {
+    // A directory onto a file: mount(2) fails inside the new namespaces.
+    const r = chRun(["-b", `${dir}:/etc/hosts`, img, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, ERROR_LINE);
+    assert.match(r.stderr, /can't bind .* to \/etc\/hosts: Not a directory \(execute\.ts:\d+ 20\)/);
+  });
+});
+
+describe("environment", () => {
+  it("passes the host's environment through, sets HOME, PATH, CH_RUNNING, unsets TMPDIR", () => {
+    const env = { ...process.env, FOO: "bar", TMPDIR: "/var/tmp", PATH: "/usr/local/bin:/usr/bin" };
+    const r = chRun([img, "--", "env"], { env });
+    const vars = new Map(
+      r.stdout
+        .trim()
+        .split("\n")
+        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+    );
+    assert.equal(vars.get("FOO"), "bar");
+    assert.equal(vars.get("HOME"), "/root");
+    assert.equal(vars.get("PATH"), "/usr/local/bin:/usr/bin:/bin");
+    assert.equal(vars.get("CH_RUNNING"), "Weird Al Yankovic");
+    assert.equal(vars.has("TMPDIR"), false);
+  });
+
+  it("applies --set-env and --unset-env in command-line order, with expansion", () => {
+    const file = join(dir, "env.txt");
+    writeFileSync(file, "A=1\n\nB='two'\nC=$A:x\n");
+    const r = chRun(
+      [
+        "--set-env=X=1",
+        "--unset-env=X",
+        "--set-env=Y=2",
+        `--set-env=${file}`,
+        "--set-env",
+        "--unset-env=IMAGE_V*",
+        img,
+        "--",
+        "env",
+      ],
+      { env: { ...process.env, PATH: "/bin" } },
+    );
+    const lines = r.stdout.split("\n");
+    assert.ok(!lines.some((l) => l.startsWith("X=")));
+    for (const want of ["Y=2", "A=1", "B=two", "C=1:x", "IMAGE_PATH=/opt:/bin"]) assert.ok(lines.includes(want), want);
+    assert.ok(!lines.some((l) => l.startsWith("IMAGE_VAR=")));
+    const raw = chRun(["--env-no-expand", "--set-env=D=$HOME", img, "--", "sh", "-c", "echo $D"]);
+    assert.equal(raw.stdout, "$HOME\n");
+  });
+
+  it("reports a bad --set-env file line with its number", () => {
+    const file = join(dir, "bad-env.txt");
+    writeFileSync(file, "A=1\n\nnot an assignment\n");
+    const r = chRun([`--set-env=${file}`, img, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, new RegExp(`can't parse variable: no delimiter: ${file}:3 `));
+  });
+
+  it("reaches an X11 socket under /tmp with DISPLAY passed through", () => {
+    const x = join(dir, "x11");
+    mkdirSync(x);
+    const r = chRun([img, "--", "sh", "-c", `echo $DISPLAY; test -d ${x} && echo socket-dir`], {
+      env: { ...process.env, DISPLAY: ":42" },
+    });
+    assert.equal(r.stdout, ":42\nsocket-dir\n");
+  });
+});
+
+describe("exit status and errors", () => {
+  it("exits with the command's status, and 128+N for signal N", () => {
+    assert.equal(chRun([img, "--", "sh", "-c", "exit 7"]).status, 7);
+    assert.equal(chRun([img, "--", "sh", "-c", "kill -TERM $$"]).status, 143);
+  });
+
+  it("exits 49 when the command can't be executed", () => {
+    const r = chRun([img, "--", "no-such-command"]);
+    assert.equal(r.status, 49);
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: can't execve\(2\): no-such-command: No such file or directory \(execute\.ts:\d+ 2\)\n$/,
+    );
+  });
+
+  it("reproduces the FAQ's first example", () => {
+    const r = chRun(["foo", "--", "echo", "hello"], { cwd: dir });
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, /^ch-run\[\d+\]: can't find image: foo: No such file or directory \(ch-run\.ts:\d+ 2\)\n$/);
+  });
+
+  for (const [args, what] of [
+    [["--bogus", "IMG", "--", "true"], /unrecognized option '--bogus'/],
+    [["--uid=abc", "IMG", "--", "true"], /--uid: not a non-negative integer: abc/],
+    [["-b", "/tmp:relative", "IMG", "--", "true"], /--bind: destination must be absolute: relative/],
+    [["--unset-env=", "IMG", "--", "true"], /--unset-env: GLOB must have non-zero length/],
+    [["IMG"], /no COMMAND specified after IMAGE/],
+  ] as [string[], RegExp][]) {
+    it(`rejects ${args.join(" ")} in one line, exit 31`, () => {
+      const r = chRun(args.map((a) => (a === "IMG" ? img : a)));
+      assert.equal(r.status, 31);
+      assert.match(r.stderr, ERROR_LINE);
+      assert.match(r.stderr, what);
+      assert.equal(r.stdout, "");
+    });
+  }
+
+  it("prints setup steps with -v and nothing extra with -q", () => {
+    const v = chRun(["-v", img, "--", "true"]);
+    assert.match(v.stderr, /bind \/dev -> /);
+    assert.match(v.stderr, /pivot_root into /);
+    assert.equal(chRun(["-q", img, "--", "true"]).stderr, "");
+    assert.equal(chRun(["-qq", img, "--", "echo", "hidden"]).stdout, "");
+  });
+});
+
+describe("descriptors, signals, resources", () => {
+  it("passes stdio and inherited descriptors, and none of Node's", () => {
+    const extra = openSync(join(dir, "fd5.txt"), "w");
+    const stdio: StdioOptions = ["pipe", "pipe", "pipe", "ignore", "ignore", extra];
+    const fds = (r: { stdout: string }) =>
+      r.stdout
+        .trim()
+        .split("\n")
+        .map(Number)
+        .sort((a, b) => a - b);
+    // What a plain process started the same way gets (3 is ls's own handle on the directory).
+    const want = fds(run("ls", ["/proc/self/fd"], { stdio }));
+    assert.ok(want.includes(5));
+    assert.deepEqual(fds(chRun([img, "--", "ls", "/proc/self/fd"], { stdio })), want);
+  });
+
+  function start(args: string[]): Promise<{ child: ChildProcess; out: () => string }> {
+    const child = spawn(CH_RUN, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout?.on("data", (d) => {
+      out += d;
+    });
+    return new Promise((resolve, reject) => {
+      const t = setInterval(() => {
+        if (out.includes("ready")) {
+          clearInterval(t);
+          resolve({ child, out: () => out });
+        }
+      }, 10);
+      child.on("exit", () => {
+        clearInterval(t);
+        reject(new Error(`exited early: ${out}`));
+      });
+    });
+  }
+  const exited = (c: ChildProcess) =>
+    new Promise<number | null>((res) => c.on("exit", (code, sig) => res(code ?? (sig ? -1 : null))));
+
+  for (const sig of ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2", "WINCH", "CONT"] as const) {
+    it(`forwards SIG${sig} to the command`, async () => {
+      const script = `trap 'echo got-${sig}; exit 3' ${sig}; echo ready; while :; do sleep 0.05; done`;
+      const { child, out } = await start([img, "--", "sh", "-c", script]);
+      const done = exited(child);
+      child.kill(`SIG${sig}`);
+      assert.equal(await done, 3);
+      assert.match(out(), new RegExp(`got-${sig}`));
+    });
+  }
+
+  it("stops with the command on SIGTSTP and goes on with SIGCONT", async () => {
+    const { child, out } = await start([
+      img,
+      "--",
+      "sh",
+      "-c",
+      "echo ready; i=0; while [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; echo end",
+    ]);
+    const done = exited(child);
+    const state = () => readFileSync(`/proc/${child.pid}/stat`, "utf8").split(") ")[1][0];
+    child.kill("SIGTSTP");
+    for (let i = 0; i < 100 && state() !== "T"; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(state(), "T");
+    child.kill("SIGCONT");
+    assert.equal(await done, 0);
+    assert.match(out(), /end/);
+  });
+
+  it("holds under 1 MiB while the command runs, and leaves no process behind", async () => {
+    const { child, out } = await start([img, "--", "sh", "-c", "echo ready $$; sleep 1"]);
+    const done = exited(child);
+    const status = readFileSync(`/proc/${child.pid}/status`, "utf8");
+    const rss = Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]);
+    assert.ok(rss < 1024, `ch-run holds ${rss} kB`);
+    const inner = Number(/ready (\d+)/.exec(out())?.[1]);
+    assert.equal(await done, 0);
+    assert.ok(!existsSync(`/proc/${inner}`), "the command's process is gone");
+  });
+
+  it("leaves the command no orphan when ch-run is killed with SIGKILL", async () => {
+    const { child, out } = await start([img, "--", "sh", "-c", "echo ready $$; sleep 30"]);
+    const inner = Number(/ready (\d+)/.exec(out())?.[1]);
+    const done = exited(child);
+    child.kill("SIGKILL");
+    await done;
+    for (let i = 0; i < 100 && existsSync(`/proc/${inner}`); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(!existsSync(`/proc/${inner}`), "the command died with ch-run");
+  });
+
+  it("writes no temporary files", () => {
+    const before = new Set(readdirSync("/tmp"));
+    chRun([img, "--", "true"]);
+    chRun([img, "--", "no-such-command"]);
+    const added = readdirSync("/tmp").filter((f) => !before.has(f) && !f.startsWith("chtest-"));
+    assert.deepEqual(added, []);
+  });
+});
