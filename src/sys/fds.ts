@@ -1,23 +1,31 @@
-// Which open descriptors ch-run inherited from its parent. Node marks descriptors 0 to about 16
-// close-on-exec at start-up, inherited ones included (an MPI launcher's PMI socket, say), and
-// opens its own (epoll, io_uring, eventfd, pipe pairs for libuv) before any JavaScript runs. So
-// flags can't tell them apart; what they are can: Node's own are anonymous inodes, or pipes
-// with both ends in this process.
-import { readdirSync, readlinkSync } from "node:fs";
+// Which open descriptors ch-run inherited from its parent, to hand them to the command.
+//
+// Node marks descriptors 0 to 16 (and on, while they are open) close-on-exec first thing at
+// start-up, inherited ones included (an MPI launcher's PMI socket, say); only then does it open
+// its own, all close-on-exec: epoll, io_uring and eventfd (anonymous inodes), pipe pairs for
+// libuv, and one /dev/null. So a descriptor without close-on-exec is inherited; one with it is
+// inherited unless it is one of those kinds. (An inherited /dev/null is dropped too: the command
+// can open its own.)
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 export interface FdEntry {
   fd: number;
   target: string;
+  cloexec: boolean;
 }
 
-/** Pure part: picks the inherited descriptors from a listing of /proc/self/fd. */
+const O_CLOEXEC = 0o2000000;
+
+/** Pure part: picks the inherited descriptors (above 2) from a listing of /proc/self/fd. */
 export function pickInherited(entries: FdEntry[]): number[] {
   const count = new Map<string, number>();
   for (const e of entries) count.set(e.target, (count.get(e.target) ?? 0) + 1);
+  const nodes = (e: FdEntry) =>
+    e.target.startsWith("anon_inode:") ||
+    e.target === "/dev/null" ||
+    (e.target.startsWith("pipe:") && (count.get(e.target) ?? 0) > 1);
   return entries
-    .filter((e) => e.fd > 2)
-    .filter((e) => !e.target.startsWith("anon_inode:"))
-    .filter((e) => !(e.target.startsWith("pipe:") && (count.get(e.target) ?? 0) > 1))
+    .filter((e) => e.fd > 2 && (!e.cloexec || !nodes(e)))
     .map((e) => e.fd)
     .sort((a, b) => a - b);
 }
@@ -26,9 +34,11 @@ export function listFds(): FdEntry[] {
   const out: FdEntry[] = [];
   for (const name of readdirSync("/proc/self/fd")) {
     try {
-      out.push({ fd: Number(name), target: readlinkSync(`/proc/self/fd/${name}`) });
+      const target = readlinkSync(`/proc/self/fd/${name}`);
+      const flags = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${name}`, "utf8"));
+      out.push({ fd: Number(name), target, cloexec: flags ? (Number.parseInt(flags[1], 8) & O_CLOEXEC) !== 0 : true });
     } catch {
-      // the directory handle of readdirSync itself, already closed
+      // readdirSync's own handle, closed by now
     }
   }
   return out;
