@@ -1,0 +1,259 @@
+// The container plan, with no privilege: options and host facts in, operations out.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { ContainerView } from "../../src/container/binds.ts";
+import { execute } from "../../src/container/execute.ts";
+import { MemFs, type MemNode } from "../../src/container/hostfs.ts";
+import { execCandidates, type HostFacts, lockedMountFlags, type Op, plan, type RunOptions } from "../../src/container/plan.ts";
+import { ChError } from "../../src/sys/errors.ts";
+import { Recorder } from "../../src/sys/syscalls.ts";
+
+const IMG = "/var/tmp/img";
+
+function image(extra: Record<string, MemNode> = {}): Record<string, MemNode> {
+  const t: Record<string, MemNode> = {};
+  for (const d of ["dev", "proc", "sys", "tmp", "home", "root", "mnt/0", "bin"]) t[`${IMG}/${d}`] = { dir: true };
+  t[`${IMG}/etc/passwd`] = "root:x:0:0::/root:/bin/sh\n";
+  t[`${IMG}/etc/group`] = "root:x:0:\n";
+  t[`${IMG}/etc/hosts`] = "";
+  for (const [k, v] of Object.entries(extra)) t[k.startsWith("/") ? k : `${IMG}/${k}`] = v;
+  return t;
+}
+
+function facts(tree: Record<string, MemNode>, over: Partial<HostFacts> = {}): HostFacts {
+  return {
+    euid: 1000,
+    egid: 1000,
+    user: "alice",
+    env: { PATH: "/usr/bin", HOME: "/home/alice", TMPDIR: "/scratch", LANG: "C" },
+    cwd: "/home/alice",
+    image: { root: IMG, mountFlags: 4096 | 2 | 4, readOnly: false },
+    passwd: (uid) =>
+      uid === 1000 ? { name: "alice", uid, gid: 1000, gecos: "Alice", dir: "/home/alice", shell: "/bin/bash" } : null,
+    group: (gid) => (gid === 1000 ? { name: "alice", gid } : null),
+    fs: new MemFs({
+      "/dev/null": { other: true },
+      "/proc/self": { dir: true },
+      "/sys/kernel": { dir: true },
+      "/etc/hosts": "h",
+      "/tmp": { dir: true },
+      "/home/alice/x": "",
+      ...tree,
+    }),
+    ...over,
+  };
+}
+
+function opts(over: Partial<RunOptions> = {}): RunOptions {
+  return {
+    argv: ["ls", "-l"],
+    binds: [],
+    cd: null,
+    uid: null,
+    gid: null,
+    home: false,
+    noPasswd: false,
+    privateTmp: false,
+    write: false,
+    writeFake: null,
+    env: [],
+    envNoExpand: false,
+    verbosity: 0,
+    ...over,
+  };
+}
+
+const kinds = (ops: Op[]) => ops.map((o) => o.op);
+const find = <K extends Op["op"]>(ops: Op[], k: K) => ops.filter((o): o is Extract<Op, { op: K }> => o.op === k);
+
+describe("plan", () => {
+  it("makes a read-only container in the right order", () => {
+    const p = plan(opts(), facts(image()));
+    assert.deepEqual(kinds(p.ops), [
+      "private",
+      "bind",
+      "tmpfs",
+      "file",
+      "bind",
+      "file",
+      "bind",
+      "umount",
+      "bind",
+      "bind",
+      "bind",
+      "bind",
+      "bind",
+      "remount-ro",
+      "pivot",
+      "userns",
+      "chdir",
+      "exec",
+    ]);
+    const binds = find(p.ops, "bind").map((b) => `${b.src}>${b.dst}`);
+    assert.deepEqual(binds, [
+      `${IMG}>${IMG}`,
+      `${IMG}/dev/passwd>${IMG}/etc/passwd`,
+      `${IMG}/dev/group>${IMG}/etc/group`,
+      `/dev>${IMG}/dev`,
+      `/proc>${IMG}/proc`,
+      `/sys>${IMG}/sys`,
+      `/etc/hosts>${IMG}/etc/hosts`,
+      `/tmp>${IMG}/tmp`,
+    ]);
+  });
+
+  it("keeps the image's locked mount flags on the read-only remount", () => {
+    const p = plan(opts(), facts(image()));
+    const r = find(p.ops, "remount-ro")[0];
+    assert.equal(r.flags, 0x2 | 0x4 | 0x200000); // nosuid, nodev, relatime
+    assert.equal(lockedMountFlags(0) & 0x1000000, 0x1000000, "strictatime is asked for explicitly");
+    assert.equal(find(plan(opts({ write: true }), facts(image())).ops, "remount-ro").length, 0);
+  });
+
+  it("maps the requested IDs and synthesizes passwd and group", () => {
+    const p = plan(opts({ uid: 0, gid: 5 }), facts(image()));
+    assert.deepEqual(find(p.ops, "userns")[0], { op: "userns", uid: 0, gid: 5 });
+    const [passwd, group] = find(p.ops, "file").map((f) => f.content);
+    assert.match(passwd, /^nobody:x:65534:65534:nobody:\/:\/bin\/false$/m);
+    assert.match(passwd, /^charlie:x:0:5:Charlie:\/root:\/bin\/sh$/m);
+    assert.doesNotMatch(passwd, /^root:/m);
+    assert.match(group, /^charliegroup:x:5:$/m);
+    const me = find(plan(opts(), facts(image())).ops, "file")[0].content;
+    assert.match(me, /^alice:x:1000:1000:Alice:\/root:\/bin\/sh$/m);
+    assert.equal(find(plan(opts({ noPasswd: true }), facts(image())).ops, "file").length, 0);
+  });
+
+  it("builds the environment: HOME, PATH with /bin, no TMPDIR, CH_RUNNING", () => {
+    const env = find(plan(opts(), facts(image())).ops, "exec")[0].env;
+    assert.ok(env.includes("HOME=/root"));
+    assert.ok(env.includes("PATH=/usr/bin:/bin"));
+    assert.ok(env.includes("LANG=C"));
+    assert.ok(env.includes("CH_RUNNING=Weird Al Yankovic"));
+    assert.ok(!env.some((e) => e.startsWith("TMPDIR=")));
+    const noRoot = image();
+    delete noRoot[`${IMG}/root`];
+    assert.ok(find(plan(opts(), facts(noRoot)).ops, "exec")[0].env.includes("HOME=/"));
+  });
+
+  it("searches the container's PATH for the command", () => {
+    const ex = find(plan(opts(), facts(image())).ops, "exec")[0];
+    assert.deepEqual(ex.candidates, ["/usr/bin/ls", "/bin/ls"]);
+    assert.deepEqual(execCandidates("./x", "/bin"), ["./x"]);
+    assert.deepEqual(execCandidates("x", undefined), ["/bin/x", "/usr/bin/x"]);
+  });
+
+  it("uses a private tmpfs for /tmp with -t", () => {
+    const p = plan(opts({ privateTmp: true }), facts(image()));
+    assert.ok(find(p.ops, "tmpfs").some((t) => t.dst === `${IMG}/tmp`));
+    assert.ok(!find(p.ops, "bind").some((b) => b.src === "/tmp"));
+  });
+
+  it("puts the overlay's upper layer in the staging tmpfs with -W", () => {
+    const p = plan(opts({ writeFake: "4m" }), facts(image()));
+    const ov = find(p.ops, "overlay")[0];
+    assert.deepEqual(ov, {
+      op: "overlay",
+      lower: IMG,
+      upper: `${IMG}/dev/upper`,
+      work: `${IMG}/dev/work`,
+      dst: `${IMG}/dev/merged`,
+    });
+    assert.equal(find(p.ops, "tmpfs")[0].options, "size=4m,mode=0700");
+    assert.ok(find(p.ops, "bind").some((b) => b.dst === `${IMG}/dev/merged/proc`));
+    assert.deepEqual(find(p.ops, "pivot")[0], { op: "pivot", root: `${IMG}/dev/merged` });
+    assert.equal(find(p.ops, "remount-ro").length, 0);
+    assert.equal(find(p.ops, "umount").length, 0, "the staging tmpfs holds the overlay");
+  });
+
+  it("mounts $HOME at /home/$USER with --home", () => {
+    const p = plan(opts({ home: true }), facts(image()));
+    assert.ok(find(p.ops, "tmpfs").some((t) => t.dst === `${IMG}/home`));
+    assert.ok(find(p.ops, "mkdir").some((m) => m.path === `${IMG}/home/alice`));
+    assert.ok(find(p.ops, "bind").some((b) => b.src === "/home/alice" && b.dst === `${IMG}/home/alice`));
+    assert.ok(find(p.ops, "exec")[0].env.includes("HOME=/home/alice"));
+    assert.throws(() => plan(opts({ home: true }), facts(image(), { env: {} })), /--home failed: \$HOME not set/);
+  });
+
+  it("binds the user's directories, following image symlinks inside the image", () => {
+    const t = image({ data: { link: "/mnt/0" }, rel: { link: "../mnt/0" } });
+    const p = plan(
+      opts({
+        binds: [
+          { src: "x", dst: "/data" },
+          { src: "/home/alice/x", dst: "/rel" },
+        ],
+      }),
+      facts(t),
+    );
+    const b = find(p.ops, "bind").slice(-2);
+    assert.deepEqual(
+      b.map((x) => `${x.src}>${x.dst}`),
+      [`/home/alice/x>${IMG}/mnt/0`, `/home/alice/x>${IMG}/mnt/0`],
+    );
+  });
+
+  it("refuses binds Charliecloud refuses, naming the path", () => {
+    const f = facts(image());
+    assert.throws(() => plan(opts({ binds: [{ src: "/nope", dst: "/mnt/0" }] }), f), /source not found: \/nope/);
+    assert.throws(
+      () => plan(opts({ binds: [{ src: "/tmp", dst: "/new" }] }), f),
+      /\/new: destination not found in image, which is read-only/,
+    );
+    assert.throws(
+      () => plan(opts({ write: true, binds: [{ src: "/tmp", dst: "/tmp/sub/x" }] }), f),
+      /can't mkdir \/tmp\/sub: under existing bind-mount \/tmp/,
+    );
+    const w = plan(opts({ write: true, binds: [{ src: "/tmp", dst: "/a/b" }] }), f);
+    assert.deepEqual(
+      find(w.ops, "mkdir").map((m) => m.path),
+      [`${IMG}/a`, `${IMG}/a/b`],
+    );
+  });
+
+  it("fails clearly on an image without /dev or /etc/passwd", () => {
+    const t = image();
+    delete t[`${IMG}/etc/passwd`];
+    assert.throws(
+      () => plan(opts(), facts(t)),
+      (e: unknown) => e instanceof ChError && /can't bind \/etc\/passwd: not found in image/.test(e.message),
+    );
+    assert.doesNotThrow(() => plan(opts({ noPasswd: true }), facts(t)));
+  });
+});
+
+describe("execute", () => {
+  it("turns a plan into system calls", () => {
+    const rec = new Recorder();
+    execute(plan(opts({ cd: "work" }), facts(image())).ops, rec);
+    assert.equal(rec.calls[0], "mount - / - MS_REC|MS_PRIVATE");
+    assert.ok(rec.calls.includes(`mount /dev ${IMG}/dev - MS_BIND|MS_REC`));
+    assert.ok(rec.calls.includes(`mount - ${IMG} - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_REMOUNT|MS_BIND|MS_RELATIME`));
+    const pivot = rec.calls.indexOf(`chdir ${IMG}`);
+    assert.deepEqual(rec.calls.slice(pivot, pivot + 9), [
+      `chdir ${IMG}`,
+      "pivot_root . .",
+      "umount . MNT_DETACH",
+      "chdir /",
+      "unshare CLONE_NEWUSER",
+      'write /proc/self/setgroups "deny"',
+      'write /proc/self/uid_map "1000 0 1\\n"',
+      'write /proc/self/gid_map "1000 0 1\\n"',
+      "chdir /work",
+    ]);
+    assert.match(rec.calls[rec.calls.length - 1], /^execve \/usr\/bin\/ls\|\/bin\/ls \["ls","-l"\]$/);
+  });
+});
+
+describe("container view", () => {
+  it("resolves paths through binds and symlinks without leaving the image", () => {
+    const v = new ContainerView(IMG, new MemFs(image({ up: { link: "../../../.." }, "host/f": "", "/srv/data/y": "" })));
+    assert.equal(v.resolve("/up/etc/passwd").path, "/etc/passwd");
+    v.mounts.push({ dst: "/mnt/0", src: "/srv/data" });
+    const r = v.resolve("/mnt/0/y");
+    assert.equal(r.host, "/srv/data/y");
+    assert.equal(r.under?.dst, "/mnt/0");
+    const missing = v.resolve("/mnt/0/z/w");
+    assert.equal(missing.missing, "/mnt/0/z");
+    assert.equal(missing.type, null);
+  });
+});

@@ -1,0 +1,127 @@
+// The sys layer's pure parts: option parsing, program layout, descriptors, error format.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { parseArgs, parseId } from "../../src/cli/getopt.ts";
+import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
+import { ChError, describe as describeError, formatError, setProgram } from "../../src/sys/errors.ts";
+import { pickInherited } from "../../src/sys/fds.ts";
+import { forwardedMask } from "../../src/sys/launch.ts";
+import { blobs } from "../../src/sys/native/blobs.ts";
+import { ProgramBuilder } from "../../src/sys/program.ts";
+import { mapPosition } from "../../src/sys/sourcemap.ts";
+
+const SPECS = [
+  { name: "bind", short: "b", arg: "required" as const, help: "" },
+  { name: "verbose", short: "v", arg: "none" as const, help: "" },
+  { name: "write-fake", short: "W", arg: "optional" as const, help: "" },
+  { name: "set-env", arg: "optional" as const, help: "" },
+];
+
+describe("getopt", () => {
+  it("parses GNU-style options in order", () => {
+    const p = parseArgs(["-vvW4m", "--set-env", "-b", "/a:/b", "--set-env=X=1", "img", "--", "ls", "-l"], SPECS, 1);
+    assert.deepEqual(p.opts, [
+      { name: "verbose", value: null },
+      { name: "verbose", value: null },
+      { name: "write-fake", value: "4m" },
+      { name: "set-env", value: null },
+      { name: "bind", value: "/a:/b" },
+      { name: "set-env", value: "X=1" },
+    ]);
+    assert.deepEqual(p.positionals, ["img", "ls", "-l"]);
+  });
+
+  it("ends options at the command after the image, and at --", () => {
+    assert.deepEqual(parseArgs(["img", "ls", "-l"], SPECS, 1).positionals, ["img", "ls", "-l"]);
+    assert.deepEqual(parseArgs(["img", "-v", "--", "x"], SPECS, 1).opts, [{ name: "verbose", value: null }]);
+  });
+
+  it("rejects bad options with the value named", () => {
+    assert.throws(() => parseArgs(["--bogus"], SPECS), /unrecognized option '--bogus'/);
+    assert.throws(() => parseArgs(["-x"], SPECS), /invalid option -- 'x'/);
+    assert.throws(() => parseArgs(["-b"], SPECS), /option requires an argument -- 'b'/);
+    assert.throws(() => parseArgs(["--verbose=3"], SPECS), /doesn't allow an argument/);
+    assert.throws(() => parseId("uid", "-1"), /--uid: not a non-negative integer: -1/);
+    assert.equal(parseId("gid", "5"), 5);
+  });
+});
+
+describe("native launcher program", () => {
+  it("lays out ops, strings and argument registers", () => {
+    const b = new ProgramBuilder("x64");
+    b.reportFd = 9;
+    b.writeFile("/etc/x", "hi", 0o644, { what: "w" });
+    b.execve(["/a/ls", "/b/ls"], ["ls"], ["A=1"], { what: "e", exit: 49 });
+    const base = 0x10000n;
+    const bytes = b.serialize(base);
+    const w = new BigInt64Array(bytes.buffer, 0, 2 + 5 * 10);
+    assert.equal(w[0], 5n);
+    assert.equal(w[1], 9n);
+    const op = (i: number) => w.subarray(2 + i * 10, 12 + i * 10);
+    assert.equal(op(0)[0], BigInt(SYSCALLS.x64.openat));
+    assert.equal((op(0)[7] >> 24n) & 15n, 1n, "openat stores its result in register 0");
+    assert.equal(op(1)[7] & 15n, 1n, "write takes the descriptor from register 0");
+    assert.equal((op(1)[7] >> 28n) & 1n, 1n, "write must write every byte");
+    assert.equal(op(1)[9], 2n);
+    const path = Number(op(0)[2] - base);
+    assert.equal(new TextDecoder().decode(bytes.subarray(path, path + 7)), "/etc/x\0");
+    assert.equal((op(3)[7] >> 29n) & 1n, 1n, "earlier PATH candidates are soft");
+    assert.equal((op(4)[7] >> 29n) & 1n, 0n, "the last one is reported");
+    assert.equal((op(4)[7] >> 32n) & 255n, 49n);
+    assert.equal(op(3)[2], op(4)[2], "argv laid out once");
+  });
+
+  it("has launcher and waiter code for x86-64 and aarch64", () => {
+    for (const a of ["x64", "arm64"] as const) {
+      assert.ok(Buffer.from(blobs[a].launcher, "base64").length > 100);
+      const w = Buffer.from(blobs[a].waiter, "base64");
+      assert.equal(w.subarray(0, 4).toString("latin1"), "\x7fELF");
+      assert.equal(w.readUInt16LE(18), a === "x64" ? 62 : 183, "ELF machine");
+    }
+    assert.ok(["x64", "arm64"].includes(hostArch()));
+  });
+
+  it("forwards catchable signals and leaves faults alone", () => {
+    const m = forwardedMask();
+    for (const s of [1, 2, 3, 10, 12, 13, 14, 15, 18, 20, 28]) assert.ok(m & (1n << BigInt(s - 1)), `signal ${s}`);
+    for (const s of [9, 11, 19]) assert.ok(!(m & (1n << BigInt(s - 1))), `signal ${s}`);
+  });
+});
+
+describe("descriptors", () => {
+  it("passes inherited descriptors and keeps Node's own", () => {
+    const fds = pickInherited([
+      { fd: 0, target: "/dev/pts/0", cloexec: true },
+      { fd: 3, target: "anon_inode:[eventpoll]", cloexec: true },
+      { fd: 5, target: "socket:[77]", cloexec: true },
+      { fd: 6, target: "pipe:[9]", cloexec: true },
+      { fd: 7, target: "pipe:[9]", cloexec: true },
+      { fd: 8, target: "pipe:[10]", cloexec: true },
+      { fd: 21, target: "/dev/null", cloexec: true },
+      { fd: 30, target: "/dev/null", cloexec: false },
+      { fd: 40, target: "anon_inode:[eventfd]", cloexec: false },
+    ]);
+    assert.deepEqual(fds, [5, 8, 30, 40]);
+  });
+});
+
+describe("errors", () => {
+  it("prints Charliecloud's format", () => {
+    setProgram("ch-run");
+    assert.match(
+      formatError("can't find image: foo", 2, "ch-run.ts:10", 42),
+      /^ch-run\[42\]: can't find image: foo: .+ \(ch-run\.ts:10 2\)$/,
+    );
+    assert.equal(formatError("bad", 0, "x.ts:1", 7), "ch-run[7]: bad (x.ts:1 0)");
+    const line = describeError(new ChError("oops"));
+    assert.match(line, /^ch-run\[\d+\]: oops \(sys\.test\.ts:\d+ 0\)$/);
+  });
+
+  it("maps bundle positions back to TypeScript lines", () => {
+    // "AAAA" = (0,0,0,0); ";AACA" = next line maps to source line 2.
+    const map = { sources: ["../src/a.ts", "../src/b.ts"], mappings: "AAAA;AACA;ACCA" };
+    assert.equal(mapPosition(map, 1, 1), "a.ts:1");
+    assert.equal(mapPosition(map, 2, 5), "a.ts:2");
+    assert.equal(mapPosition(map, 3, 1), "b.ts:3");
+  });
+});
