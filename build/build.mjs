@@ -52,15 +52,11 @@ await esbuild.build({
   logLevel: "warning",
 });
 
-// 2. SEA blob.
-const seaConfig = {
-  main: join(dist, "ch.cjs"),
-  output: join(dist, "sea-prep.blob"),
-  disableExperimentalSEAWarning: true,
-  useCodeCache: true,
-  useSnapshot: false,
-  assets: { "koffi.node": koffiNode, "ch.cjs.map": join(dist, "ch.cjs.map") },
-};
+// 2. SEA blob, from the top-level sea-config.json with this machine's koffi module.
+const seaConfig = JSON.parse(readFileSync(join(root, "sea-config.json"), "utf8"));
+seaConfig.assets["koffi.node"] = koffiNode;
+for (const k of ["main", "output"]) seaConfig[k] = join(root, seaConfig[k]);
+seaConfig.assets["ch.cjs.map"] = join(root, seaConfig.assets["ch.cjs.map"]);
 writeFileSync(join(dist, "sea-config.json"), JSON.stringify(seaConfig, null, 2));
 execFileSync(nodeBin, ["--experimental-sea-config", join(dist, "sea-config.json")], { stdio: "inherit" });
 

@@ -55,7 +55,7 @@ if (process.geteuid() === 0) {
     `USER=${user}`,
     `HOME=${home}`,
     "PATH=/usr/local/bin:/usr/bin:/bin",
-    ...(process.env.CH_TEST_SKIP ? [`CH_TEST_SKIP=${process.env.CH_TEST_SKIP}`] : []),
+    ...["CH_TEST_LOCKED_FS", "CH_TEST_SKIP"].filter((v) => process.env[v]).map((v) => `${v}=${process.env[v]}`),
     node,
     ...args,
   ];

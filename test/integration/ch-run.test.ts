@@ -1,7 +1,7 @@
 // ch-run as an ordinary user: a real container from a busybox image made offline.
 import assert from "node:assert/strict";
 import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { busyboxImage, CH_RUN, chRun, cleanup, ERROR_LINE, run, tmp } from "../helpers.ts";
@@ -85,6 +85,21 @@ describe("file systems", () => {
     const r = chRun([img, "--", "touch", "/x"]);
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /Read-only file system/);
+  });
+
+  it("re-mounts read-only on a file system with locked flags (the FAQ's NFS failure)", (t) => {
+    const fs = process.env.CH_TEST_LOCKED_FS;
+    if (!fs) return t.skip("CH_TEST_LOCKED_FS not set (.ci/run mounts a strictatime,nosuid,nodev tmpfs)");
+    const parent = mkdtempSync(join(fs, "img-"));
+    try {
+      const locked = busyboxImage(parent);
+      const r = chRun([locked, "--", "sh", "-c", "touch /x; grep ' / ' /proc/self/mountinfo"]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /Read-only file system/);
+      assert.match(r.stdout, / \/ ro,nosuid,nodev/);
+    } finally {
+      cleanup(parent);
+    }
   });
 
   it("writes to the image with -w", () => {

@@ -1,0 +1,58 @@
+// The single executable: programs by argv[0], a copy that runs with no Node anywhere.
+import assert from "node:assert/strict";
+import { copyFileSync, symlinkSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { busyboxImage, cleanup, DIST, run, tmp } from "../helpers.ts";
+
+const PROGRAMS = ["ch-run", "ch-image", "ch-convert", "ch-tar2dir", "ch-fromhost", "ch-checkns"];
+let dir: string;
+
+before(() => {
+  dir = tmp();
+});
+after(() => cleanup(dir));
+
+describe("one executable", () => {
+  it("answers --version and --help as every program", () => {
+    for (const p of PROGRAMS) {
+      const v = run(join(DIST, p), ["--version"]);
+      assert.equal(v.status, 0, p);
+      assert.match(v.stdout, new RegExp(`^${p} \\(Charliecloud\\) \\d+\\.\\d+\\.\\d+\\n$`));
+      const h = run(join(DIST, p), ["--help"]);
+      assert.equal(h.status, 0, p);
+      assert.match(h.stdout, new RegExp(`^Usage: ${p} `));
+    }
+  });
+
+  it("runs a program named as its first argument", () => {
+    const r = run(join(DIST, "charliecloud"), ["ch-run", "--version"]);
+    assert.match(r.stdout, /^ch-run \(Charliecloud\)/);
+    const u = run(join(DIST, "charliecloud"), ["no-such-program"]);
+    assert.equal(u.status, 1);
+    assert.match(u.stderr, /unknown program: no-such-program/);
+  });
+
+  it("says plainly that a program is not built yet", () => {
+    for (const p of ["ch-fromhost", "ch-checkns"]) {
+      const r = run(join(DIST, p), []);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: ${p} is not built yet`));
+    }
+  });
+
+  it("runs a container from a copy in another directory, with no node on PATH", () => {
+    const bin = join(dir, "bin");
+    const copy = join(dir, "charliecloud");
+    copyFileSync(join(DIST, "charliecloud"), copy);
+    run("chmod", ["755", copy]);
+    run("mkdir", [bin]);
+    symlinkSync(copy, join(bin, "ch-run"));
+    const img = busyboxImage(dir);
+    const env = { PATH: "/nonexistent", HOME: process.env.HOME ?? "/", USER: process.env.USER ?? "u" };
+    assert.notEqual(run("/bin/sh", ["-c", "command -v node"], { env }).status, 0);
+    const r = run(join(bin, "ch-run"), [img, "--", "/bin/echo", "from a copy"], { env });
+    assert.equal(r.stderr, "");
+    assert.equal(r.stdout, "from a copy\n");
+  });
+});
