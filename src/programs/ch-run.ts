@@ -50,6 +50,7 @@ interface Parsed {
   image: string;
   storage: string | null;
   unsafe: boolean;
+  mount: string | null;
 }
 
 function parseBind(spec: string): Bind {
@@ -91,6 +92,7 @@ function parse(argv: string[]): Parsed | number {
     verbosity: 0,
   };
   let storage: string | null = null;
+  let mount: string | null = null;
   let unsafe = false;
   let quiet = 0;
   for (const { name, value } of p.opts) {
@@ -132,6 +134,7 @@ function parse(argv: string[]): Parsed | number {
         break;
       case "mount":
         if (!v) throw new ChError("--mount: mount point can't be empty string");
+        mount = v;
         break;
       case "no-passwd":
         o.noPasswd = true;
@@ -183,7 +186,7 @@ function parse(argv: string[]): Parsed | number {
   const [image, ...cmd] = p.positionals;
   o.argv = cmd;
   if (o.write && o.writeFake !== null) throw new ChError("--write and --write-fake are mutually exclusive");
-  return { opts: o, image, storage, unsafe };
+  return { opts: o, image, storage, unsafe, mount };
 }
 
 /** Finds the image: a name in storage first, then a path. */
@@ -239,6 +242,7 @@ export async function main(argv: string[]): Promise<number> {
     fs: realFs,
   };
   const p = plan(opts, facts);
+  if (parsed.mount !== null) p.warnings.unshift("--mount invalid with directory image, ignoring");
   if (opts.verbosity >= 0) for (const w of p.warnings) warn(w);
   if (opts.verbosity >= 1) {
     const say = (s: string) => process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);

