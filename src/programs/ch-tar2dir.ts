@@ -1,6 +1,52 @@
-// ch-tar2dir: not built yet.
-import { notBuilt } from "../cli/notbuilt.ts";
+// ch-tar2dir: unpack an image tarball into DIR/NAME, NAME being the tarball's name without
+// its extensions. Superseded by ch-convert, kept for scripts that use it.
+import { basename, join } from "node:path";
+import { helpText, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { info, setVerbosity } from "../cli/log.ts";
+import { unpackImage } from "../image/unpack.ts";
+import { ChError } from "../sys/errors.ts";
+import { VERSION } from "../version.ts";
 
-export function main(argv: string[]): number {
-  return notBuilt("ch-tar2dir", argv);
+const SPECS: OptSpec[] = [
+  { name: "quiet", short: "q", arg: "none", help: "be quieter" },
+  { name: "verbose", short: "v", arg: "none", help: "be more verbose" },
+  { name: "help", short: "h", arg: "none", help: "give this help list" },
+  { name: "version", short: "V", arg: "none", help: "print version and exit" },
+];
+
+/** Image name of a tarball: its basename without .tar, .tar.gz, .tgz and the like. */
+export function tarballImageName(tarball: string): string {
+  return basename(tarball).replace(/\.(tar(\.[a-z0-9]+)?|t[a-z0-9]z2?|tzst)$/i, "");
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const p = parseArgs(argv, SPECS);
+  let verbosity = 0;
+  for (const { name } of p.opts) {
+    if (name === "help") {
+      process.stdout.write(
+        helpText(
+          "ch-tar2dir [OPTION...] TARBALL DIR",
+          "Unpack image TARBALL into directory DIR/NAME (NAME: TARBALL's name without extensions).",
+          SPECS,
+        ),
+      );
+      return 0;
+    }
+    if (name === "version") {
+      process.stdout.write(`ch-tar2dir (Charliecloud) ${VERSION}\n`);
+      return 0;
+    }
+    verbosity += name === "quiet" ? -1 : 1;
+  }
+  setVerbosity(verbosity);
+  if (p.positionals.length !== 2) throw new ChError("need exactly two arguments, TARBALL and DIR (see --help)");
+  const [tarball, dir] = p.positionals;
+  const name = tarballImageName(tarball);
+  if (!name || name === "." || name === "..") throw new ChError(`can't derive image name from: ${tarball}`);
+  const target = join(dir, name);
+  info(`creating new image ${target}`);
+  await unpackImage(tarball, target);
+  info(`${target} unpacked ok`);
+  return 0;
 }

@@ -1,0 +1,77 @@
+// Image directory to tarball: node-tar's Pack, compressed by what the output's name says,
+// written atomically (OUT.partial-HOST.PID, renamed at the end). Members are relative
+// ("./bin/..."), owned by root, hard links kept.
+import { spawn } from "node:child_process";
+import { closeSync, createWriteStream, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { resolve } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { createGzip, createZstdCompress } from "node:zlib";
+import { create } from "tar";
+import { ChError, sysError } from "../sys/errors.ts";
+import { cleanLeftovers, partialPath } from "./install.ts";
+import { requireCommand } from "./tools.ts";
+import type { Compression } from "./unpack.ts";
+
+/** Compression implied by a tarball's name, or null if the name isn't a tarball's. */
+export function tarCompression(name: string): Compression | null {
+  const rules: [RegExp, Compression][] = [
+    [/\.(tar\.gz|tgz|tar\.gzip)$/, "gzip"],
+    [/\.(tar\.xz|txz)$/, "xz"],
+    [/\.(tar\.zst|tzst|tar\.zstd)$/, "zstd"],
+    [/\.(tar\.bz2|tbz2?|tar\.bzip2)$/, "bzip2"],
+    [/\.tar$/, "none"],
+  ];
+  for (const [re, c] of rules) if (re.test(name)) return c;
+  return null;
+}
+
+async function compressChild(tool: string, pack: AsyncIterable<Buffer>, partial: string): Promise<void> {
+  const exe = requireCommand(tool, `to write ${tool} tarballs`, "or write another kind of tarball");
+  const fd = openSync(partial, "w", 0o644);
+  const child = spawn(exe, ["-c"], { stdio: ["pipe", fd, "inherit"] });
+  closeSync(fd);
+  const exited = new Promise<number | null>((res) => child.on("close", (code) => res(code)));
+  if (!child.stdin) throw new ChError(`can't run ${tool}`);
+  await pipeline(pack, child.stdin);
+  const code = await exited;
+  if (code !== 0) throw new ChError(`${tool} failed (exit ${code}) writing ${partial}`);
+}
+
+/** Writes the image directory dir as the tarball out. */
+export async function packImage(dir: string, out: string): Promise<void> {
+  out = resolve(out);
+  const compression = tarCompression(out) ?? "gzip";
+  let names: string[];
+  try {
+    names = readdirSync(dir).sort();
+  } catch (e) {
+    throw sysError(`can't read image: ${dir}`, e);
+  }
+  cleanLeftovers(out);
+  const partial = partialPath(out);
+  const pack = create(
+    {
+      cwd: dir,
+      onWriteEntry: (e) => {
+        if (e.stat) {
+          e.stat.uid = 0;
+          e.stat.gid = 0;
+        }
+      },
+    },
+    names.map((n) => `./${n}`),
+  ) as unknown as AsyncIterable<Buffer>;
+  try {
+    if (compression === "xz" || compression === "bzip2") await compressChild(compression, pack, partial);
+    else {
+      const file = createWriteStream(partial, { mode: 0o644 });
+      if (compression === "none") await pipeline(pack, file);
+      else await pipeline(pack, compression === "gzip" ? createGzip() : createZstdCompress(), file);
+    }
+    renameSync(partial, out);
+  } catch (e) {
+    rmSync(partial, { force: true });
+    if (e instanceof ChError) throw e;
+    throw sysError(`can't write tarball: ${out}`, e);
+  }
+}

@@ -1,0 +1,114 @@
+// Pure parts of image handling: names, formats, member path safety, modes.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { type InferFacts, inferFormat } from "../../src/image/formats.ts";
+import { isPartialName, parsePartial } from "../../src/image/install.ts";
+import { tarCompression } from "../../src/image/pack.ts";
+import { dirToName, imagePath, nameToDir, storageDir, validImageName } from "../../src/image/storage.ts";
+import { memberMode, memberParts, sniffCompression } from "../../src/image/unpack.ts";
+import { tarballImageName } from "../../src/programs/ch-tar2dir.ts";
+
+describe("image names in storage", () => {
+  it("maps / to % and : to + and back", () => {
+    assert.equal(nameToDir("registry:5000/foo/bar:1.2"), "registry+5000%foo%bar+1.2");
+    assert.equal(dirToName("registry+5000%foo%bar+1.2"), "registry:5000/foo/bar:1.2");
+    assert.equal(imagePath("/s", "alpine:3.17"), "/s/img/alpine+3.17");
+  });
+
+  it("picks -s, then $CH_IMAGE_STORAGE, then /var/tmp/$USER.ch", () => {
+    assert.equal(storageDir("/a/../b", { CH_IMAGE_STORAGE: "/c" }, "u"), "/b");
+    assert.equal(storageDir(null, { CH_IMAGE_STORAGE: "/c" }, "u"), "/c");
+    assert.equal(storageDir(null, {}, "alice"), "/var/tmp/alice.ch");
+  });
+
+  it("accepts references and refuses names that can't round-trip or escape", () => {
+    for (const ok of ["foo", "alpine:3.17", "reg.io:5000/a/b:latest", "a/b@sha256:abc"]) assert.ok(validImageName(ok), ok);
+    for (const bad of ["", "/abs", "a/../b", "a//b", "a%b", "a+b", "-x", "a b", ".hidden", "a/./b"])
+      assert.ok(!validImageName(bad), bad);
+  });
+});
+
+describe("tar member paths", () => {
+  it("splits relative paths, dropping . and empty components", () => {
+    assert.deepEqual(memberParts("./bin/sh"), ["bin", "sh"]);
+    assert.deepEqual(memberParts("usr//lib/"), ["usr", "lib"]);
+    assert.deepEqual(memberParts("./"), []);
+    assert.deepEqual(memberParts("a..b/..c"), ["a..b", "..c"]);
+  });
+
+  it("refuses absolute paths and ..", () => {
+    assert.throws(() => memberParts("/etc/passwd"), /refusing unsafe member "\/etc\/passwd": absolute path/);
+    assert.throws(() => memberParts("../x"), /unsafe member "..\/x": path contains "\.\."/);
+    assert.throws(() => memberParts("a/../../x"), /contains "\.\."/);
+    assert.throws(() => memberParts("a/.."), /contains "\.\."/);
+  });
+
+  it("strips setuid/setgid and gives the owner rw (files) or rwx (directories)", () => {
+    assert.equal(memberMode(0o4755, false), 0o755);
+    assert.equal(memberMode(0o2755, true), 0o755);
+    assert.equal(memberMode(0o000, false), 0o600);
+    assert.equal(memberMode(0o000, true), 0o700);
+    assert.equal(memberMode(0o1777, true), 0o1777);
+    assert.equal(memberMode(undefined, false), 0o644);
+  });
+
+  it("sniffs compression from magic bytes", () => {
+    assert.equal(sniffCompression(Buffer.from([0x1f, 0x8b, 8, 0])), "gzip");
+    assert.equal(sniffCompression(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0])), "xz");
+    assert.equal(sniffCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), "zstd");
+    assert.equal(sniffCompression(Buffer.from("BZh91AY")), "bzip2");
+    assert.equal(sniffCompression(Buffer.from("bin/\0\0\0")), "none");
+  });
+});
+
+describe("format inference", () => {
+  const facts = (dirs: string[] = [], images: string[] = []): InferFacts => ({
+    isDir: (p) => dirs.includes(p),
+    inStorage: (n) => images.includes(n),
+  });
+  const infer = (d: string, input = true, f = facts()) => inferFormat(d, input, f);
+
+  it("infers tar and squash by extension", () => {
+    for (const t of ["a.tar", "a.tar.gz", "x/a.tgz", "a.tar.xz", "a.tar.zst", "a.tar.bz2", "/p/a.tbz2"])
+      assert.equal(infer(t), "tar", t);
+    for (const s of ["a.sqfs", "/x/a.squash", "a.squashfs"]) assert.equal(infer(s), "squash", s);
+  });
+
+  it("infers dir for paths and existing directories", () => {
+    for (const d of ["/var/tmp/img", "./img", "../img", "img/", "."]) assert.equal(infer(d), "dir", d);
+    assert.equal(infer("img", true, facts(["img"])), "dir");
+  });
+
+  it("infers ch-image for references: inputs only when in storage", () => {
+    assert.equal(infer("alpine:3.17", true, facts([], ["alpine:3.17"])), "ch-image");
+    assert.equal(infer("foo/bar", false), "ch-image");
+    const r = infer("nope:1", true);
+    assert.ok(typeof r === "object" && /can't infer format of nope:1/.test(r.error));
+  });
+
+  it("knows tarball compressions by name", () => {
+    assert.equal(tarCompression("x.tar"), "none");
+    assert.equal(tarCompression("x.tgz"), "gzip");
+    assert.equal(tarCompression("x.tar.zst"), "zstd");
+    assert.equal(tarCompression("x.txz"), "xz");
+    assert.equal(tarCompression("x.zip"), null);
+  });
+
+  it("names ch-tar2dir images after the tarball without extensions", () => {
+    assert.equal(tarballImageName("/x/chtest.tar.gz"), "chtest");
+    assert.equal(tarballImageName("debian-12.tgz"), "debian-12");
+    assert.equal(tarballImageName("a.b.tar.xz"), "a.b");
+    assert.equal(tarballImageName("plain.tar"), "plain");
+  });
+});
+
+describe("partial directories", () => {
+  it("recognizes partials of a target by name, host and PID", () => {
+    assert.deepEqual(parsePartial("img", "img.partial-node1.example.com.4242"), { host: "node1.example.com", pid: 4242 });
+    assert.deepEqual(parsePartial("img", "img.partial-h.7.old"), { host: "h", pid: 7 });
+    assert.equal(parsePartial("img", "img2.partial-h.7"), null);
+    assert.equal(parsePartial("img", "img.partial-h"), null);
+    assert.ok(isPartialName("a%b+c.partial-h.12"));
+    assert.ok(!isPartialName("alpine+3.17"));
+  });
+});
