@@ -30,6 +30,25 @@ export interface RunOptions {
   verbosity: number;
 }
 
+/** ch-run's defaults: what no option changes. */
+export function defaultRunOptions(argv: string[] = []): RunOptions {
+  return {
+    argv,
+    binds: [],
+    cd: null,
+    uid: null,
+    gid: null,
+    home: false,
+    noPasswd: false,
+    privateTmp: false,
+    write: false,
+    writeFake: null,
+    env: [],
+    envNoExpand: false,
+    verbosity: 0,
+  };
+}
+
 export interface HostFacts {
   euid: number;
   egid: number;

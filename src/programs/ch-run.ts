@@ -5,7 +5,14 @@ import { helpText, type OptSpec, parseArgs, parseId } from "../cli/getopt.ts";
 import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { realFs } from "../container/hostfs.ts";
-import { type Bind, DEFAULT_WRITE_FAKE_SIZE, type HostFacts, plan, type RunOptions } from "../container/plan.ts";
+import {
+  type Bind,
+  DEFAULT_WRITE_FAKE_SIZE,
+  defaultRunOptions,
+  type HostFacts,
+  plan,
+  type RunOptions,
+} from "../container/plan.ts";
 import { imagePath, storageDir } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import { inheritedFds } from "../sys/fds.ts";
@@ -76,21 +83,7 @@ function readEnvFile(path: string, nul: boolean): Assignment[] {
 
 function parse(argv: string[]): Parsed | number {
   const p = parseArgs(argv, SPECS, 1);
-  const o: RunOptions = {
-    argv: [],
-    binds: [],
-    cd: null,
-    uid: null,
-    gid: null,
-    home: false,
-    noPasswd: false,
-    privateTmp: false,
-    write: false,
-    writeFake: null,
-    env: [],
-    envNoExpand: false,
-    verbosity: 0,
-  };
+  const o: RunOptions = defaultRunOptions();
   let storage: string | null = null;
   let mount: string | null = null;
   let unsafe = false;

@@ -4,7 +4,15 @@ import { describe, it } from "node:test";
 import { ContainerView } from "../../src/container/binds.ts";
 import { execute } from "../../src/container/execute.ts";
 import { MemFs, type MemNode } from "../../src/container/hostfs.ts";
-import { execCandidates, type HostFacts, lockedMountFlags, type Op, plan, type RunOptions } from "../../src/container/plan.ts";
+import {
+  defaultRunOptions,
+  execCandidates,
+  type HostFacts,
+  lockedMountFlags,
+  type Op,
+  plan,
+  type RunOptions,
+} from "../../src/container/plan.ts";
 import { ChError } from "../../src/sys/errors.ts";
 import { Recorder } from "../../src/sys/syscalls.ts";
 
@@ -45,22 +53,7 @@ function facts(tree: Record<string, MemNode>, over: Partial<HostFacts> = {}): Ho
 }
 
 function opts(over: Partial<RunOptions> = {}): RunOptions {
-  return {
-    argv: ["ls", "-l"],
-    binds: [],
-    cd: null,
-    uid: null,
-    gid: null,
-    home: false,
-    noPasswd: false,
-    privateTmp: false,
-    write: false,
-    writeFake: null,
-    env: [],
-    envNoExpand: false,
-    verbosity: 0,
-    ...over,
-  };
+  return { ...defaultRunOptions(["ls", "-l"]), ...over };
 }
 
 const kinds = (ops: Op[]) => ops.map((o) => o.op);
