@@ -4,6 +4,7 @@
 // is returned in command-line order so that order-dependent options (--set-env, --unset-env)
 // keep it. cac's parser cannot express these, and Charliecloud's users rely on them.
 import { ChError } from "../sys/errors.ts";
+import { VERSION } from "../version.ts";
 
 export type ArgKind = "none" | "required" | "optional";
 
@@ -116,4 +117,29 @@ export function parseId(opt: string, value: string): number {
   const n = Number(value);
   if (n > 0xfffffffe) throw new ChError(`--${opt}: out of range: ${value}`);
   return n;
+}
+
+export function versionLine(program: string): string {
+  return `${program} (Charliecloud) ${VERSION}\n`;
+}
+
+export interface ProgramInfo {
+  name: string;
+  usage: string;
+  summary: string;
+  specs: OptSpec[];
+  trailer?: string;
+}
+
+/** --help and --version, the GNU way, whichever comes first: the exit status, or null if neither
+ * was given. */
+export function helpOrVersion(p: Parsed, info: ProgramInfo): number | null {
+  const first = p.opts.find((o) => o.name === "help" || o.name === "version");
+  if (!first) return null;
+  process.stdout.write(
+    first.name === "help"
+      ? helpText(`${info.name} ${info.usage}`, info.summary, info.specs, info.trailer)
+      : versionLine(info.name),
+  );
+  return 0;
 }

@@ -1,9 +1,10 @@
 // Programs whose issue is still open say so plainly, and still answer --help and --version.
 import { VERSION } from "../version.ts";
+import { versionLine } from "./getopt.ts";
 
 export function notBuilt(name: string, argv: string[]): number {
   if (argv.includes("--version") || argv.includes("-V")) {
-    process.stdout.write(`${name} (Charliecloud) ${VERSION}\n`);
+    process.stdout.write(versionLine(name));
     return 0;
   }
   if (argv.includes("--help") || argv.includes("-h")) {

@@ -13,7 +13,7 @@ export interface Stat {
 export interface HostFs {
   lstat(path: string): Stat | null;
   readlink(path: string): string;
-  /** The file's text, or null if it can't be read; errno set in `lastErrno`. */
+  /** The file's text, or null if it can't be read. */
   readFile(path: string): string | null;
 }
 

@@ -1,7 +1,7 @@
 // Plan, then execute: a pure function from the options and the host's facts to the list of
 // operations that make the container. Nothing here touches the system; execute.ts runs a plan.
 import { posix } from "node:path";
-import { ChError, EXIT_EXEC } from "../sys/errors.ts";
+import { ChError } from "../sys/errors.ts";
 import type { Group, Passwd } from "../sys/libc.ts";
 import { ContainerView, type Mounted } from "./binds.ts";
 import { buildEnv, type EnvOp } from "./env.ts";
@@ -273,12 +273,10 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   });
   warnings.push(...env.warnings);
   log.push(...env.log);
-  ops.push({ op: "chdir", path: o.cd === null ? "/" : posix.resolve("/", o.cd) });
+  if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) }); // else / from the pivot
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
   ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
   log.push(`executing: ${o.argv.join(" ")}`);
   return { ops, warnings, log };
 }
-
-export { EXIT_EXEC };

@@ -1,13 +1,12 @@
 // ch-convert: convert an image from one format to another.
 import { statSync } from "node:fs";
 import { userInfo } from "node:os";
-import { helpText, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { convert, type Endpoint } from "../image/convert.ts";
 import { FORMATS, type Format, inferFormat, isFormat } from "../image/formats.ts";
 import { Storage, storageDir } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
-import { VERSION } from "../version.ts";
 
 const SPECS: OptSpec[] = [
   { name: "in-fmt", short: "i", arg: "required", argName: "FMT", help: "input image format is FMT (inferred if omitted)" },
@@ -57,18 +56,16 @@ function parse(argv: string[]): Options | number {
     verbosity: 0,
     args: p.positionals,
   };
+  const hv = helpOrVersion(p, {
+    name: "ch-convert",
+    usage: "[OPTION...] IN OUT",
+    summary: "Convert an image from one format to another.",
+    specs: SPECS,
+    trailer: TRAILER,
+  });
+  if (hv !== null) return hv;
   for (const { name, value } of p.opts) {
     const v = value ?? "";
-    if (name === "help") {
-      process.stdout.write(
-        helpText("ch-convert [OPTION...] IN OUT", "Convert an image from one format to another.", SPECS, TRAILER),
-      );
-      return 0;
-    }
-    if (name === "version") {
-      process.stdout.write(`ch-convert (Charliecloud) ${VERSION}\n`);
-      return 0;
-    }
     if (name === "in-fmt") o.inFmt = format(name, v);
     else if (name === "out-fmt") o.outFmt = format(name, v);
     else if (name === "dry-run") o.dryRun = true;

@@ -1,13 +1,12 @@
 // ch-image: manage images in storage. So far: import, list, delete, reset.
 import { statSync } from "node:fs";
 import { userInfo } from "node:os";
-import { helpText, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { copyImage } from "../image/convert.ts";
 import { Storage, storageDir, validImageName } from "../image/storage.ts";
 import { unpackImage } from "../image/unpack.ts";
 import { ChError } from "../sys/errors.ts";
-import { VERSION } from "../version.ts";
 
 const SPECS: OptSpec[] = [
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set storage directory to DIR" },
@@ -81,17 +80,16 @@ export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let storageOpt: string | null = null;
   let verbosity = 0;
+  const hv = helpOrVersion(p, {
+    name: "ch-image",
+    usage: "[OPTION...] SUBCOMMAND [ARG...]",
+    summary: "Manage Charliecloud images in storage.",
+    specs: SPECS,
+    trailer: SUBCOMMANDS,
+  });
+  if (hv !== null) return hv;
   for (const { name, value } of p.opts) {
-    if (name === "help") {
-      process.stdout.write(
-        helpText("ch-image [OPTION...] SUBCOMMAND [ARG...]", "Manage Charliecloud images in storage.", SPECS, SUBCOMMANDS),
-      );
-      return 0;
-    }
-    if (name === "version") {
-      process.stdout.write(`ch-image (Charliecloud) ${VERSION}\n`);
-      return 0;
-    }
+    if (name === "help" || name === "version") continue;
     if (name === "storage") storageOpt = value;
     else verbosity += name === "quiet" ? -1 : 1;
   }

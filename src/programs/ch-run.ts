@@ -1,7 +1,7 @@
 // ch-run: run a command in a container.
 import { closeSync, openSync, readFileSync, readSync, realpathSync, statSync } from "node:fs";
 import { posix } from "node:path";
-import { helpText, type OptSpec, parseArgs, parseId } from "../cli/getopt.ts";
+import { helpOrVersion, type OptSpec, parseArgs, parseId } from "../cli/getopt.ts";
 import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { realFs } from "../container/hostfs.ts";
@@ -18,7 +18,6 @@ import { ChError, sysError, warn } from "../sys/errors.ts";
 import { inheritedFds } from "../sys/fds.ts";
 import { launch, NODE_IGNORED } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
-import { VERSION } from "../version.ts";
 
 const SPECS: OptSpec[] = [
   { name: "bind", short: "b", arg: "required", argName: "SRC[:DST]", help: "mount SRC at guest DST (default: same as SRC)" },
@@ -88,22 +87,18 @@ function parse(argv: string[]): Parsed | number {
   let mount: string | null = null;
   let unsafe = false;
   let quiet = 0;
+  const hv = helpOrVersion(p, {
+    name: "ch-run",
+    usage: "[OPTION...] IMAGE -- COMMAND [ARG...]",
+    summary: "Run a command in a Charliecloud container.",
+    specs: SPECS,
+    trailer:
+      "Example:\n\n  $ ch-run /data/foo -- echo hello\n  hello\n\nYou cannot use this program to actually change your UID.",
+  });
+  if (hv !== null) return hv;
   for (const { name, value } of p.opts) {
     const v = value ?? "";
     switch (name) {
-      case "help":
-        process.stdout.write(
-          helpText(
-            "ch-run [OPTION...] IMAGE -- COMMAND [ARG...]",
-            "Run a command in a Charliecloud container.",
-            SPECS,
-            "Example:\n\n  $ ch-run /data/foo -- echo hello\n  hello\n\nYou cannot use this program to actually change your UID.",
-          ),
-        );
-        return 0;
-      case "version":
-        process.stdout.write(`ch-run (Charliecloud) ${VERSION}\n`);
-        return 0;
       case "feature":
         if (!(v in FEATURES)) throw new ChError(`unknown feature: ${v}`);
         return FEATURES[v] ? 0 : 1;

@@ -1,11 +1,10 @@
 // ch-tar2dir: unpack an image tarball into DIR/NAME, NAME being the tarball's name without
 // its extensions. Superseded by ch-convert, kept for scripts that use it.
 import { basename, join } from "node:path";
-import { helpText, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { unpackImage } from "../image/unpack.ts";
 import { ChError } from "../sys/errors.ts";
-import { VERSION } from "../version.ts";
 
 const SPECS: OptSpec[] = [
   { name: "quiet", short: "q", arg: "none", help: "be quieter" },
@@ -22,21 +21,15 @@ export function tarballImageName(tarball: string): string {
 export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let verbosity = 0;
+  const hv = helpOrVersion(p, {
+    name: "ch-tar2dir",
+    usage: "[OPTION...] TARBALL DIR",
+    summary: "Unpack image TARBALL into directory DIR/NAME (NAME: TARBALL's name without extensions).",
+    specs: SPECS,
+  });
+  if (hv !== null) return hv;
   for (const { name } of p.opts) {
-    if (name === "help") {
-      process.stdout.write(
-        helpText(
-          "ch-tar2dir [OPTION...] TARBALL DIR",
-          "Unpack image TARBALL into directory DIR/NAME (NAME: TARBALL's name without extensions).",
-          SPECS,
-        ),
-      );
-      return 0;
-    }
-    if (name === "version") {
-      process.stdout.write(`ch-tar2dir (Charliecloud) ${VERSION}\n`);
-      return 0;
-    }
+    if (name === "help" || name === "version") continue;
     verbosity += name === "quiet" ? -1 : 1;
   }
   setVerbosity(verbosity);

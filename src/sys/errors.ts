@@ -2,7 +2,7 @@
 //   PROG[PID]: message: strerror (file.ts:LINE ERRNO)
 
 import { sourceLocation } from "./sourcemap.ts";
-import { errnoName, strerror } from "./strerror.ts";
+import { strerror } from "./strerror.ts";
 
 /** Exit status of ch-run's own failures, distinct from the command's. */
 export const EXIT_ERR = 31;
@@ -59,5 +59,3 @@ export function describe(e: ChError): string {
 export function warn(message: string): void {
   process.stderr.write(`${program}[${process.pid}]: warning: ${message}\n`);
 }
-
-export { errnoName };

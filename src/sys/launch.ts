@@ -7,7 +7,7 @@ import { hostArch } from "./arch.ts";
 import { ChError } from "./errors.ts";
 import { LibcError, libc, PROT_EXEC, PROT_READ } from "./libc.ts";
 import { blobs } from "./native/blobs.ts";
-import { ProgramBuilder } from "./program.ts";
+import { ProgramBuilder, relocate } from "./program.ts";
 import { CLONE_NEWNS, CLONE_NEWUSER, SIGCHLD } from "./syscalls.ts";
 
 const O_CLOEXEC = 0o2000000;
@@ -51,11 +51,12 @@ export function launch(spec: LaunchSpec): never {
   spec.build(b);
 
   const codeSize = roundUp(code.length, PAGE);
-  const progSize = roundUp(b.serialize(0n).length, 16);
-  const mem = c.mmap(codeSize + progSize + STACK);
+  const prog = b.layout();
+  const mem = c.mmap(codeSize + roundUp(prog.bytes.length, 16) + STACK);
   const progAddr = mem.address + BigInt(codeSize);
+  relocate(prog.bytes, prog.relocs, progAddr);
   c.poke(mem, 0, code);
-  c.poke(mem, codeSize, b.serialize(progAddr));
+  c.poke(mem, codeSize, prog.bytes);
   c.mprotect(mem, 0, codeSize, PROT_READ | PROT_EXEC);
 
   // Signals stay pending from here until the waiter forwards them.

@@ -27,7 +27,6 @@ interface Op {
   dst?: number;
   expect?: number;
   soft?: boolean;
-  skip?: number;
   okErrno?: number;
   why: Why;
   at: Error;
@@ -37,7 +36,6 @@ export interface OpOptions {
   dst?: number;
   expect?: number;
   soft?: boolean;
-  skip?: number;
   okErrno?: number;
 }
 
@@ -115,13 +113,6 @@ export class ProgramBuilder implements Syscalls {
     this.op(this.nr.chdir, [{ str: path }], why);
   }
 
-  chdirOr(path: string, fallback: string, warning: string, why: Why): void {
-    const msg = new TextEncoder().encode(`${warning}\n`);
-    this.op(this.nr.chdir, [{ str: path }], why, { soft: true, skip: 2 });
-    this.op(this.nr.write, [2, { bytes: msg }, msg.length], why, { soft: true });
-    this.op(this.nr.chdir, [{ str: fallback }], why);
-  }
-
   pivotRoot(newRoot: string, putOld: string, why: Why): void {
     this.op(this.nr.pivot_root, [{ str: newRoot }, { str: putOld }], why);
   }
@@ -141,22 +132,32 @@ export class ProgramBuilder implements Syscalls {
 
   // --- serialization ---
 
-  /** Serializes the program as if loaded at `base`; returns the bytes. */
+  /** Serializes the program as if loaded at `base`. */
   serialize(base: bigint): Uint8Array {
+    const { bytes, relocs } = this.layout();
+    relocate(bytes, relocs, base);
+    return bytes;
+  }
+
+  /** The program's bytes as if loaded at address 0, and the offsets of the pointer words that
+   * relocate() moves to the real address once the memory is mapped. */
+  layout(): { bytes: Uint8Array; relocs: number[] } {
     const fixed = (HEADER_WORDS + this.ops.length * OP_WORDS) * 8;
     const data: Uint8Array[] = [];
+    const relocs: number[] = [];
     let dataLen = 0;
     const cache = new Map<string, bigint>();
-    const place = (bytes: Uint8Array, key?: string): bigint => {
+    const place = (bytes: Uint8Array, key?: string, pointers = 0): bigint => {
       if (key !== undefined) {
         const hit = cache.get(key);
         if (hit !== undefined) return hit;
       }
       const off = fixed + dataLen;
+      for (let k = 0; k < pointers; k++) relocs.push(off + 8 * k);
       const pad = (8 - (bytes.length % 8)) % 8;
       data.push(bytes, new Uint8Array(pad));
       dataLen += bytes.length + pad;
-      const addr = base + BigInt(off);
+      const addr = BigInt(off);
       if (key !== undefined) cache.set(key, addr);
       return addr;
     };
@@ -175,14 +176,17 @@ export class ProgramBuilder implements Syscalls {
         else if ("reg" in a) {
           flags |= BigInt(a.reg + 1) << BigInt(4 * j);
           v = 0n;
-        } else if ("str" in a) v = cstr(a.str);
-        else if ("bytes" in a) v = place(a.bytes);
-        else {
-          const ptrs = new BigInt64Array(a.strs.length + 1);
-          a.strs.forEach((s, k) => {
-            ptrs[k] = cstr(s);
-          });
-          v = place(new Uint8Array(ptrs.buffer), `v:${a.strs.join("\0")}`);
+        } else {
+          if ("str" in a) v = cstr(a.str);
+          else if ("bytes" in a) v = place(a.bytes);
+          else {
+            const ptrs = new BigInt64Array(a.strs.length + 1);
+            a.strs.forEach((s, k) => {
+              ptrs[k] = cstr(s);
+            });
+            v = place(new Uint8Array(ptrs.buffer), `v:${a.strs.join("\0")}`, a.strs.length);
+          }
+          relocs.push((w + 1 + j) * 8);
         }
         words[w + 1 + j] = BigInt.asIntN(64, v);
       });
@@ -191,7 +195,6 @@ export class ProgramBuilder implements Syscalls {
       if (op.soft) flags |= 1n << 29n;
       const exit = op.why.exit ?? EXIT_ERR;
       flags |= BigInt(exit & 255) << 32n;
-      flags |= BigInt((op.skip ?? 0) & 255) << 40n;
       words[w + 7] = flags;
       words[w + 8] = BigInt(op.okErrno ?? 0);
       words[w + 9] = BigInt(op.expect ?? 0);
@@ -203,6 +206,12 @@ export class ProgramBuilder implements Syscalls {
       out.set(d, off);
       off += d.length;
     }
-    return out;
+    return { bytes: out, relocs };
   }
+}
+
+/** Adds `base` to the 64-bit words at the given byte offsets. */
+export function relocate(bytes: Uint8Array, relocs: number[], base: bigint): void {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (const off of relocs) dv.setBigUint64(off, dv.getBigUint64(off, true) + base, true);
 }

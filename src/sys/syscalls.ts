@@ -56,8 +56,6 @@ export interface Syscalls {
   /** Writes to an existing file (e.g. /proc/self/uid_map). */
   writeExisting(path: string, content: string, why: Why): void;
   chdir(path: string, why: Why): void;
-  /** chdir(path); if it fails, print the warning and chdir(fallback). */
-  chdirOr(path: string, fallback: string, warning: string, why: Why): void;
   pivotRoot(newRoot: string, putOld: string, why: Why): void;
   unshare(flags: number, why: Why): void;
   /** execve(2) each candidate in turn, as execvp(3) does; the last failure is reported. */
@@ -87,9 +85,6 @@ export class Recorder implements Syscalls {
   }
   chdir(path: string): void {
     this.log(`chdir ${path}`);
-  }
-  chdirOr(path: string, fallback: string): void {
-    this.log(`chdir ${path} || chdir ${fallback}`);
   }
   pivotRoot(newRoot: string, putOld: string): void {
     this.log(`pivot_root ${newRoot} ${putOld}`);

@@ -79,7 +79,6 @@ describe("plan", () => {
       "remount-ro",
       "pivot",
       "userns",
-      "chdir",
       "exec",
     ]);
     const binds = find(p.ops, "bind").map((b) => `${b.src}>${b.dst}`);

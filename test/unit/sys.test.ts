@@ -69,6 +69,9 @@ describe("native launcher program", () => {
     assert.equal((op(4)[7] >> 29n) & 1n, 0n, "the last one is reported");
     assert.equal((op(4)[7] >> 32n) & 255n, 49n);
     assert.equal(op(3)[2], op(4)[2], "argv laid out once");
+    const argv = Number(op(4)[2] - base);
+    const arg0 = Number(new DataView(bytes.buffer).getBigUint64(argv, true) - base);
+    assert.equal(new TextDecoder().decode(bytes.subarray(arg0, arg0 + 3)), "ls\0", "pointers inside arrays relocated too");
   });
 
   it("has launcher and waiter code for x86-64 and aarch64", () => {

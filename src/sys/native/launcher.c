@@ -9,7 +9,6 @@
           bit 28: the result must equal `expect`, else the op fails with errno 0.
           bit 29: soft: a failure is not reported; execution goes on with the next op.
           bits 32..39: exit status on failure (0 means 31).
-          bits 40..47: after success, skip this many following ops.
    On failure the child writes {op index, errno} to report_fd and exits. */
 #include "syscall.h"
 
@@ -47,7 +46,6 @@ __attribute__((noreturn)) void launch(struct prog *p) {
       i64 code = (fl >> 32) & 255;
       sys6(NR_exit_group, code ? code : 31, 0, 0, 0, 0, 0);
     }
-    i += (fl >> 40) & 255;
   }
   sys6(NR_exit_group, 31, 0, 0, 0, 0, 0);
   __builtin_unreachable();
