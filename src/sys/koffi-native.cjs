@@ -84,4 +84,11 @@ function load() {
   return m.exports;
 }
 
-module.exports = load();
+// koffi swallows errors of this require and says only that it found no module; keep ours
+// where loadLibc() (libc.ts) finds it.
+try {
+  module.exports = load();
+} catch (e) {
+  globalThis[Symbol.for("charliecloud.koffi-error")] = e;
+  throw e;
+}

@@ -1,12 +1,25 @@
 // libc through koffi. Nothing outside src/sys/ knows koffi.
+import { ChError } from "./errors.ts";
+
 type Koffi = typeof import("koffi");
 
 let koffi: Koffi | undefined;
+let loading: Promise<void> | undefined;
 
 /** Loads koffi (its native module) once; every program that calls libc awaits this first. */
-export async function loadLibc(): Promise<void> {
-  const m = (await import("koffi")) as unknown as { default?: Koffi } & Koffi;
-  koffi ??= m.default ?? m;
+export function loadLibc(): Promise<void> {
+  loading ??= import("koffi").then(
+    (m) => {
+      const mod = m as unknown as { default?: Koffi } & Koffi;
+      koffi = mod.default ?? mod;
+    },
+    (thrown: unknown) => {
+      const e = (globalThis as Record<symbol, unknown>)[Symbol.for("charliecloud.koffi-error")] ?? thrown;
+      const err = e as { message?: string; errno?: number };
+      throw new ChError(`can't load the native FFI module: ${err.message ?? e}`, { errno: Math.abs(err.errno ?? 0) });
+    },
+  );
+  return loading;
 }
 
 function k0(): Koffi {

@@ -1,6 +1,6 @@
 // The single executable: programs by argv[0], a copy that runs with no Node anywhere.
 import assert from "node:assert/strict";
-import { copyFileSync, symlinkSync } from "node:fs";
+import { chmodSync, copyFileSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { busyboxImage, cleanup, DIST, run, tmp } from "../helpers.ts";
@@ -39,6 +39,28 @@ describe("one executable", () => {
       assert.equal(r.status, 1);
       assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: ${p} is not built yet`));
     }
+  });
+
+  it("loads its native module only from a private directory, and re-verifies it", () => {
+    const img = busyboxImage(dir, "native-img");
+    const cache = join(dir, "cache");
+    const env = { ...process.env, XDG_RUNTIME_DIR: cache, XDG_CACHE_HOME: cache };
+    assert.equal(run(join(DIST, "ch-run"), [img, "--", "true"], { env }).status, 0);
+    const [name] = readdirSync(join(cache, "charliecloud"));
+    const file = join(cache, "charliecloud", name);
+    const good = readFileSync(file);
+    // Tampered with: it is replaced from the copy inside the executable before loading.
+    writeFileSync(file, "not a shared object");
+    assert.equal(run(join(DIST, "ch-run"), [img, "--", "true"], { env }).status, 0);
+    assert.ok(readFileSync(file).equals(good));
+    // A directory others can write is refused, with what to do.
+    chmodSync(join(cache, "charliecloud"), 0o777);
+    const r = run(join(DIST, "ch-run"), [img, "--", "true"], { env });
+    assert.equal(r.status, 31);
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: can't load the native FFI module: no private directory .*writable by others \(mode 777\).*set XDG_CACHE_HOME/,
+    );
   });
 
   it("runs a container from a copy in another directory, with no node on PATH", () => {
