@@ -15,8 +15,7 @@ import {
 } from "../container/plan.ts";
 import { imagePath, storageDir } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
-import { inheritedFds } from "../sys/fds.ts";
-import { launch, NODE_IGNORED } from "../sys/launch.ts";
+import { launch } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 
 const SPECS: OptSpec[] = [
@@ -242,10 +241,8 @@ export async function main(argv: string[]): Promise<number> {
   launch({
     euid,
     egid,
-    build(b) {
-      execute(p.ops.slice(0, -1), b);
-      b.beforeExec(NODE_IGNORED, [0, 1, 2, ...inheritedFds()], nullFds);
-      execute([last], b);
-    },
+    nullFds,
+    setup: (b) => execute(p.ops.slice(0, -1), b),
+    exec: (b) => execute([last], b),
   });
 }

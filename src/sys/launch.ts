@@ -5,6 +5,7 @@
 import { writeFileSync } from "node:fs";
 import { hostArch } from "./arch.ts";
 import { ChError } from "./errors.ts";
+import { inheritedFds } from "./fds.ts";
 import { LibcError, libc, PROT_EXEC, PROT_READ } from "./libc.ts";
 import { blobs } from "./native/blobs.ts";
 import { ProgramBuilder, relocate } from "./program.ts";
@@ -15,22 +16,30 @@ const SIG_BLOCK = 0;
 const PAGE = 4096;
 const STACK = 64 * 1024;
 
-/** Signals ch-run forwards: all but those that can't be blocked or mean a fault of its own. */
-export function forwardedMask(): bigint {
-  let m = 0n;
-  const sync = new Set([4, 5, 7, 8, 9, 11, 19, 31]); // ILL TRAP BUS FPE KILL SEGV STOP SYS
-  for (let s = 1; s <= 64; s++) if (!sync.has(s) && s !== 32 && s !== 33) m |= 1n << BigInt(s - 1);
-  return m;
+/** Signals ch-run forwards: all but those that can't be blocked or mean a fault of its own
+ * (ILL TRAP BUS FPE KILL SEGV STOP SYS) and glibc's two internal ones (32, 33). */
+export function forwardedSignals(): number[] {
+  const skip = new Set([4, 5, 7, 8, 9, 11, 19, 31, 32, 33]);
+  return Array.from({ length: 64 }, (_, i) => i + 1).filter((s) => !skip.has(s));
 }
 
-/** Signals Node ignores at start-up (SIGPIPE, SIGXFSZ); the command gets them back at default. */
-export const NODE_IGNORED = [13, 25];
+export function forwardedMask(): bigint {
+  return forwardedSignals().reduce((m, s) => m | (1n << BigInt(s - 1)), 0n);
+}
+
+/** Signals Node ignores (SIGPIPE, SIGXFSZ): they stay ignored in ch-run, so that its own writes
+ * raise none; the command gets them back at their default, like every forwarded signal. */
+const NODE_IGNORED = new Set([13, 25]);
 
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
 export interface LaunchSpec {
-  /** Adds the setup and exec steps to the child's program. */
-  build(b: ProgramBuilder): void;
+  /** Adds the setup steps to the child's program. */
+  setup(b: ProgramBuilder): void;
+  /** Adds the execve(2) step. */
+  exec(b: ProgramBuilder): void;
+  /** Descriptors to point at /dev/null for the command (ch-run -qq, -qqq). */
+  nullFds: number[];
   /** Host IDs to map to root in the container's outer user namespace. */
   euid: number;
   egid: number;
@@ -48,7 +57,9 @@ export function launch(spec: LaunchSpec): never {
   const b = new ProgramBuilder(arch);
   b.reportFd = repW;
   b.prologue(syncR, syncW);
-  spec.build(b);
+  spec.setup(b);
+  b.beforeExec(forwardedSignals(), [0, 1, 2, ...inheritedFds()], spec.nullFds);
+  spec.exec(b);
 
   const codeSize = roundUp(code.length, PAGE);
   const prog = b.layout();
@@ -59,7 +70,10 @@ export function launch(spec: LaunchSpec): never {
   c.poke(mem, codeSize, prog.bytes);
   c.mprotect(mem, 0, codeSize, PROT_READ | PROT_EXEC);
 
-  // Signals stay pending from here until the waiter forwards them.
+  // Signals stay pending from here until the waiter forwards them: the main thread blocks them,
+  // and the native handler sends any that reach Node's other threads on to the main thread.
+  const handler = mem.address + BigInt(native.forwardEntry);
+  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, handler);
   c.sigmask(SIG_BLOCK, forwardedMask());
   const stackTop = mem.address + BigInt(mem.size);
   const pid = c.clone(mem.address + BigInt(native.launcherEntry), stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, progAddr);
@@ -93,7 +107,7 @@ export function launch(spec: LaunchSpec): never {
     const exit = (status >> 8) & 0xff;
     throw new ChError(op?.why.what ?? `setup step ${index} failed`, { errno, exit, at: op?.at });
   }
-  c.munmap(mem);
+  // The mapping stays: it holds the signal handler until the exec below discards it all.
 
   // The command is running (or its setup died without a word). Become the waiter.
   try {

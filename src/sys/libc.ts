@@ -64,7 +64,6 @@ function bind() {
     getpwuid: lib.func("ch_passwd *getpwuid(uint32_t)"),
     getgrgid: lib.func("ch_group *getgrgid(uint32_t)"),
     mmap: lib.func("void *mmap(void *, size_t, int, int, int, intptr_t)"),
-    munmap: lib.func("int munmap(void *, size_t)"),
     mprotect: lib.func("int mprotect(void *, size_t, int)"),
     pipe2: lib.func("int pipe2(_Out_ int32_t *fds, int)"),
     read: lib.func("intptr_t read(int, _Out_ uint8_t *, size_t)"),
@@ -76,6 +75,7 @@ function bind() {
     memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
     execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
+    sigaction: lib.func("int sigaction(int, const uint8_t *, void *)"),
     statvfs: lib.func("int statvfs(const char *, _Out_ uint8_t *)"),
   };
   return { koffi, f, passwd, group };
@@ -149,9 +149,6 @@ export function libc() {
       if (address === 0xffffffffffffffffn) throw new LibcError("mmap", errno());
       return { ptr, address, size };
     },
-    munmap(m: Mapping): void {
-      f.munmap(m.ptr, m.size);
-    },
     /** Copies bytes into the mapping at an offset. */
     poke(m: Mapping, offset: number, bytes: Uint8Array): void {
       new Uint8Array(k.view(m.ptr, m.size)).set(bytes, offset);
@@ -214,6 +211,16 @@ export function libc() {
       const r = f.sigprocmask(how, [set], old) as number;
       if (r !== 0) throw new LibcError("pthread_sigmask", r);
       return BigInt(old[0]);
+    },
+    /** sigaction(2) through glibc (which adds the restorer): `handler` for `sig`, every signal
+     * blocked while it runs, SA_RESTART. */
+    sigaction(sig: number, handler: bigint): void {
+      const act = new Uint8Array(152); // struct sigaction: handler, 128-byte mask, flags, restorer
+      const dv = new DataView(act.buffer);
+      dv.setBigUint64(0, handler, true);
+      act.fill(0xff, 8, 136);
+      dv.setInt32(136, 0x10000000, true);
+      check("sigaction", f.sigaction(sig, act, null) as number);
     },
     /** statvfs(3) f_flag: ST_RDONLY, ST_NOSUID, ST_NODEV, ST_NOEXEC, atime flags... */
     mountFlags(path: string): number {

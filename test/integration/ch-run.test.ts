@@ -398,10 +398,17 @@ describe("descriptors, signals, resources", () => {
   });
 
   it("writes no temporary files", () => {
+    // Other test files run beside this one, so look only at what ch-run could leave: its own
+    // TMPDIR stays empty, and nothing of its kind appears in /tmp.
+    const own = join(dir, "own-tmp");
+    mkdirSync(own);
+    const env = { ...process.env, TMPDIR: own };
     const before = new Set(readdirSync("/tmp"));
-    chRun([img, "--", "true"]);
-    chRun([img, "--", "no-such-command"]);
-    const added = readdirSync("/tmp").filter((f) => !before.has(f) && !f.startsWith("chtest-"));
+    chRun([img, "--", "true"], { env });
+    chRun([img, "--", "no-such-command"], { env });
+    chRun(["-b", "/no/such", img, "--", "true"], { env });
+    assert.deepEqual(readdirSync(own), []);
+    const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));
     assert.deepEqual(added, []);
   });
 });

@@ -50,3 +50,12 @@ __attribute__((noreturn)) void launch(struct prog *p) {
   sys6(NR_exit_group, 31, 0, 0, 0, 0, 0);
   __builtin_unreachable();
 }
+
+/* Signal handler ch-run installs for the signals it forwards, from just before clone(2) until it
+   becomes the waiter. The main thread blocks those signals; one that the kernel gives to another
+   of Node's threads lands here and is sent on to the main thread (whose TID is the PID), where it
+   stays pending across the execve(2) into the waiter, which then forwards it. */
+void forward_to_main(int sig) {
+  i64 pid = sys6(NR_getpid, 0, 0, 0, 0, 0, 0);
+  sys6(NR_tgkill, pid, pid, sig, 0, 0, 0);
+}

@@ -22,6 +22,7 @@ static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_rt_sigtimedwait 128
 #define NR_exit_group 231
 #define NR_close_range 436
+#define NR_tgkill 234
 #elif defined(__aarch64__)
 static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
   register i64 x8 __asm__("x8") = n;
@@ -46,6 +47,7 @@ static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_rt_sigtimedwait 137
 #define NR_exit_group 94
 #define NR_close_range 436
+#define NR_tgkill 131
 #else
 #error "unsupported architecture"
 #endif
