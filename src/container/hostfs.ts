@@ -79,3 +79,14 @@ export class MemFs implements HostFs {
     return typeof n === "string" ? n : null;
   }
 }
+
+/** A view in which paths under `root` are read through `prefix` (e.g. /proc/PID/root, to see
+ * inside another mount namespace) and every other path as it is. */
+export function prefixedFs(fs: HostFs, root: string, prefix: string): HostFs {
+  const map = (p: string) => (p === root || p.startsWith(`${root}/`) ? `${prefix}${p}` : p);
+  return {
+    lstat: (p) => fs.lstat(map(p)),
+    readlink: (p) => fs.readlink(map(p)),
+    readFile: (p) => fs.readFile(map(p)),
+  };
+}

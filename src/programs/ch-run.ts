@@ -4,15 +4,9 @@ import { posix } from "node:path";
 import { helpOrVersion, type OptSpec, parseArgs, parseId } from "../cli/getopt.ts";
 import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
 import { describeOp, execute } from "../container/execute.ts";
-import { realFs } from "../container/hostfs.ts";
-import {
-  type Bind,
-  DEFAULT_WRITE_FAKE_SIZE,
-  defaultRunOptions,
-  type HostFacts,
-  plan,
-  type RunOptions,
-} from "../container/plan.ts";
+import { prefixedFs, realFs } from "../container/hostfs.ts";
+import { type Bind, DEFAULT_WRITE_FAKE_SIZE, defaultRunOptions, plan, type RunOptions } from "../container/plan.ts";
+import { MAGIC, mountSquash, prepareSquash } from "../container/squash.ts";
 import { imagePath, storageDir } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import { launch } from "../sys/launch.ts";
@@ -46,7 +40,7 @@ const FEATURES: Record<string, boolean> = {
   extglob: false,
   overlayfs: true,
   seccomp: false,
-  squash: false,
+  squash: true,
   "tmpfs-xattrs": true,
 };
 
@@ -176,12 +170,14 @@ function parse(argv: string[]): Parsed | number {
   return { opts: o, image, storage, unsafe, mount };
 }
 
+type Image = { kind: "dir"; root: string } | { kind: "squash"; file: string };
+
 /** Finds the image: a name in storage first, then a path. */
-function findImage(image: string, storage: string, write: boolean, unsafe: boolean): string {
+function findImage(image: string, storage: string, write: boolean, unsafe: boolean): Image {
   const byName = imagePath(storage, image);
   if (statSync(byName, { throwIfNoEntry: false })?.isDirectory()) {
     if (write && !unsafe) throw new ChError(`--write invalid when running by name: ${image}`);
-    return realpathSync(byName);
+    return { kind: "dir", root: realpathSync(byName) };
   }
   const st = statSync(image, { throwIfNoEntry: false });
   if (!st) throw new ChError(`can't find image: ${image}`, { errno: 2 });
@@ -189,7 +185,7 @@ function findImage(image: string, storage: string, write: boolean, unsafe: boole
     const root = realpathSync(image);
     const img = `${storage}/img/`;
     if (!unsafe && `${root}/`.startsWith(img)) throw new ChError("can't run directory images from storage (hint: run by name)");
-    return root;
+    return { kind: "dir", root };
   }
   const magic = Buffer.alloc(4);
   try {
@@ -199,8 +195,7 @@ function findImage(image: string, storage: string, write: boolean, unsafe: boole
   } catch (e) {
     throw sysError(`can't read image: ${image}`, e);
   }
-  if (magic.toString("latin1") === "hsqs")
-    throw new ChError(`SquashFS images are not supported yet: ${image}; unpack it with: ch-convert ${image} DIR`);
+  if (magic.toString("latin1") === MAGIC) return { kind: "squash", file: image };
   throw new ChError(`unknown image type: ${image}`);
 }
 
@@ -215,34 +210,49 @@ export async function main(argv: string[]): Promise<number> {
   const user = process.env.USER || c.getpwuid(euid)?.name;
   if (!user) throw new ChError("$USER not set and UID not found");
   const storage = storageDir(parsed.storage, process.env, user);
-  const root = findImage(image, storage, opts.write, unsafe);
-  const flags = c.mountFlags(root);
-  const facts: HostFacts = {
-    euid,
-    egid,
-    user,
-    env: process.env,
-    cwd: process.cwd(),
-    image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
-    passwd: (uid) => c.getpwuid(uid),
-    group: (gid) => c.getgrgid(gid),
-    fs: realFs,
-  };
-  const p = plan(opts, facts);
-  if (parsed.mount !== null) p.warnings.unshift("--mount invalid with directory image, ignoring");
-  if (opts.verbosity >= 0) for (const w of p.warnings) warn(w);
-  if (opts.verbosity >= 1) {
-    const say = (s: string) => process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);
-    for (const l of p.log) say(l);
-    for (const op of p.ops) say(describeOp(op));
-  }
-  const last = p.ops[p.ops.length - 1];
+  const found = findImage(image, storage, opts.write, unsafe);
+  const squash = found.kind === "squash" ? prepareSquash(found.file, parsed.mount, storage) : null;
+  const root = squash ? squash.mnt : (found as { root: string }).root;
+  // The image as ch-run sees it: a SquashFS image only inside the container's namespaces.
+  let fs = realFs;
+  let seen = root;
+  const warnings: string[] = [];
+  if (!squash && parsed.mount !== null) warnings.push("--mount invalid with directory image, ignoring");
   const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
   launch({
     euid,
     egid,
     nullFds,
-    setup: (b) => execute(p.ops.slice(0, -1), b),
-    exec: (b) => execute([last], b),
+    prepare: squash
+      ? (pid) => {
+          mountSquash(pid, squash);
+          fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
+          seen = `/proc/${pid}/root${root}`;
+        }
+      : undefined,
+    build(b, beforeExec) {
+      const flags = c.mountFlags(seen);
+      const p = plan(opts, {
+        euid,
+        egid,
+        user,
+        env: process.env,
+        cwd: process.cwd(),
+        image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
+        passwd: (uid) => c.getpwuid(uid),
+        group: (gid) => c.getgrgid(gid),
+        fs,
+      });
+      if (opts.verbosity >= 0) for (const w of [...warnings, ...p.warnings]) warn(w);
+      if (opts.verbosity >= 1) {
+        const say = (s: string) => process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);
+        if (squash) say(`SquashFS ${squash.file} mounted at ${root}`);
+        for (const l of p.log) say(l);
+        for (const op of p.ops) say(describeOp(op));
+      }
+      execute(p.ops.slice(0, -1), b);
+      beforeExec();
+      execute(p.ops.slice(-1), b);
+    },
   });
 }

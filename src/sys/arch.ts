@@ -21,6 +21,8 @@ export interface SyscallNumbers {
   rt_sigaction: number;
   rt_sigprocmask: number;
   exit_group: number;
+  mmap: number;
+  getppid: number;
 }
 
 export const SYSCALLS: Record<Arch, SyscallNumbers> = {
@@ -43,6 +45,8 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigaction: 13,
     rt_sigprocmask: 14,
     exit_group: 231,
+    mmap: 9,
+    getppid: 110,
   },
   arm64: {
     read: 63,
@@ -63,6 +67,8 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigaction: 134,
     rt_sigprocmask: 135,
     exit_group: 94,
+    mmap: 222,
+    getppid: 173,
   },
 };
 

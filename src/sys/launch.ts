@@ -4,7 +4,7 @@
 // no Node heap while the command runs, forwards signals and exits with the command's status.
 import { writeFileSync } from "node:fs";
 import { hostArch } from "./arch.ts";
-import { ChError } from "./errors.ts";
+import { ChError, sysError } from "./errors.ts";
 import { inheritedFds } from "./fds.ts";
 import { LibcError, libc, PROT_EXEC, PROT_READ } from "./libc.ts";
 import { blobs } from "./native/blobs.ts";
@@ -34,33 +34,26 @@ const NODE_IGNORED = new Set([13, 25]);
 const roundUp = (n: number, to: number) => Math.ceil(n / to) * to;
 
 export interface LaunchSpec {
-  /** Adds the setup steps to the child's program. */
-  setup(b: ProgramBuilder): void;
-  /** Adds the execve(2) step. */
-  exec(b: ProgramBuilder): void;
-  /** Descriptors to point at /dev/null for the command (ch-run -qq, -qqq). */
-  nullFds: number[];
   /** Host IDs to map to root in the container's outer user namespace. */
   euid: number;
   egid: number;
+  /** Descriptors to point at /dev/null for the command (ch-run -qq, -qqq). */
+  nullFds: number[];
+  /** Runs once the container's namespaces exist and before its setup is planned, e.g. to mount
+   * a SquashFS image inside them. */
+  prepare?(pid: number): void;
+  /** Adds the setup steps, then calls beforeExec(), then adds the execve(2) step. */
+  build(b: ProgramBuilder, beforeExec: () => void): void;
 }
 
-/** Runs the container; returns only if setup failed (throws) or never (exec into waiter). */
-export function launch(spec: LaunchSpec): never {
+/** The largest second-stage program (the setup planned after clone). */
+const STAGE2_MAX = 16 << 20;
+
+/** Maps the launcher's code, a program and a stack; returns the entry and the addresses. */
+function mapProgram(b: ProgramBuilder) {
   const c = libc();
-  const arch = hostArch();
-  const native = blobs[arch];
+  const native = blobs[b.arch];
   const code = Buffer.from(native.launcher, "base64");
-  const [syncR, syncW] = c.pipe2(O_CLOEXEC);
-  const [repR, repW] = c.pipe2(O_CLOEXEC);
-
-  const b = new ProgramBuilder(arch);
-  b.reportFd = repW;
-  b.prologue(syncR, syncW);
-  spec.setup(b);
-  b.beforeExec(forwardedSignals(), [0, 1, 2, ...inheritedFds()], spec.nullFds);
-  spec.exec(b);
-
   const codeSize = roundUp(code.length, PAGE);
   const prog = b.layout();
   const mem = c.mmap(codeSize + roundUp(prog.bytes.length, 16) + STACK);
@@ -69,49 +62,87 @@ export function launch(spec: LaunchSpec): never {
   c.poke(mem, 0, code);
   c.poke(mem, codeSize, prog.bytes);
   c.mprotect(mem, 0, codeSize, PROT_READ | PROT_EXEC);
+  return {
+    entry: mem.address + BigInt(native.launcherEntry),
+    handler: mem.address + BigInt(native.forwardEntry),
+    stackTop: mem.address + BigInt(mem.size),
+    progAddr,
+  };
+}
 
-  // Signals stay pending from here until the waiter forwards them: the main thread blocks them,
-  // and the native handler sends any that reach Node's other threads on to the main thread.
-  const handler = mem.address + BigInt(native.forwardEntry);
-  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, handler);
-  c.sigmask(SIG_BLOCK, forwardedMask());
-  const stackTop = mem.address + BigInt(mem.size);
-  const pid = c.clone(mem.address + BigInt(native.launcherEntry), stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, progAddr);
-  c.close(syncR);
-  c.close(repW);
-
-  try {
-    writeFileSync(`/proc/${pid}/setgroups`, "deny");
-    writeFileSync(`/proc/${pid}/uid_map`, `0 ${spec.euid} 1\n`);
-    writeFileSync(`/proc/${pid}/gid_map`, `0 ${spec.egid} 1\n`);
-  } catch (e) {
-    c.kill(pid, 9);
-    c.waitpid(pid);
-    const errno = Math.abs(Number((e as { errno?: number }).errno ?? 0));
-    throw new ChError("can't write ID maps for the container's user namespace (are unprivileged user namespaces enabled?)", {
-      errno,
-    });
-  }
-  c.write(syncW, new Uint8Array([103]));
-  c.close(syncW);
-
+/** Reads the child's report: nothing if its program reached execve(2); else throws the failed
+ * step's error, once the child is reaped. */
+function checkReport(repR: number, pid: number, ops: ProgramBuilder["ops"]): void {
+  const c = libc();
   const report = new Uint8Array(16);
   const n = c.read(repR, report);
   c.close(repR);
-  if (n === 16) {
-    const dv = new DataView(report.buffer);
-    const index = Number(dv.getBigInt64(0, true));
-    const errno = Number(dv.getBigInt64(8, true));
-    const status = c.waitpid(pid);
-    const op = b.ops[index];
-    const exit = (status >> 8) & 0xff;
-    throw new ChError(op?.why.what ?? `setup step ${index} failed`, { errno, exit, at: op?.at });
+  if (n !== 16) return;
+  const dv = new DataView(report.buffer);
+  const index = Number(dv.getBigInt64(0, true));
+  const errno = Number(dv.getBigInt64(8, true));
+  const status = c.waitpid(pid);
+  const op = ops[index];
+  throw new ChError(op?.why.what ?? `setup step ${index} failed`, { errno, exit: (status >> 8) & 0xff, at: op?.at });
+}
+
+/** Runs the container; returns only if setup failed (throws) or never (exec into waiter).
+ *
+ * The child's first program only waits for the go-ahead, then maps and runs a second program
+ * from a memfd: ch-run plans the setup once the namespaces exist, so that it can look inside
+ * them (a SquashFS image mounted there by prepare()). */
+export function launch(spec: LaunchSpec): never {
+  const c = libc();
+  const arch = hostArch();
+  const inherited = inheritedFds(); // before this function opens descriptors of its own
+  const [syncR, syncW] = c.pipe2(O_CLOEXEC);
+  const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const stage2 = c.memfdCreate("ch-run-setup");
+  const stage2Addr = c.mmap(STAGE2_MAX).address; // reserved here; the child maps over it
+
+  const b1 = new ProgramBuilder(arch);
+  b1.reportFd = repW;
+  b1.prologue(syncR, syncW);
+  b1.runStage2(stage2, stage2Addr, STAGE2_MAX);
+  const m = mapProgram(b1);
+
+  // Signals stay pending from here until the waiter forwards them: the main thread blocks them,
+  // and the native handler sends any that reach Node's other threads on to the main thread.
+  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, m.handler);
+  c.sigmask(SIG_BLOCK, forwardedMask());
+  const pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
+  c.close(syncR);
+  c.close(repW);
+
+  const b2 = new ProgramBuilder(arch);
+  try {
+    try {
+      writeFileSync(`/proc/${pid}/setgroups`, "deny");
+      writeFileSync(`/proc/${pid}/uid_map`, `0 ${spec.euid} 1\n`);
+      writeFileSync(`/proc/${pid}/gid_map`, `0 ${spec.egid} 1\n`);
+    } catch (e) {
+      throw sysError("can't write ID maps for the container's user namespace (are unprivileged user namespaces enabled?)", e);
+    }
+    spec.prepare?.(pid);
+    b2.reportFd = repW;
+    b2.indexBase = b1.ops.length;
+    spec.build(b2, () => b2.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds));
+    const bytes = b2.serialize(stage2Addr);
+    if (bytes.length > STAGE2_MAX) throw new ChError(`container setup too large (${bytes.length} bytes; environment too big?)`);
+    c.writeAll(stage2, bytes);
+  } catch (e) {
+    c.kill(pid, 9);
+    c.waitpid(pid);
+    throw e;
   }
-  // The mapping stays: it holds the signal handler until the exec below discards it all.
+  c.write(syncW, new Uint8Array([103]));
+  c.close(syncW);
+  checkReport(repR, pid, [...b1.ops, ...b2.ops]);
+  // The mappings stay: they hold the signal handler until the exec below discards it all.
 
   // The command is running (or its setup died without a word). Become the waiter.
   try {
-    const fd = c.memfd("ch-run-waiter", Buffer.from(native.waiter, "base64"));
+    const fd = c.memfd("ch-run-waiter", Buffer.from(blobs[arch].waiter, "base64"));
     c.execFd(fd, [process.argv0 || "ch-run", String(pid)], []);
   } catch (e) {
     if (!(e instanceof LibcError)) throw e;
@@ -119,4 +150,21 @@ export function launch(spec: LaunchSpec): never {
   // No waiter (memfd or execveat refused): wait here instead.
   const st = c.waitpid(pid);
   process.exit(st & 0x7f ? 128 + (st & 0x7f) : (st >> 8) & 0xff);
+}
+
+/** Starts a program inside the namespaces of process `target` (its user namespace, then its
+ * mount namespace), as a child of this process that dies with it; returns its PID once
+ * execve(2) succeeded. For FUSE servers that must mount inside a container. */
+export function spawnInNamespaces(target: number, path: string, argv: string[], envp: string[]): number {
+  const c = libc();
+  const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const b = new ProgramBuilder(hostArch());
+  b.reportFd = repW;
+  b.joinNamespaces(target);
+  b.execve([path], argv, envp, { what: `can't execute ${path} in the container's namespaces` });
+  const m = mapProgram(b);
+  const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);
+  c.close(repW);
+  checkReport(repR, pid, b.ops);
+  return pid;
 }

@@ -191,13 +191,25 @@ export function libc() {
         if (e !== 4) throw new LibcError("waitpid", e);
       }
     },
+    /** waitpid(pid, WNOHANG): the raw status if it ended, else null. */
+    reaped(pid: number): number | null {
+      const st = [0];
+      const r = f.waitpid(pid, st, 1) as number;
+      return r === pid ? st[0] : null;
+    },
     kill(pid: number, sig: number): void {
       f.kill(pid, sig);
     },
-    memfd(name: string, bytes: Uint8Array): number {
-      const fd = check("memfd_create", f.memfd_create(name, 1 /* MFD_CLOEXEC */) as number);
+    memfdCreate(name: string): number {
+      return check("memfd_create", f.memfd_create(name, 1 /* MFD_CLOEXEC */) as number);
+    },
+    writeAll(fd: number, bytes: Uint8Array): void {
       let off = 0;
       while (off < bytes.length) off += check("write", Number(f.write(fd, bytes.subarray(off), bytes.length - off)));
+    },
+    memfd(name: string, bytes: Uint8Array): number {
+      const fd = this.memfdCreate(name);
+      this.writeAll(fd, bytes);
       return fd;
     },
     /** execveat(fd, "", argv, envp, AT_EMPTY_PATH); returns only on failure. */

@@ -17,7 +17,7 @@ const SIG_SETMASK = 2;
 const EEXIST = 17;
 
 const OP_WORDS = 10;
-const HEADER_WORDS = 2;
+const HEADER_WORDS = 3;
 
 type Arg = number | bigint | { str: string } | { strs: string[] } | { bytes: Uint8Array } | { reg: number };
 
@@ -42,10 +42,14 @@ export interface OpOptions {
 export class ProgramBuilder implements Syscalls {
   readonly ops: Op[] = [];
   readonly nr: SyscallNumbers;
+  readonly arch: Arch;
   reportFd = -1;
+  /** Index of this program's first op among all the launch's ops, for failure reports. */
+  indexBase = 0;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
+    this.arch = arch;
   }
 
   /** Appends one raw system call. */
@@ -62,6 +66,31 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.close, [syncWrite], { what: "can't close sync pipe" });
     this.op(n.read, [syncRead, { bytes: new Uint8Array(8) }, 1], { what: "parent did not start the container" }, { expect: 1 });
     this.op(n.close, [syncRead], { what: "can't close sync pipe" });
+  }
+
+  /** Dies with the parent; enters the user, then the mount namespace of process `pid`. */
+  joinNamespaces(pid: number): void {
+    const n = this.nr;
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
+    for (const [ns, flag] of [
+      ["user", 0x10000000],
+      ["mnt", 0x20000],
+    ] as const) {
+      const why = { what: `can't join the container's ${ns} namespace` };
+      this.op(n.openat, [AT_FDCWD, { str: `/proc/${pid}/ns/${ns}` }, O_CLOEXEC], why, { dst: 0 });
+      this.op(n.setns, [{ reg: 0 }, flag], why);
+      this.op(n.close, [{ reg: 0 }], why);
+    }
+  }
+
+  /** Maps the second-stage program from a memfd at a fixed address, and runs it. */
+  runStage2(memfd: number, address: bigint, size: number): void {
+    const n = this.nr;
+    const PROT_RW = 3;
+    const MAP_PRIVATE_FIXED = 0x12;
+    const why = { what: "can't map the container's setup program" };
+    this.op(n.mmap, [address, size, PROT_RW, MAP_PRIVATE_FIXED, memfd, 0], why, { expect: Number(address) });
+    this.op(-1, [address], why);
   }
 
   /** What the command needs from its launcher: default signal actions, no blocked signals,
@@ -166,6 +195,7 @@ export class ProgramBuilder implements Syscalls {
     const words = new BigInt64Array(fixed / 8);
     words[0] = BigInt(this.ops.length);
     words[1] = BigInt(this.reportFd);
+    words[2] = BigInt(this.indexBase);
     this.ops.forEach((op, i) => {
       const w = HEADER_WORDS + i * OP_WORDS;
       let flags = 0n;

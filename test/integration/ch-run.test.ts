@@ -262,14 +262,6 @@ describe("exit status and errors", () => {
     assert.match(w.stderr, /--write invalid when running by name/);
   });
 
-  it("says plainly that SquashFS images are not supported yet", () => {
-    const sq = join(dir, "image.sqfs");
-    writeFileSync(sq, "hsqs and more");
-    const r = chRun([sq, "--", "true"]);
-    assert.equal(r.status, 31);
-    assert.match(r.stderr, /SquashFS images are not supported yet: .*image\.sqfs; unpack it with: ch-convert/);
-  });
-
   it("reproduces the FAQ's first example", () => {
     const r = chRun(["foo", "--", "echo", "hello"], { cwd: dir });
     assert.equal(r.status, 31);

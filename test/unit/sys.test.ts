@@ -54,10 +54,11 @@ describe("native launcher program", () => {
     b.execve(["/a/ls", "/b/ls"], ["ls"], ["A=1"], { what: "e", exit: 49 });
     const base = 0x10000n;
     const bytes = b.serialize(base);
-    const w = new BigInt64Array(bytes.buffer, 0, 2 + 5 * 10);
+    const w = new BigInt64Array(bytes.buffer, 0, 3 + 5 * 10);
     assert.equal(w[0], 5n);
     assert.equal(w[1], 9n);
-    const op = (i: number) => w.subarray(2 + i * 10, 12 + i * 10);
+    assert.equal(w[2], 0n, "index base of a first-stage program");
+    const op = (i: number) => w.subarray(3 + i * 10, 13 + i * 10);
     assert.equal(op(0)[0], BigInt(SYSCALLS.x64.openat));
     assert.equal((op(0)[7] >> 24n) & 15n, 1n, "openat stores its result in register 0");
     assert.equal(op(1)[7] & 15n, 1n, "write takes the descriptor from register 0");

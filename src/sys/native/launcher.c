@@ -2,8 +2,10 @@
    TypeScript side (src/container/program.ts) and nothing else: no libc, no globals, no JavaScript.
 
    Program layout (little-endian 64-bit words):
-     header: nops, report_fd
+     header: nops, report_fd, index_base (added to op indices in reports)
      op:     nr, a0..a5, flags, ok_errno, expect
+   nr -1 is no system call: it runs the program at address a0 (a second stage that ch-run plans
+   once the namespaces exist, mapped in by an earlier op).
    flags: bits 4j..4j+3 (j = 0..5): 0 = argument j is the immediate a[j]; k = register k-1.
           bits 24..27: k = store the result in register k-1 (0: don't).
           bit 28: the result must equal `expect`, else the op fails with errno 0.
@@ -16,7 +18,7 @@ struct op {
   i64 nr, a[6], flags, ok_errno, expect;
 };
 struct prog {
-  i64 nops, report_fd;
+  i64 nops, report_fd, index_base;
   struct op ops[];
 };
 
@@ -29,6 +31,7 @@ __attribute__((noreturn)) void launch(struct prog *p) {
       i64 src = (fl >> (4 * j)) & 15;
       a[j] = src ? reg[src - 1] : o->a[j];
     }
+    if (o->nr == -1) launch((struct prog *)a[0]);
     i64 r = sys6(o->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
     i64 dst = (fl >> 24) & 15;
     if (dst) reg[dst - 1] = r;
@@ -41,7 +44,7 @@ __attribute__((noreturn)) void launch(struct prog *p) {
     }
     if (failed) {
       if ((fl >> 29) & 1) continue;
-      i64 msg[2] = {i, err};
+      i64 msg[2] = {p->index_base + i, err};
       sys6(NR_write, p->report_fd, (i64)msg, sizeof msg, 0, 0, 0);
       i64 code = (fl >> 32) & 255;
       sys6(NR_exit_group, code ? code : 31, 0, 0, 0, 0, 0);

@@ -1,0 +1,87 @@
+// Running a SquashFS image: squashfuse mounts it inside the container's own namespaces, with no
+// setuid helper (fusermount is not used: there we are root of a user namespace), and the
+// container's root is that mount. It lives in the container's private mount namespace only, so
+// it is gone when the container is, however ch-run ends.
+import { accessSync, constants, mkdirSync, realpathSync, statSync } from "node:fs";
+import { posix } from "node:path";
+import { ChError, sysError } from "../sys/errors.ts";
+import { spawnInNamespaces } from "../sys/launch.ts";
+import { libc } from "../sys/libc.ts";
+
+export interface SquashMount {
+  /** The image file (real path). */
+  file: string;
+  /** Mount point (real path), the same for every container: each mounts in its own namespace. */
+  mnt: string;
+  /** The squashfuse executable. */
+  fuse: string;
+}
+
+export const MAGIC = "hsqs";
+
+function findExecutable(name: string, path: string | undefined): string | null {
+  for (const dir of [...(path ?? "").split(":"), "/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]) {
+    if (!dir.startsWith("/")) continue;
+    const p = posix.join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {}
+  }
+  return null;
+}
+
+/** Checks what a SquashFS run needs, before any namespace exists. */
+export function prepareSquash(image: string, mountOption: string | null, storage: string): SquashMount {
+  const unpack = `unpack it instead: ch-convert ${image} DIR`;
+  const fuse = findExecutable("squashfuse", process.env.PATH);
+  if (!fuse) throw new ChError(`can't mount SquashFS image: squashfuse not found (install it, or ${unpack})`, { errno: 2 });
+  try {
+    accessSync("/dev/fuse", constants.R_OK | constants.W_OK);
+  } catch (e) {
+    throw sysError(`can't mount SquashFS image: /dev/fuse is not usable by you (ask your admins for mode 0666, or ${unpack})`, e);
+  }
+  let mnt: string;
+  if (mountOption !== null) {
+    if (!statSync(mountOption, { throwIfNoEntry: false })?.isDirectory())
+      throw new ChError(`--mount: mount point not found or not a directory: ${mountOption}`, { errno: 2 });
+    mnt = mountOption;
+  } else {
+    mnt = posix.join(storage, "mnt");
+    try {
+      mkdirSync(mnt, { recursive: true, mode: 0o700 });
+    } catch (e) {
+      throw sysError(`can't create SquashFS mount point: ${mnt}`, e);
+    }
+  }
+  return { file: realpathSync(image), mnt: realpathSync(mnt), fuse };
+}
+
+const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/** Mounts the image inside the namespaces of process `pid` (the container, waiting for its
+ * setup) and waits until the mount is there. */
+export function mountSquash(pid: number, m: SquashMount, timeoutMs = 30_000): void {
+  const fusePid = spawnInNamespaces(
+    pid,
+    m.fuse,
+    ["squashfuse", "-f", m.file, m.mnt],
+    [`PATH=${process.env.PATH ?? "/usr/bin:/bin"}`],
+  );
+  const hostDev = statSync(m.mnt).dev;
+  const inside = `/proc/${pid}/root${m.mnt}`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (statSync(inside, { throwIfNoEntry: false })?.dev !== hostDev) return;
+    const st = libc().reaped(fusePid);
+    if (st !== null)
+      throw new ChError(
+        `can't mount SquashFS image ${m.file}: squashfuse exited with status ${(st >> 8) & 0xff} (is it a SquashFS image?)`,
+      );
+    if (Date.now() > deadline) {
+      libc().kill(fusePid, 9);
+      throw new ChError(`can't mount SquashFS image ${m.file}: squashfuse did not mount it within ${timeoutMs / 1000} s`);
+    }
+    sleep(2);
+  }
+}
