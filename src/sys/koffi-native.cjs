@@ -3,11 +3,10 @@
 //
 // The module travels as an SEA asset. It is written once per version into a directory that only
 // the invoking user can write, checked for owner and mode, and verified by its SHA-256 before
-// process.dlopen(): a file another user could have planted or changed is never loaded.
+// process.dlopen() (see load()): a file another user could have planted or changed is never loaded.
 "use strict";
 const fs = require("node:fs");
 const path = require("node:path");
-const crypto = require("node:crypto");
 const sea = require("node:sea");
 
 /* global __KOFFI_SHA256__, __KOFFI_VERSION__ */
@@ -59,25 +58,50 @@ function cacheDir() {
 }
 
 function sha256(buf) {
-  return crypto.createHash("sha256").update(buf).digest("hex");
+  // node:crypto only when a check is due: loading it costs milliseconds at every start.
+  return require("node:crypto").createHash("sha256").update(buf).digest("hex");
+}
+
+/** What identifies the file's content without reading it: the kernel sets the change time
+ * on every write, chmod or rename, and no one can set it back. */
+function identity(file) {
+  const st = fs.statSync(file, { bigint: true });
+  if (Number(st.uid) !== process.geteuid()) fail(`${file}: owned by UID ${st.uid}, not ${process.geteuid()}`);
+  return `${expected} ${st.dev}:${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}\n`;
+}
+
+function writeAtomically(file, data, mode) {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, data, { mode, flag: "w" });
+  fs.renameSync(tmp, file);
 }
 
 function load() {
   const dir = cacheDir();
   const file = path.join(dir, `koffi-${version}-${process.arch}-${expected.slice(0, 16)}.node`);
+  // The module's SHA-256 is checked when it is written, and again whenever its identity differs
+  // from the one recorded after the last check (a stamp beside it): hashing 1 MB at every start
+  // costs more than the rest of ch-run's set-up, and proves nothing the change time doesn't.
+  const stamp = `${file}.verified`;
   let ok = false;
   try {
-    ok = sha256(fs.readFileSync(file)) === expected;
+    ok = fs.readFileSync(stamp, "utf8") === identity(file);
   } catch (e) {
-    if (e.code !== "ENOENT") throw e;
+    if (e.chKoffi) throw e;
   }
   if (!ok) {
-    const bytes = Buffer.from(sea.getRawAsset("koffi.node"));
-    if (sha256(bytes) !== expected) fail("embedded native module is corrupt (hash mismatch)");
-    const tmp = `${file}.${process.pid}.tmp`;
-    fs.writeFileSync(tmp, bytes, { mode: 0o600, flag: "wx" });
-    fs.renameSync(tmp, file);
-    if (sha256(fs.readFileSync(file)) !== expected) fail(`${file}: changed while being written`);
+    try {
+      ok = sha256(fs.readFileSync(file)) === expected;
+    } catch (e) {
+      if (e.code !== "ENOENT") throw e;
+    }
+    if (!ok) {
+      const bytes = Buffer.from(sea.getRawAsset("koffi.node"));
+      if (sha256(bytes) !== expected) fail("embedded native module is corrupt (hash mismatch)");
+      writeAtomically(file, bytes, 0o600);
+      if (sha256(fs.readFileSync(file)) !== expected) fail(`${file}: changed while being written`);
+    }
+    writeAtomically(stamp, identity(file), 0o600);
   }
   const m = { exports: {} };
   process.dlopen(m, file);
