@@ -1,6 +1,16 @@
 // Shared by the tests: the built programs, a busybox image made offline, and a runner.
 import { type SpawnSyncOptions, spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -52,6 +62,17 @@ export function busyboxImage(parent: string, name = "bb"): string {
   writeFileSync(join(img, "ch/environment"), "IMAGE_VAR=from-image\nIMAGE_PATH=/opt:$PATH\n");
   chmodSync(join(img, "tmp"), 0o1777);
   return img;
+}
+
+/** Copies a host program and the shared libraries it needs (per ldd) into an image, at the same
+ * paths, so that the image can run it. */
+export function copyWithLibs(program: string, img: string): void {
+  const libs = run("ldd", [program]).stdout.matchAll(/(\/\S+) \(0x/g);
+  for (const path of [program, ...[...libs].map((m) => m[1])]) {
+    mkdirSync(join(img, dirname(path)), { recursive: true });
+    copyFileSync(realpathSync(path), join(img, path));
+    chmodSync(join(img, path), 0o755);
+  }
 }
 
 export interface Result {
