@@ -1,5 +1,7 @@
 // Times `ch-convert X.tar.gz DIR` against `tar xzf X.tar.gz -C DIR`, both into tmpfs, with hyperfine.
 //   node bench/convert.mjs [TARBALL]
+// $CH_CONVERT: the ch-convert to time (default dist/ch-convert). With $CH_CONVERT_BASELINE (another
+// build's ch-convert), that one runs in the same hyperfine run too.
 // Without TARBALL: a Debian minbase made with debootstrap when it is installed (needs root and
 // network), else a synthetic tarball shaped like one: ~6700 files, ~60 MB, in ~900 directories,
 // with symlinks and hard links.
@@ -10,7 +12,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const convert = join(root, "dist/ch-convert");
+const convert = process.env.CH_CONVERT ?? join(root, "dist/ch-convert");
 const work = existsSync("/dev/shm") ? "/dev/shm/ch-bench" : "/tmp/ch-bench";
 const has = (cmd) => spawnSync("sh", ["-c", `command -v ${cmd}`]).status === 0;
 
@@ -47,7 +49,8 @@ function synthetic(tarball) {
 function debootstrap(tarball) {
   const src = join(work, "debian");
   execFileSync("debootstrap", ["--variant=minbase", "stable", src], { stdio: "inherit" });
-  execFileSync("tar", ["czf", tarball, "-C", src, "."]);
+  // Without the device files, which an ordinary user's tar can't make (exit 2).
+  execFileSync("tar", ["czf", tarball, "-C", src, "--exclude=./dev/*", "."]);
   rmSync(src, { recursive: true, force: true });
 }
 
@@ -68,6 +71,8 @@ if (!has("hyperfine")) throw new Error("hyperfine not installed");
 
 const a = join(work, "out-ch");
 const b = join(work, "out-tar");
+const c = join(work, "out-base");
+const baseline = process.env.CH_CONVERT_BASELINE;
 const json = join(work, "result.json");
 execFileSync(
   "hyperfine",
@@ -75,23 +80,23 @@ execFileSync(
     "--warmup",
     "1",
     "--runs",
-    "10",
+    process.env.RUNS ?? "10",
     "--export-json",
     json,
     "--prepare",
-    `rm -rf ${a} ${b}; mkdir ${b}`,
+    `rm -rf ${a} ${b} ${c}; mkdir ${b}`,
     "-n",
     "ch-convert",
     `${convert} -q ${tarball} ${a}`,
     "-n",
     "tar xzf",
     `tar xzf ${tarball} -C ${b}`,
+    ...(baseline ? ["-n", "baseline", `${baseline} -q ${tarball} ${c}`] : []),
   ],
   { stdio: "inherit" },
 );
-const [ch, tar] = JSON.parse(readFileSync(json, "utf8")).results;
-console.log(
-  `\nch-convert ${(ch.mean * 1000).toFixed(0)} ms, tar xzf ${(tar.mean * 1000).toFixed(0)} ms: ratio ${(ch.mean / tar.mean).toFixed(2)}`,
-);
-rmSync(a, { recursive: true, force: true });
-rmSync(b, { recursive: true, force: true });
+const [ch, tar, base] = JSON.parse(readFileSync(json, "utf8")).results;
+const ms = (r) => `${(r.median * 1000).toFixed(0)} ms`;
+console.log(`\nmedians: ch-convert ${ms(ch)}, tar xzf ${ms(tar)}: ratio ${(ch.median / tar.median).toFixed(2)}`);
+if (base) console.log(`baseline ${ms(base)}: ratio ${(base.median / tar.median).toFixed(2)}`);
+for (const d of [a, b, c]) rmSync(d, { recursive: true, force: true });

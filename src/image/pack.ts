@@ -1,12 +1,13 @@
 // Image directory to tarball: node-tar's Pack, compressed by what the output's name says,
 // written atomically (OUT.partial-HOST.PID, renamed at the end). Members are relative
-// ("./bin/..."), owned by root, hard links kept.
+// ("./bin/..."), owned by root, hard links kept. Progress (bytes packed, entries) on a terminal.
 import { spawn } from "node:child_process";
 import { closeSync, createWriteStream, openSync, readdirSync, renameSync, rmSync } from "node:fs";
-import { resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { createGzip, createZstdCompress } from "node:zlib";
 import { create } from "tar";
+import { startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { cleanLeftovers, partialPath } from "./install.ts";
 import { requireCommand } from "./tools.ts";
@@ -49,10 +50,12 @@ export async function packImage(dir: string, out: string): Promise<void> {
   }
   cleanLeftovers(out);
   const partial = partialPath(out);
-  const pack = create(
+  let entries = 0;
+  const packed = create(
     {
       cwd: dir,
       onWriteEntry: (e) => {
+        entries++;
         if (e.stat) {
           e.stat.uid = 0;
           e.stat.gid = 0;
@@ -61,6 +64,16 @@ export async function packImage(dir: string, out: string): Promise<void> {
     },
     names.map((n) => `./${n}`),
   ) as unknown as AsyncIterable<Buffer>;
+  const progress = startProgress(`packing ${basename(out)}`);
+  async function* counted(): AsyncGenerator<Buffer> {
+    let bytes = 0;
+    for await (const chunk of packed) {
+      bytes += chunk.length;
+      progress.update(bytes, entries);
+      yield chunk;
+    }
+  }
+  const pack = counted();
   try {
     if (compression === "xz" || compression === "bzip2") await compressChild(compression, pack, partial);
     else {
@@ -68,8 +81,10 @@ export async function packImage(dir: string, out: string): Promise<void> {
       if (compression === "none") await pipeline(pack, file);
       else await pipeline(pack, compression === "gzip" ? createGzip() : createZstdCompress(), file);
     }
+    progress.end();
     renameSync(partial, out);
   } catch (e) {
+    progress.end();
     rmSync(partial, { force: true });
     if (e instanceof ChError) throw e;
     throw sysError(`can't write tarball: ${out}`, e);

@@ -5,7 +5,8 @@
 //   - device files and FIFOs are dropped, setuid/setgid bits stripped, directories made u+rwx
 //     and files u+rw, ownership left to the invoking user;
 //   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied.
-// Decompression happens off the main thread: zlib (gzip, zstd) or a child process (xz, bzip2).
+// Decompression happens off the main thread: zlib in a worker (gzip, zstd) or a child process
+// (xz, bzip2).
 import { spawn } from "node:child_process";
 import {
   chmodSync,
@@ -18,19 +19,21 @@ import {
   mkdirSync,
   openSync,
   readdirSync,
+  readFileSync,
   readlinkSync,
   readSync,
   rmSync,
   type Stats,
+  statSync,
   symlinkSync,
   utimesSync,
   writeSync,
 } from "node:fs";
-import { join } from "node:path";
-import type { Readable } from "node:stream";
-import { createGunzip, createZstdDecompress } from "node:zlib";
+import { basename, join } from "node:path";
+import { Worker } from "node:worker_threads";
 import { Parser, type ReadEntry } from "tar";
 import { info } from "../cli/log.ts";
+import { startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
 import { type InstallOptions, installImage } from "./install.ts";
@@ -55,6 +58,9 @@ export interface ExtractStats {
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
 const MAX_SYMLINK_HOPS = 40;
+/** Size of the read buffers, and the least the parser is given at once. */
+const CHUNK = 1 << 20;
+const FEED = 1 << 16;
 
 /** An archive member that would write outside the image, or otherwise can't be trusted. */
 export function unsafeMember(member: string, why: string): ChError {
@@ -382,11 +388,22 @@ function writeAll(fd: number, chunk: Buffer): void {
   while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off);
 }
 
-/** The decompressed bytes of a tarball, and a function that reports how the decompressor
- * ended (a child's exit status). */
+/** The decompressed bytes of a tarball; how much of the file was read so far (for progress);
+ * and a function that stops the decompressor and reports how it ended. */
 interface Source {
-  stream: Readable;
+  chunks: AsyncIterable<Buffer>;
+  read: () => number;
   done: () => Promise<void>;
+}
+
+/** Position of an open file (shared with a child that reads it), from /proc. */
+function filePosition(fd: number): number {
+  try {
+    const m = /^pos:\s*(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "latin1"));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
 }
 
 function childSource(tool: string, path: string): Source {
@@ -394,39 +411,283 @@ function childSource(tool: string, path: string): Source {
   if (!exe) throw new ChError(`can't decompress ${path}: ${tool} not found (install it, or decompress first)`);
   const fd = openSync(path, "r");
   const child = spawn(exe, ["-dc"], { stdio: [fd, "pipe", "pipe"] });
-  closeSync(fd);
   const { stdout, stderr: errStream } = child;
-  if (!stdout || !errStream) throw new ChError(`can't run ${tool}`);
+  if (!stdout || !errStream) {
+    closeSync(fd);
+    throw new ChError(`can't run ${tool}`);
+  }
   let stderr = "";
   errStream.on("data", (c: Buffer) => {
     stderr += c.toString();
   });
   const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  let open = true;
   return {
-    stream: stdout,
+    chunks: stdout,
+    read: () => (open ? filePosition(fd) : 0),
     done: async () => {
       if (child.exitCode === null && !stdout.readableEnded) child.kill();
+      stdout.destroy();
       const code = await exited;
+      if (open) closeSync(fd);
+      open = false;
       if (code !== 0 && code !== null)
         throw new ChError(`${path}: ${tool} failed (exit ${code}): ${stderr.trim().split("\n")[0] ?? ""}`);
     },
   };
 }
 
+/** Decompresses in a worker thread, whose event loop does nothing else, so that zlib never
+ * waits for the main thread to be free. Both sides reuse their buffers: the worker reads the
+ * file into one, and copies zlib's output into a pool of POOL buffers of CHUNK bytes that are
+ * transferred (not cloned) to us and back; it waits when all of them are with us. */
+const POOL = 8;
+const WORKER = `
+const { parentPort, workerData } = require("node:worker_threads");
+const fs = require("node:fs");
+const zlib = require("node:zlib");
+const { path, kind, size, count } = workerData;
+const opts = { chunkSize: 1 << 16 };
+const z = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
+const free = [];
+for (let i = 0; i < count; i++) free.push(new ArrayBuffer(size));
+let waiting = null;
+parentPort.on("message", (ab) => {
+  free.push(ab);
+  if (waiting) {
+    const w = waiting;
+    waiting = null;
+    w();
+  }
+});
+let read = 0;
+async function produce() {
+  const fd = fs.openSync(path, "r");
+  const buf = Buffer.allocUnsafeSlow(1 << 20);
+  try {
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      read += n;
+      await new Promise((resolve, reject) => z.write(buf.subarray(0, n), (e) => (e ? reject(e) : resolve())));
+    }
+    z.end();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+let cur = null;
+let fill = 0;
+async function consume() {
+  for await (const c of z) {
+    let off = 0;
+    while (off < c.length) {
+      if (!cur) {
+        while (free.length === 0) await new Promise((resolve) => (waiting = resolve));
+        cur = new Uint8Array(free.pop());
+        fill = 0;
+      }
+      const k = Math.min(c.length - off, size - fill);
+      cur.set(c.subarray(off, off + k), fill);
+      fill += k;
+      off += k;
+      if (fill === size) {
+        parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
+        cur = null;
+      }
+    }
+  }
+  if (cur && fill > 0) parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
+  cur = null;
+  parentPort.postMessage({ end: true, read });
+}
+Promise.all([produce(), consume()]).catch((e) => {
+  // What came before the error first, so that the error says where it is.
+  if (cur && fill > 0) parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
+  parentPort.postMessage({ error: String((e && e.message) || e) });
+});
+`;
+
+interface WorkerMessage {
+  data?: ArrayBuffer;
+  length?: number;
+  read?: number;
+  error?: string;
+  end?: boolean;
+}
+
+function workerSource(kind: "gzip" | "zstd", path: string): Source {
+  const worker = new Worker(WORKER, { eval: true, workerData: { path, kind, size: CHUNK, count: POOL } });
+  const queue: WorkerMessage[] = [];
+  let wake: (() => void) | null = null;
+  let read = 0;
+  const push = (m: WorkerMessage) => {
+    queue.push(m);
+    wake?.();
+    wake = null;
+  };
+  worker.on("message", push);
+  worker.on("error", (e) => push({ error: e.message }));
+  worker.on("exit", () => push({ error: "decompressor exited" }));
+  async function* chunks(): AsyncGenerator<Buffer> {
+    for (;;) {
+      while (queue.length === 0)
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+      const m = queue.shift() as WorkerMessage;
+      if (m.read !== undefined) read = m.read;
+      if (m.error !== undefined) throw new Error(m.error);
+      if (m.end || !m.data) return;
+      yield Buffer.from(m.data, 0, m.length);
+      // Whole buffers only go back: the parser keeps no part of them (see extractTar).
+      if (m.length === CHUNK) worker.postMessage(m.data, [m.data]);
+    }
+  }
+  return {
+    chunks: chunks(),
+    read: () => read,
+    done: async () => {
+      worker.removeAllListeners("exit");
+      await worker.terminate();
+    },
+  };
+}
+
+/** The decompressed bytes of a tarball, read synchronously into the caller's buffer. */
+interface SyncSource {
+  /** Reads up to len bytes at off; 0 at the end. */
+  readInto: (buf: Buffer, off: number, len: number) => number;
+  read: () => number;
+  /** Stops the decompressor (if not at the end) and reports how it ended. */
+  done: () => Promise<void>;
+}
+
+const O_CLOEXEC = 0o2000000;
+
+/** Decompressor programs, fastest first, by compression. */
+const TOOLS: Record<"xz" | "bzip2", string[]> = {
+  xz: ["xz"],
+  bzip2: ["lbzip2", "bzip2"],
+};
+
+/** The decompressor as a child process writing into a pipe that we read with blocking reads,
+ * as GNU tar does: it runs on another core while we write files, with no buffer allocated per
+ * chunk. Null if there's no such program, or no libc to make the pipe with. */
+async function pipeSource(compression: "xz" | "bzip2", path: string): Promise<SyncSource | null> {
+  const exe = TOOLS[compression].map((t) => commandPath(t)).find((p) => p !== null);
+  if (!exe) return null;
+  let fds: [number, number];
+  try {
+    const { libc, loadLibc } = await import("../sys/libc.ts");
+    await loadLibc();
+    fds = libc().pipe2(O_CLOEXEC);
+  } catch {
+    return null;
+  }
+  const [r, w] = fds;
+  const tool = exe.split("/").pop() as string;
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    closeSync(r);
+    closeSync(w);
+    throw sysError(`can't open: ${path}`, e);
+  }
+  const child = spawn(exe, ["-dc"], { stdio: [fd, w, "pipe"] });
+  closeSync(w);
+  let stderr = "";
+  child.stderr?.on("data", (c: Buffer) => {
+    stderr += c.toString();
+  });
+  const exited = new Promise<number | null>((resolve) => {
+    child.on("error", (e) => {
+      stderr ||= e.message;
+      resolve(-1);
+    });
+    child.on("close", (code) => resolve(code));
+  });
+  let open = true;
+  let ended = false;
+  const close = () => {
+    if (!open) return;
+    open = false;
+    closeSync(r);
+    closeSync(fd);
+  };
+  return {
+    readInto: (buf, off, len) => {
+      const n = readSync(r, buf, off, len, null);
+      if (n === 0) ended = true;
+      return n;
+    },
+    read: () => (open ? filePosition(fd) : 0),
+    done: async () => {
+      if (!ended && child.exitCode === null) child.kill();
+      close();
+      const code = await exited;
+      if (code === null || code === 0 || !ended) return;
+      const why =
+        stderr
+          .trim()
+          .split("\n")[0]
+          ?.replace(/^[^:]+: (\(?stdin\)?: )?/, "") || "failed";
+      throw new Error(`${why} (${tool} -d, exit ${code})`);
+    },
+  };
+}
+
+/** An uncompressed tarball, read synchronously. */
+function fileSource(path: string): SyncSource {
+  let fd: number | null;
+  try {
+    fd = openSync(path, "r");
+  } catch (e) {
+    throw sysError(`can't open: ${path}`, e);
+  }
+  let pos = 0;
+  return {
+    readInto: (buf, off, len) => {
+      const n = readSync(fd as number, buf, off, len, null);
+      pos += n;
+      return n;
+    },
+    read: () => pos,
+    done: async () => {
+      if (fd !== null) closeSync(fd);
+      fd = null;
+    },
+  };
+}
+
+/** Synchronous reading of a tarball: itself, or a decompressor's output through a pipe. */
+async function openSyncSource(path: string): Promise<SyncSource | null> {
+  const compression = sniffCompression(readHead(path));
+  if (compression === "gzip" || compression === "zstd") return null; // zlib is faster than the programs
+  return compression === "none" ? fileSource(path) : await pipeSource(compression, path);
+}
+
 function openSource(path: string): Source {
   const compression = sniffCompression(readHead(path));
-  const file = () => createReadStream(path, { highWaterMark: 1 << 20 });
   switch (compression) {
     case "gzip":
-      return { stream: file().pipe(createGunzip({ chunkSize: 1 << 17 })), done: async () => {} };
     case "zstd":
-      return { stream: file().pipe(createZstdDecompress({ chunkSize: 1 << 17 })), done: async () => {} };
+      return workerSource(compression, path);
     case "xz":
       return childSource("xz", path);
     case "bzip2":
       return childSource("bzip2", path);
-    default:
-      return { stream: file(), done: async () => {} };
+    default: {
+      const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+      return {
+        chunks: stream,
+        read: () => stream.bytesRead,
+        done: async () => {
+          stream.destroy();
+        },
+      };
+    }
   }
 }
 
@@ -438,7 +699,7 @@ function corrupt(path: string, offset: number, member: string, detail: string): 
 /** Unpacks the tarball at `path` into the existing directory `root`. */
 export async function extractTar(path: string, root: string, opts: ExtractOptions = {}): Promise<ExtractStats> {
   const ex = new Extractor(root, opts.layer ?? false);
-  const source = openSource(path);
+  const size = statSync(path).size;
   const parser = new Parser({ strict: true, zstd: false, brotli: false });
   let offset = 0;
   let sawEof = false;
@@ -453,20 +714,46 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   parser.on("error", (err: Error) => {
     parseError ??= err.message.replace(/^TAR_[A-Z_]+: /, "");
   });
+  const progress = startProgress(`unpacking ${basename(path)}`, size > 0 ? size : null);
+  const write = (chunk: Buffer): boolean => {
+    offset += chunk.length;
+    parser.write(chunk);
+    progress.update(source.read(), ex.stats.members);
+    return ex.failure === null && parseError === null;
+  };
+  const source: SyncSource | Source = (await openSyncSource(path)) ?? openSource(path);
   const umask = process.umask(0);
   try {
-    await feed(
-      parser,
-      source,
-      ex,
-      () => parseError !== null,
-      (n) => {
-        offset += n;
-      },
-    );
+    if ("readInto" in source) {
+      // One buffer, reused: the parser gets whole 512-byte blocks, so it keeps no part of a
+      // chunk, and our writes are synchronous.
+      const buf = Buffer.allocUnsafeSlow(CHUNK);
+      let have = 0;
+      for (;;) {
+        const n = source.readInto(buf, have, buf.length - have);
+        have += n;
+        const whole = n === 0 ? have : have - (have % 512);
+        if (whole < FEED && n > 0) continue;
+        if (whole > 0 && !write(buf.subarray(0, whole))) break;
+        if (n === 0) break;
+        buf.copyWithin(0, whole, have);
+        have -= whole;
+      }
+    } else {
+      for await (const chunk of source.chunks) if (!write(chunk)) break;
+    }
+    await source.done();
+    if (!ex.failure && parseError === null)
+      await new Promise<void>((resolve) => {
+        parser.once("end", resolve);
+        parser.once("error", () => resolve());
+        parser.end();
+      });
   } catch (e) {
+    await source.done().catch(() => {});
     if (!ex.failure) throw corrupt(path, offset, ex.current, (e as Error).message);
   } finally {
+    progress.end();
     process.umask(umask);
   }
   if (ex.failure) throw new ChError(`${path}: ${ex.failure.message}`, { errno: ex.failure.errno, at: ex.failure.at });
@@ -474,31 +761,6 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   if (!sawEof && ex.stats.members > 0) info(`${path}: warning: no end-of-archive marker; archive may be truncated`);
   ex.finish();
   return ex.stats;
-}
-
-async function feed(
-  parser: Parser,
-  source: Source,
-  ex: Extractor,
-  broken: () => boolean,
-  count: (n: number) => void,
-): Promise<void> {
-  try {
-    for await (const chunk of source.stream) {
-      count((chunk as Buffer).length);
-      parser.write(chunk as Buffer);
-      if (ex.failure || broken()) break;
-    }
-  } finally {
-    source.stream.destroy();
-    await source.done();
-  }
-  if (ex.failure || broken()) return;
-  await new Promise<void>((resolve) => {
-    parser.once("end", resolve);
-    parser.once("error", () => resolve());
-    parser.end();
-  });
 }
 
 /** Reports dropped and ignored members, once per archive. */

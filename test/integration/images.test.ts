@@ -479,3 +479,61 @@ describe("ch-image storage", () => {
     assert.match(run(CONVERT, ["--help"]).stdout, /^Usage: ch-convert/);
   });
 });
+
+describe("progress on a terminal", () => {
+  // util-linux script(1) gives the command a pseudo-terminal; its output is the terminal's.
+  const hasScript = spawnSync("sh", ["-c", "command -v script"]).status === 0;
+  const onTty = (...args: string[]): Result =>
+    run("script", ["-qfec", `stty cols 200; ${args.map((a) => `'${a}'`).join(" ")}`, "/dev/null"], {
+      env: { ...process.env, CH_IMAGE_STORAGE: join(dir, "storage") },
+    });
+  // Enough members that unpacking takes more than a moment, even on a fast machine.
+  const many = (): Member[] => [
+    ...imageMembers(),
+    ...Array.from({ length: 40 }, (_, d) => ({ path: `usr/d${d}/`, type: "Directory" as const })),
+    ...Array.from({ length: 8000 }, (_, i) => ({ path: `usr/d${i % 40}/f${i}`, body: `${i}\n`.repeat(200) })),
+  ];
+  let tarball: string;
+  before(() => {
+    tarball = writeTar(join(dir, "many.tar.gz"), many());
+  });
+  const ERASE = "\x1b[K";
+  const LINE = /\runpacking many\.tar\.gz: [\d.]+ [kMG]?B of [\d.]+ [kMG]?B \(\d+%\), [\d,]+ entries, [\d.]+ [kMG]?B\/s/;
+
+  it("redraws one line in place while unpacking, and clears it at the end", { skip: !hasScript && "no script(1)" }, () => {
+    const r = onTty(CONVERT, tarball, fresh());
+    assert.equal(r.status, 0, r.stdout);
+    assert.match(r.stdout, LINE);
+    assert.ok(r.stdout.includes(`entries, `) && r.stdout.includes(`B/s${ERASE}`), "rest of the line erased");
+    const entries = [...r.stdout.matchAll(/([\d,]+) entries/g)].map((m) => Number(m[1].replaceAll(",", "")));
+    assert.ok(entries.length >= 1 && entries.every((n) => n > 0 && n <= 8046), r.stdout);
+    const first = r.stdout.indexOf("\runpacking");
+    const last = r.stdout.lastIndexOf("entries");
+    const cleared = r.stdout.indexOf(`\r${ERASE}`, last);
+    assert.ok(cleared > last, "line cleared at the end");
+    assert.ok(!r.stdout.slice(first, cleared).includes("\n"), "redrawn in place, not one line each");
+    assert.ok(r.stdout.slice(cleared).startsWith(`\r${ERASE}dir `), "the result follows on the cleared line");
+    assert.match(r.stdout.slice(cleared), /: done\r\n$/);
+  });
+
+  it("shows nothing with -q, nor without a terminal", { skip: !hasScript && "no script(1)" }, () => {
+    const quiet = onTty(CONVERT, "-q", tarball, fresh());
+    assert.equal(quiet.status, 0, quiet.stdout);
+    assert.equal(quiet.stdout, "");
+    const plain = convert(tarball, fresh());
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.ok(!plain.stderr.includes("\r") && !plain.stderr.includes("entries"), plain.stderr);
+    assert.match(plain.stderr, /^input: +tar .*\noutput: +dir .*\ndir .*: done\n$/);
+  });
+
+  it("shows progress when packing, and when importing with ch-image", { skip: !hasScript && "no script(1)" }, () => {
+    const img = fresh();
+    assert.equal(convert("-q", tarball, img).status, 0);
+    const packed = onTty(CONVERT, img, fresh(".tar"));
+    assert.equal(packed.status, 0, packed.stdout);
+    assert.match(packed.stdout, /\rpacking t\d+\.tar: [\d.]+ [kMG]?B, [\d,]+ entries, [\d.]+ [kMG]?B\/s/);
+    const imported = onTty(IMAGE, "-s", fresh("-storage"), "import", tarball, "many");
+    assert.equal(imported.status, 0, imported.stdout);
+    assert.match(imported.stdout, LINE);
+  });
+});

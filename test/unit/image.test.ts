@@ -1,6 +1,8 @@
 // Pure parts of image handling: names, formats, member path safety, modes.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setVerbosity } from "../../src/cli/log.ts";
+import { humanBytes, progressLine, startProgress } from "../../src/cli/progress.ts";
 import { type InferFacts, inferFormat } from "../../src/image/formats.ts";
 import { isPartialName, parsePartial } from "../../src/image/install.ts";
 import { tarCompression } from "../../src/image/pack.ts";
@@ -110,5 +112,60 @@ describe("partial directories", () => {
     assert.equal(parsePartial("img", "img.partial-h"), null);
     assert.ok(isPartialName("a%b+c.partial-h.12"));
     assert.ok(!isPartialName("alpine+3.17"));
+  });
+});
+
+describe("progress line", () => {
+  it("says bytes (of total, percent), entries and rate", () => {
+    assert.equal(humanBytes(512), "512 B");
+    assert.equal(humanBytes(51_825_976), "51.8 MB");
+    assert.equal(
+      progressLine("unpacking x.tar.gz", 12_500_000, 50_000_000, 1234, 2),
+      "unpacking x.tar.gz: 12.5 MB of 50.0 MB (25%), 1,234 entries, 6.25 MB/s",
+    );
+    assert.equal(progressLine("packing x.tar", 2000, null, 1, 0), "packing x.tar: 2.00 kB, 1 entry");
+  });
+
+  it("draws only on a terminal, not with -q, at most every 100 ms, and clears its line", async () => {
+    const out = {
+      isTTY: true,
+      columns: 40,
+      text: "",
+      write(s: string) {
+        this.text += s;
+      },
+    };
+    const p = startProgress("job", 100, out);
+    p.update(1, 1);
+    assert.equal(out.text, "", "nothing in the first moment");
+    await new Promise((r) => setTimeout(r, 220));
+    p.update(50, 5);
+    p.update(60, 6);
+    assert.equal(out.text.split("\r").length, 2, "one redraw: the second came too soon");
+    assert.ok(out.text.startsWith("\rjob: 50 B of 100 B (50%), 5 entries"));
+    assert.ok(out.text.length <= 1 + 39 + 3, "cut to the terminal's width");
+    p.end();
+    assert.ok(out.text.endsWith("\r\x1b[K"));
+    p.update(70, 7);
+    assert.ok(out.text.endsWith("\r\x1b[K"), "nothing after the end");
+    for (const [tty, v] of [
+      [false, 0],
+      [true, -1],
+    ] as const) {
+      setVerbosity(v);
+      const o = {
+        isTTY: tty,
+        text: "",
+        write(s: string) {
+          this.text += s;
+        },
+      };
+      const q = startProgress("job", null, o);
+      await new Promise((r) => setTimeout(r, 220));
+      q.update(1, 1);
+      q.end();
+      assert.equal(o.text, "");
+    }
+    setVerbosity(0);
   });
 });

@@ -1,0 +1,73 @@
+// Progress of long conversions on a terminal: one line on stderr, redrawn in place (\r), at
+// most ten times a second and only once the work has taken more than a moment; cleared at the
+// end so that only the result stays. Nothing at all unless stderr is a terminal and not -q.
+import { verbosity } from "./log.ts";
+
+/** Delay before the first line: quick jobs show nothing. */
+const FIRST_MS = 200;
+/** Time between redraws. */
+const EVERY_MS = 100;
+
+const UNITS = ["B", "kB", "MB", "GB", "TB"];
+
+/** A byte count for people: 12.3 MB. */
+export function humanBytes(n: number): string {
+  let u = 0;
+  while (n >= 1000 && u < UNITS.length - 1) {
+    n /= 1000;
+    u++;
+  }
+  return u === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)} ${UNITS[u]}`;
+}
+
+/** The progress line: what, bytes done (of total, percent), entries, rate. */
+export function progressLine(label: string, bytes: number, total: number | null, entries: number, seconds: number): string {
+  const parts = [`${label}: ${humanBytes(bytes)}`];
+  if (total !== null && total > 0) parts[0] += ` of ${humanBytes(total)} (${Math.min(100, Math.floor((bytes * 100) / total))}%)`;
+  parts.push(`${entries.toLocaleString("en-US")} ${entries === 1 ? "entry" : "entries"}`);
+  if (seconds > 0) parts.push(`${humanBytes(Math.round(bytes / seconds))}/s`);
+  return parts.join(", ");
+}
+
+export interface Progress {
+  /** Reports the totals so far; cheap, redraws only when it's time. */
+  update(bytes: number, entries: number): void;
+  /** Clears the line; later updates do nothing. */
+  end(): void;
+}
+
+const NONE: Progress = { update() {}, end() {} };
+
+interface Out {
+  isTTY?: boolean;
+  columns?: number;
+  write(s: string): unknown;
+}
+
+/** Progress for a job called label, of total bytes if known; a no-op unless stderr is a
+ * terminal and not -q. */
+export function startProgress(label: string, total: number | null = null, out: Out = process.stderr): Progress {
+  if (!out.isTTY || verbosity() < 0) return NONE;
+  const t0 = performance.now();
+  let next = t0 + FIRST_MS;
+  let shown = false;
+  let done = false;
+  return {
+    update(bytes, entries) {
+      if (done) return;
+      const now = performance.now();
+      if (now < next) return;
+      next = now + EVERY_MS;
+      let line = progressLine(label, bytes, total, entries, (now - t0) / 1000);
+      const width = out.columns || 80; // 0 where the terminal has no size
+      if (line.length >= width) line = line.slice(0, Math.max(0, width - 1));
+      out.write(`\r${line}\x1b[K`);
+      shown = true;
+    },
+    end() {
+      if (done) return;
+      done = true;
+      if (shown) out.write("\r\x1b[K");
+    },
+  };
+}
