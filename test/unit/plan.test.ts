@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ContainerView } from "../../src/container/binds.ts";
 import { execute } from "../../src/container/execute.ts";
-import { MemFs, type MemNode } from "../../src/container/hostfs.ts";
+import { MemFs, type MemNode, prefixedFs } from "../../src/container/hostfs.ts";
 import {
   defaultRunOptions,
   execCandidates,
@@ -233,6 +233,16 @@ describe("execute", () => {
       "chdir /work",
     ]);
     assert.match(rec.calls[rec.calls.length - 1], /^execve \/usr\/bin\/ls\|\/bin\/ls \["ls","-l"\]$/);
+  });
+});
+
+describe("prefixed file system view", () => {
+  it("reads paths under the root through the prefix, others as they are", () => {
+    const fs = prefixedFs(new MemFs({ "/proc/7/root/mnt/etc/passwd": "p", "/etc/hosts": "h" }), "/mnt", "/proc/7/root");
+    assert.equal(fs.readFile("/mnt/etc/passwd"), "p");
+    assert.equal(fs.lstat("/mnt")?.type, "dir");
+    assert.equal(fs.readFile("/etc/hosts"), "h");
+    assert.equal(fs.lstat("/mntx"), null);
   });
 });
 
