@@ -33,6 +33,12 @@ describe("one executable", () => {
     assert.match(u.stderr, /unknown program: no-such-program/);
   });
 
+  it("ignores NODE_OPTIONS meant for the user's own Node programs", () => {
+    const r = run(join(DIST, "ch-run"), ["--version"], { env: { ...process.env, NODE_OPTIONS: "--require /nonexistent.js" } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^ch-run \(Charliecloud\)/);
+  });
+
   it("says plainly that a program is not built yet", () => {
     for (const p of ["ch-fromhost", "ch-checkns"]) {
       const r = run(join(DIST, p), []);
