@@ -6,11 +6,12 @@ import { join, resolve } from "node:path";
 import { info } from "../cli/log.ts";
 import { ChError } from "../sys/errors.ts";
 import type { Format } from "./formats.ts";
-import { cleanLeftovers, forceRemove, type InstallOptions, installImage, partialPath } from "./install.ts";
+import { cleanLeftovers, forceRemove, installImage, partialPath } from "./install.ts";
 import { packImage } from "./pack.ts";
 import type { Storage } from "./storage.ts";
 import { requireCommand, runCommand } from "./tools.ts";
-import { unpackImage } from "./unpack.ts";
+import { type UnpackOptions, unpackImage } from "./unpack.ts";
+import { copyXattrs, loadXattrs, XattrReport } from "./xattrs.ts";
 
 export interface Endpoint {
   fmt: Format;
@@ -23,6 +24,8 @@ export interface ConvertContext {
   /** Where temporary directories go. */
   tmp: string;
   noClobber: boolean;
+  /** Keep extended attributes (--xattrs). */
+  xattrs?: boolean;
 }
 
 function lstatOrNull(path: string): Stats | null {
@@ -64,7 +67,8 @@ export async function squashImage(dir: string, out: string, ctx: ConvertContext)
   cleanLeftovers(out);
   const partial = partialPath(out);
   try {
-    await runCommand(exe, [dir, partial, "-noappend", "-all-root", "-no-xattrs", "-no-progress", "-quiet"], true);
+    const xattrs = ctx.xattrs ? "-xattrs" : "-no-xattrs";
+    await runCommand(exe, [dir, partial, "-noappend", "-all-root", xattrs, "-no-progress", "-quiet"], true);
     renameSync(partial, out);
   } catch (e) {
     rmSync(partial, { force: true });
@@ -73,27 +77,35 @@ export async function squashImage(dir: string, out: string, ctx: ConvertContext)
 }
 
 /** SquashFS → dir, atomically. */
-export async function unsquashImage(sqfs: string, target: string, opts: InstallOptions): Promise<void> {
+export async function unsquashImage(sqfs: string, target: string, opts: UnpackOptions): Promise<void> {
   const exe = requireCommand("unsquashfs", "to unpack SquashFS images", "install squashfs-tools");
   await installImage(
     target,
     async (partial) => {
       const root = join(partial, "img");
-      await runCommand(exe, ["-no-xattrs", "-quiet", "-no-progress", "-d", root, sqfs], true);
+      // Only user.* (others fail unprivileged, and security.capability is never wanted).
+      const xattrs = opts.xattrs ? "-user-xattrs" : "-no-xattrs";
+      await runCommand(exe, [xattrs, "-quiet", "-no-progress", "-d", root, sqfs], true);
       return root;
     },
     opts,
   );
 }
 
-/** dir → dir, atomically (hard links become copies). */
-export async function copyImage(src: string, target: string, opts: InstallOptions): Promise<void> {
+/** dir → dir, atomically (hard links become copies); with xattrs, user.* attributes kept. */
+export async function copyImage(src: string, target: string, opts: UnpackOptions): Promise<void> {
   if (!lstatOrNull(src)?.isDirectory()) throw new ChError(`not a directory: ${src}`);
+  if (opts.xattrs) await loadXattrs();
   await installImage(
     target,
     async (partial) => {
       const root = join(partial, "img");
       cpSync(src, root, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+      if (opts.xattrs) {
+        const report = new XattrReport();
+        copyXattrs(src, root, report);
+        report.report(src);
+      }
       return root;
     },
     opts,
@@ -145,7 +157,7 @@ async function asDir(src: Endpoint, ctx: ConvertContext, scratch: Scratch): Prom
   const dir = directoryOf(src, ctx);
   if (dir) return dir;
   const tmp = scratch.path("img");
-  await toDirectory(src, tmp, ctx, scratch, {});
+  await toDirectory(src, tmp, ctx, scratch, { xattrs: ctx.xattrs });
   return tmp;
 }
 
@@ -158,11 +170,11 @@ async function asTar(src: Endpoint, ctx: ConvertContext, scratch: Scratch): Prom
     return tar;
   }
   const tar = scratch.path("img.tar");
-  await packImage(await asDir(src, ctx, scratch), tar);
+  await packImage(await asDir(src, ctx, scratch), tar, { xattrs: ctx.xattrs });
   return tar;
 }
 
-async function toDirectory(src: Endpoint, target: string, ctx: ConvertContext, scratch: Scratch, opts: InstallOptions) {
+async function toDirectory(src: Endpoint, target: string, ctx: ConvertContext, scratch: Scratch, opts: UnpackOptions) {
   const dir = directoryOf(src, ctx);
   if (dir) await copyImage(dir, target, opts);
   else if (src.fmt === "squash") await unsquashImage(src.desc, target, opts);
@@ -173,7 +185,7 @@ async function toDirectory(src: Endpoint, target: string, ctx: ConvertContext, s
 export async function convert(src: Endpoint, dst: Endpoint, ctx: ConvertContext): Promise<void> {
   if (src.fmt === dst.fmt) throw new ChError(`input and output formats must be different: ${src.fmt}`);
   const scratch = new Scratch(ctx.tmp);
-  const opts: InstallOptions = { noClobber: ctx.noClobber };
+  const opts: UnpackOptions = { noClobber: ctx.noClobber, xattrs: ctx.xattrs };
   try {
     switch (dst.fmt) {
       case "dir":
@@ -184,7 +196,7 @@ export async function convert(src: Endpoint, dst: Endpoint, ctx: ConvertContext)
         break;
       case "tar":
         checkFileOut(resolve(dst.desc), ctx);
-        await packImage(await asDir(src, ctx, scratch), dst.desc);
+        await packImage(await asDir(src, ctx, scratch), dst.desc, { xattrs: ctx.xattrs });
         break;
       case "squash":
         await squashImage(await asDir(src, ctx, scratch), dst.desc, ctx);

@@ -12,6 +12,7 @@ import { ChError, sysError } from "../sys/errors.ts";
 import { cleanLeftovers, partialPath } from "./install.ts";
 import { requireCommand } from "./tools.ts";
 import type { Compression } from "./unpack.ts";
+import { loadXattrs, withXattrs } from "./xattrs.ts";
 
 /** Compression implied by a tarball's name, or null if the name isn't a tarball's. */
 export function tarCompression(name: string): Compression | null {
@@ -38,8 +39,13 @@ async function compressChild(tool: string, pack: AsyncIterable<Buffer>, partial:
   if (code !== 0) throw new ChError(`${tool} failed (exit ${code}) writing ${partial}`);
 }
 
+export interface PackOptions {
+  /** Write the user.* extended attributes of each file as SCHILY.xattr pax records. */
+  xattrs?: boolean;
+}
+
 /** Writes the image directory dir as the tarball out. */
-export async function packImage(dir: string, out: string): Promise<void> {
+export async function packImage(dir: string, out: string, opts: PackOptions = {}): Promise<void> {
   out = resolve(out);
   const compression = tarCompression(out) ?? "gzip";
   let names: string[];
@@ -51,7 +57,8 @@ export async function packImage(dir: string, out: string): Promise<void> {
   cleanLeftovers(out);
   const partial = partialPath(out);
   let entries = 0;
-  const packed = create(
+  if (opts.xattrs) await loadXattrs();
+  const created = create(
     {
       cwd: dir,
       onWriteEntry: (e) => {
@@ -64,6 +71,7 @@ export async function packImage(dir: string, out: string): Promise<void> {
     },
     names.map((n) => `./${n}`),
   ) as unknown as AsyncIterable<Buffer>;
+  const packed = opts.xattrs ? withXattrs(created, dir) : created;
   const progress = startProgress(`packing ${basename(out)}`);
   async function* counted(): AsyncGenerator<Buffer> {
     let bytes = 0;

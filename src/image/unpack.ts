@@ -38,12 +38,19 @@ import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
 import { type InstallOptions, installImage } from "./install.ts";
 import { commandPath } from "./tools.ts";
+import { applyXattrs, HeaderScanner, loadXattrs, MAX_META, XattrReport } from "./xattrs.ts";
 
 export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2";
 
 export interface ExtractOptions {
   /** Apply OCI whiteouts (unpacking image layers one over another). */
   layer?: boolean;
+  /** Set the extended attributes in the archive's pax records (--xattrs). */
+  xattrs?: boolean;
+}
+
+export interface UnpackOptions extends InstallOptions {
+  xattrs?: boolean;
 }
 
 export interface ExtractStats {
@@ -53,6 +60,8 @@ export interface ExtractStats {
   /** Members of types we don't unpack (sparse files, tape headers, ...). */
   ignored: number;
   whiteouts: number;
+  /** With --xattrs: attributes set, and those that couldn't be. */
+  xattrs: XattrReport | null;
 }
 
 const WHITEOUT = ".wh.";
@@ -127,7 +136,13 @@ function lstatOrNull(path: string): Stats | null {
 class Extractor {
   readonly root: string;
   readonly layer: boolean;
-  readonly stats: ExtractStats = { members: 0, dropped: 0, ignored: 0, whiteouts: 0 };
+  readonly stats: ExtractStats;
+  /** With --xattrs: the attributes of the members, from the same stream. */
+  readonly scanner: HeaderScanner | null;
+  /** Members (not meta headers) seen so far, ignored ones included: the scanner's ordinals. */
+  ordinal = 0;
+  /** Where the current member was written, if it was. */
+  private written: string | null = null;
   /** Relative paths (symlinks resolved) known to be real directories. */
   private readonly dirs = new Set<string>([""]);
   /** Paths created by this archive (opaque whiteouts spare them). */
@@ -140,9 +155,11 @@ class Extractor {
   /** Name of the member being written, for error messages. */
   current = "";
 
-  constructor(root: string, layer: boolean) {
+  constructor(root: string, layer: boolean, xattrs: boolean) {
     this.root = root;
     this.layer = layer;
+    this.scanner = xattrs ? new HeaderScanner() : null;
+    this.stats = { members: 0, dropped: 0, ignored: 0, whiteouts: 0, xattrs: xattrs ? new XattrReport() : null };
     if (readdirSync(root).length === 0) this.fresh.add("");
   }
 
@@ -158,8 +175,14 @@ class Extractor {
     }
     this.current = e.path;
     this.stats.members++;
+    this.ordinal++;
+    this.written = null;
     try {
       this.member(e);
+      if (this.scanner) {
+        const x = this.scanner.take(this.ordinal, e.header.cksum);
+        if (x && this.written !== null && this.stats.xattrs) applyXattrs(join(this.root, this.written), x, this.stats.xattrs);
+      }
     } catch (err) {
       this.fail(err);
       e.resume();
@@ -291,6 +314,7 @@ class Extractor {
       this.fresh.add(rel);
     }
     this.dirs.add(rel);
+    this.written = rel;
     if (e.mtime) this.dirTimes.push([rel, e.mtime]);
   }
 
@@ -300,6 +324,7 @@ class Extractor {
     this.clear(rel, absent, false);
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     const fd = openSync(abs, flags, memberMode(e.mode, false));
+    this.written = rel;
     let open = true;
     const close = () => {
       if (!open) return;
@@ -331,6 +356,7 @@ class Extractor {
     const { rel, absent } = this.destination(parts);
     this.clear(rel, absent, false);
     symlinkSync(target, join(this.root, rel));
+    this.written = rel;
   }
 
   private hardlink(parts: string[], target: string): void {
@@ -348,6 +374,7 @@ class Extractor {
     if (!st) throw new ChError(`can't unpack member ${JSON.stringify(this.current)}: hard link target missing: ${target}`);
     if (st.isDirectory()) throw unsafeMember(this.current, `hard link to a directory: ${target}`);
     const { rel, absent } = this.destination(parts);
+    this.written = rel;
     if (rel === targetRel) return;
     this.clear(rel, absent, false);
     linkSync(join(this.root, targetRel), join(this.root, rel));
@@ -698,15 +725,17 @@ function corrupt(path: string, offset: number, member: string, detail: string): 
 
 /** Unpacks the tarball at `path` into the existing directory `root`. */
 export async function extractTar(path: string, root: string, opts: ExtractOptions = {}): Promise<ExtractStats> {
-  const ex = new Extractor(root, opts.layer ?? false);
+  if (opts.xattrs) await loadXattrs();
+  const ex = new Extractor(root, opts.layer ?? false, opts.xattrs ?? false);
   const size = statSync(path).size;
-  const parser = new Parser({ strict: true, zstd: false, brotli: false });
+  const parser = new Parser({ strict: true, zstd: false, brotli: false, maxMetaEntrySize: MAX_META });
   let offset = 0;
   let sawEof = false;
   let parseError: string | null = null;
   parser.on("entry", (e: ReadEntry) => ex.onEntry(e));
-  parser.on("ignoredEntry", () => {
+  parser.on("ignoredEntry", (e: ReadEntry) => {
     ex.stats.ignored++;
+    if (!e.meta) ex.ordinal++;
   });
   parser.on("eof", () => {
     sawEof = true;
@@ -717,6 +746,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   const progress = startProgress(`unpacking ${basename(path)}`, size > 0 ? size : null);
   const write = (chunk: Buffer): boolean => {
     offset += chunk.length;
+    ex.scanner?.write(chunk);
     parser.write(chunk);
     progress.update(source.read(), ex.stats.members);
     return ex.failure === null && parseError === null;
@@ -767,6 +797,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
 export function reportStats(path: string, stats: ExtractStats): void {
   if (stats.dropped > 0) info(`${path}: ignored ${stats.dropped} device files and FIFOs`);
   if (stats.ignored > 0) info(`${path}: ignored ${stats.ignored} members of unsupported types`);
+  stats.xattrs?.report(path);
 }
 
 /** Top-level names that are part of an image, never a wrapper directory to strip. */
@@ -784,11 +815,11 @@ export function imageRoot(partial: string, what: string): string {
 }
 
 /** Unpacks an image tarball into the directory target, atomically (see install.ts). */
-export async function unpackImage(tarball: string, target: string, opts: InstallOptions = {}): Promise<void> {
+export async function unpackImage(tarball: string, target: string, opts: UnpackOptions = {}): Promise<void> {
   await installImage(
     target,
     async (partial) => {
-      reportStats(tarball, await extractTar(tarball, partial));
+      reportStats(tarball, await extractTar(tarball, partial, { xattrs: opts.xattrs }));
       const root = imageRoot(partial, tarball);
       checkImageShape(root, tarball);
       return root;
@@ -798,11 +829,11 @@ export async function unpackImage(tarball: string, target: string, opts: Install
 }
 
 /** Unpacks image layers, lowest first, applying OCI whiteouts, into target atomically. */
-export async function unpackLayers(layers: string[], target: string, opts: InstallOptions = {}): Promise<void> {
+export async function unpackLayers(layers: string[], target: string, opts: UnpackOptions = {}): Promise<void> {
   await installImage(
     target,
     async (partial) => {
-      for (const layer of layers) reportStats(layer, await extractTar(layer, partial, { layer: true }));
+      for (const layer of layers) reportStats(layer, await extractTar(layer, partial, { layer: true, xattrs: opts.xattrs }));
       return partial;
     },
     opts,

@@ -15,6 +15,7 @@ const SPECS: OptSpec[] = [
   { name: "no-clobber", arg: "none", help: "error if OUT already exists, rather than replacing it" },
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set ch-image storage directory to DIR" },
   { name: "tmp", arg: "required", argName: "DIR", help: "temporary files in DIR (default: $TMPDIR, else /var/tmp)" },
+  { name: "xattrs", arg: "none", help: "keep extended attributes (user.* when unprivileged)" },
   { name: "quiet", short: "q", arg: "none", help: "be quieter (can be repeated)" },
   { name: "verbose", short: "v", arg: "none", help: "print extra chatter (can be repeated)" },
   { name: "help", short: "h", arg: "none", help: "give this help list" },
@@ -35,6 +36,7 @@ interface Options {
   noClobber: boolean;
   storage: string | null;
   tmp: string;
+  xattrs: boolean;
   verbosity: number;
   args: string[];
 }
@@ -53,6 +55,7 @@ function parse(argv: string[]): Options | number {
     noClobber: false,
     storage: null,
     tmp: process.env.TMPDIR || "/var/tmp",
+    xattrs: false,
     verbosity: 0,
     args: p.positionals,
   };
@@ -72,6 +75,7 @@ function parse(argv: string[]): Options | number {
     else if (name === "no-clobber") o.noClobber = true;
     else if (name === "storage") o.storage = v;
     else if (name === "tmp") o.tmp = v;
+    else if (name === "xattrs") o.xattrs = true;
     else if (name === "quiet") o.verbosity--;
     else if (name === "verbose") o.verbosity++;
   }
@@ -114,7 +118,12 @@ export async function main(argv: string[]): Promise<number> {
     storage.lock();
   }
   try {
-    await convert(src, dst, { storage: usesStorage ? storage : null, tmp: o.tmp, noClobber: o.noClobber });
+    await convert(src, dst, {
+      storage: usesStorage ? storage : null,
+      tmp: o.tmp,
+      noClobber: o.noClobber,
+      xattrs: o.xattrs,
+    });
   } finally {
     storage.unlock();
   }

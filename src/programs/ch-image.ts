@@ -12,6 +12,7 @@ const SPECS: OptSpec[] = [
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set storage directory to DIR" },
   { name: "quiet", short: "q", arg: "none", help: "be quieter (can be repeated)" },
   { name: "verbose", short: "v", arg: "none", help: "print extra chatter (can be repeated)" },
+  { name: "xattrs", arg: "none", help: "import: keep extended attributes (user.* when unprivileged)" },
   { name: "help", short: "h", arg: "none", help: "give this help list" },
   { name: "version", short: "V", arg: "none", help: "print version and exit" },
 ];
@@ -32,7 +33,7 @@ function checkName(name: string): void {
   if (!validImageName(name)) throw new ChError(`invalid image name: ${name}`);
 }
 
-async function importImage(storage: Storage, path: string, name: string): Promise<void> {
+async function importImage(storage: Storage, path: string, name: string, xattrs: boolean): Promise<void> {
   checkName(name);
   let dir: boolean;
   try {
@@ -41,12 +42,12 @@ async function importImage(storage: Storage, path: string, name: string): Promis
     throw new ChError(`can't import, no such file or directory: ${path}`, { errno: 2 });
   }
   info(`importing: ${path}`);
-  if (dir) await copyImage(path, storage.imagePath(name), {});
-  else await unpackImage(path, storage.imagePath(name));
+  if (dir) await copyImage(path, storage.imagePath(name), { xattrs });
+  else await unpackImage(path, storage.imagePath(name), { xattrs });
   info(`imported: ${name}`);
 }
 
-async function run(storage: Storage, sub: string, args: string[]): Promise<number> {
+async function run(storage: Storage, sub: string, args: string[], xattrs: boolean): Promise<number> {
   switch (sub) {
     case "list":
       want(args, 0, "list");
@@ -57,7 +58,7 @@ async function run(storage: Storage, sub: string, args: string[]): Promise<numbe
       want(args, 2, "import PATH NAME");
       storage.init();
       storage.lock();
-      await importImage(storage, args[0], args[1]);
+      await importImage(storage, args[0], args[1], xattrs);
       return 0;
     case "delete":
       want(args, 1, "delete NAME");
@@ -80,6 +81,7 @@ export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let storageOpt: string | null = null;
   let verbosity = 0;
+  let xattrs = false;
   const hv = helpOrVersion(p, {
     name: "ch-image",
     usage: "[OPTION...] SUBCOMMAND [ARG...]",
@@ -91,6 +93,7 @@ export async function main(argv: string[]): Promise<number> {
   for (const { name, value } of p.opts) {
     if (name === "help" || name === "version") continue;
     if (name === "storage") storageOpt = value;
+    else if (name === "xattrs") xattrs = true;
     else verbosity += name === "quiet" ? -1 : 1;
   }
   setVerbosity(verbosity);
@@ -98,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!sub) throw new ChError("no subcommand given (see --help)");
   const storage = new Storage(storageDir(storageOpt, process.env, process.env.USER || userInfo().username));
   try {
-    return await run(storage, sub, args);
+    return await run(storage, sub, args, xattrs);
   } finally {
     storage.unlock();
   }

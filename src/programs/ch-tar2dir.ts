@@ -9,6 +9,7 @@ import { ChError } from "../sys/errors.ts";
 const SPECS: OptSpec[] = [
   { name: "quiet", short: "q", arg: "none", help: "be quieter" },
   { name: "verbose", short: "v", arg: "none", help: "be more verbose" },
+  { name: "xattrs", arg: "none", help: "keep extended attributes (user.* when unprivileged)" },
   { name: "help", short: "h", arg: "none", help: "give this help list" },
   { name: "version", short: "V", arg: "none", help: "print version and exit" },
 ];
@@ -21,6 +22,7 @@ export function tarballImageName(tarball: string): string {
 export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let verbosity = 0;
+  let xattrs = false;
   const hv = helpOrVersion(p, {
     name: "ch-tar2dir",
     usage: "[OPTION...] TARBALL DIR",
@@ -30,7 +32,8 @@ export async function main(argv: string[]): Promise<number> {
   if (hv !== null) return hv;
   for (const { name } of p.opts) {
     if (name === "help" || name === "version") continue;
-    verbosity += name === "quiet" ? -1 : 1;
+    if (name === "xattrs") xattrs = true;
+    else verbosity += name === "quiet" ? -1 : 1;
   }
   setVerbosity(verbosity);
   if (p.positionals.length !== 2) throw new ChError("need exactly two arguments, TARBALL and DIR (see --help)");
@@ -39,7 +42,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!name || name === "." || name === "..") throw new ChError(`can't derive image name from: ${tarball}`);
   const target = join(dir, name);
   info(`creating new image ${target}`);
-  await unpackImage(tarball, target);
+  await unpackImage(tarball, target, { xattrs });
   info(`${target} unpacked ok`);
   return 0;
 }

@@ -77,6 +77,9 @@ function bind() {
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
     sigaction: lib.func("int sigaction(int, const uint8_t *, void *)"),
     statvfs: lib.func("int statvfs(const char *, _Out_ uint8_t *)"),
+    lsetxattr: lib.func("int lsetxattr(const char *, const char *, const uint8_t *, size_t, int)"),
+    lgetxattr: lib.func("intptr_t lgetxattr(const char *, const char *, _Out_ uint8_t *, size_t)"),
+    llistxattr: lib.func("intptr_t llistxattr(const char *, _Out_ uint8_t *, size_t)"),
   };
   return { koffi, f, passwd, group };
 }
@@ -239,6 +242,34 @@ export function libc() {
       const buf = new Uint8Array(128);
       check("statvfs", f.statvfs(path, buf) as number);
       return Number(new DataView(buf.buffer).getBigUint64(72, true));
+    },
+    /** lsetxattr(2): sets (creates or replaces) the extended attribute name of path, never
+     * following a symlink there. */
+    lsetxattr(path: string, name: string, value: Uint8Array): void {
+      check("lsetxattr", f.lsetxattr(path, name, value, value.length, 0) as number);
+    },
+    /** lgetxattr(2): the value of the extended attribute name of path. */
+    lgetxattr(path: string, name: string): Buffer {
+      for (;;) {
+        const size = check("lgetxattr", Number(f.lgetxattr(path, name, null, 0)));
+        const buf = Buffer.alloc(size);
+        const r = Number(f.lgetxattr(path, name, buf, size));
+        if (r >= 0) return buf.subarray(0, r);
+        const e = errno();
+        if (e !== 34 /* ERANGE: it grew meanwhile */) throw new LibcError("lgetxattr", e);
+      }
+    },
+    /** llistxattr(2): the names of the extended attributes of path (of a symlink itself). */
+    llistxattr(path: string): string[] {
+      for (;;) {
+        const size = check("llistxattr", Number(f.llistxattr(path, null, 0)));
+        if (size === 0) return [];
+        const buf = Buffer.alloc(size);
+        const r = Number(f.llistxattr(path, buf, size));
+        if (r >= 0) return buf.toString("utf8", 0, r).split("\0").filter(Boolean);
+        const e = errno();
+        if (e !== 34 /* ERANGE */) throw new LibcError("llistxattr", e);
+      }
     },
   };
 }
