@@ -52,11 +52,14 @@ await esbuild.build({
   logLevel: "warning",
 });
 
+// Error locations: the source map decoded into a line table, carried by the executable.
+execFileSync(nodeBin, [join(root, "build/linetable.ts"), join(dist, "ch.cjs.map"), join(dist, "ch")], { stdio: "inherit" });
+
 // 2. SEA blob, from the top-level sea-config.json with this machine's koffi module.
 const seaConfig = JSON.parse(readFileSync(join(root, "sea-config.json"), "utf8"));
 seaConfig.assets["koffi.node"] = koffiNode;
 for (const k of ["main", "output"]) seaConfig[k] = join(root, seaConfig[k]);
-seaConfig.assets["ch.cjs.map"] = join(root, seaConfig.assets["ch.cjs.map"]);
+for (const a of ["ch.lines", "ch.sources.json"]) seaConfig.assets[a] = join(root, seaConfig.assets[a]);
 writeFileSync(join(dist, "sea-config.json"), JSON.stringify(seaConfig, null, 2));
 execFileSync(nodeBin, ["--experimental-sea-config", join(dist, "sea-config.json")], { stdio: "inherit" });
 
@@ -76,7 +79,7 @@ execFileSync(
   ],
   { stdio: "ignore" }, // postject warns about .note sections it does not need
 );
-for (const f of ["sea-prep.blob", "sea-config.json"]) rmSync(join(dist, f));
+for (const f of ["sea-prep.blob", "sea-config.json", "ch.lines", "ch.sources.json"]) rmSync(join(dist, f));
 for (const p of PROGRAMS) symlinkSync("charliecloud", join(dist, p));
 console.log(
   `build: dist/charliecloud (Node ${execFileSync(nodeBin, ["--version"]).toString().trim()}, koffi ${koffiVersion}) in ${Date.now() - t0} ms`,

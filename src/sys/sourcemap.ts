@@ -1,10 +1,11 @@
 // Points an error at our TypeScript source. In the single executable, stack frames name the
-// bundle; its source map travels as an SEA asset and is decoded only when an error is printed.
+// bundle; the build decodes its source map into a line table (one source line per bundle line)
+// that travels as an SEA asset, so that a lookup costs no parsing at run time.
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
-import { getAsset, isSea } from "node:sea";
+import { getAsset, getRawAsset, isSea } from "node:sea";
 
-interface RawMap {
+export interface RawMap {
   sources: string[];
   mappings: string;
 }
@@ -52,16 +53,52 @@ export function mapPosition(map: RawMap, line: number, column: number): string |
   return `${basename(map.sources[best[1]])}:${best[2] + 1}`;
 }
 
-let cachedMap: RawMap | null | undefined;
+export interface LineTable {
+  sources: string[];
+  /** Per bundle line (0-based) i: [2i] source index (0xffffffff: none), [2i+1] source line. */
+  lines: Uint32Array;
+}
 
-function bundleMap(): RawMap | null {
-  if (cachedMap !== undefined) return cachedMap;
-  cachedMap = null;
+/** The build's decoding of a source map: each bundle line's first mapped source line. */
+export function lineTable(map: RawMap): LineTable {
+  const text = map.mappings.split(";");
+  const lines = new Uint32Array(text.length * 2).fill(0xffffffff);
+  const state = [0, 0, 0, 0];
+  text.forEach((l, i) => {
+    const segs = decodeLine(l, state);
+    if (segs.length) {
+      lines[2 * i] = segs[0][1];
+      lines[2 * i + 1] = segs[0][2] + 1;
+    }
+  });
+  return { sources: map.sources.map((s) => basename(s)), lines };
+}
+
+/** Looks a 1-based bundle line up in a line table. */
+export function tablePosition(t: LineTable, line: number): string | null {
+  const src = t.lines[2 * (line - 1)];
+  return src === undefined || src === 0xffffffff ? null : `${t.sources[src]}:${t.lines[2 * (line - 1) + 1]}`;
+}
+
+type Locate = (line: number, column: number) => string | null;
+let cachedLocate: Locate | null | undefined;
+
+function bundleLocate(): Locate | null {
+  if (cachedLocate !== undefined) return cachedLocate;
+  cachedLocate = null;
   try {
-    const text = isSea() ? getAsset("ch.cjs.map", "utf8") : readFileSync(`${process.argv[1]}.map`, "utf8");
-    cachedMap = JSON.parse(text) as RawMap;
+    if (isSea()) {
+      const t = {
+        sources: JSON.parse(getAsset("ch.sources.json", "utf8")) as string[],
+        lines: new Uint32Array(getRawAsset("ch.lines")),
+      };
+      cachedLocate = (line) => tablePosition(t, line);
+    } else {
+      const map = JSON.parse(readFileSync(`${process.argv[1]}.map`, "utf8")) as RawMap;
+      cachedLocate = (line, column) => mapPosition(map, line, column);
+    }
   } catch {}
-  return cachedMap;
+  return cachedLocate;
 }
 
 const FRAME = /\(?([^\s()]+):(\d+):(\d+)\)?$/;
@@ -76,8 +113,8 @@ export function sourceLocation(at: Error): string {
     if (/\/(errors|sourcemap|strerror|program)\.ts$/.test(file)) continue;
     if (file.endsWith(".ts")) return `${basename(file)}:${line}`;
     if (file.startsWith("node:")) continue;
-    const map = bundleMap();
-    const pos = map && mapPosition(map, Number(line), Number(col));
+    const locate = bundleLocate();
+    const pos = locate?.(Number(line), Number(col));
     if (pos && !/(errors|sourcemap|strerror|program)\.ts:/.test(pos)) return pos;
     if (pos) continue;
     return `${basename(file)}:${line}`;

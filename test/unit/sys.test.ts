@@ -8,7 +8,7 @@ import { pickInherited } from "../../src/sys/fds.ts";
 import { forwardedMask } from "../../src/sys/launch.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
-import { mapPosition } from "../../src/sys/sourcemap.ts";
+import { lineTable, mapPosition, tablePosition } from "../../src/sys/sourcemap.ts";
 
 const SPECS = [
   { name: "bind", short: "b", arg: "required" as const, help: "" },
@@ -127,5 +127,10 @@ describe("errors", () => {
     assert.equal(mapPosition(map, 1, 1), "a.ts:1");
     assert.equal(mapPosition(map, 2, 5), "a.ts:2");
     assert.equal(mapPosition(map, 3, 1), "b.ts:3");
+    const t = lineTable(map);
+    assert.equal(tablePosition(t, 1), "a.ts:1");
+    assert.equal(tablePosition(t, 2), "a.ts:2");
+    assert.equal(tablePosition(t, 3), "b.ts:3");
+    assert.equal(tablePosition(t, 9), null);
   });
 });
