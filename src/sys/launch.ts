@@ -70,8 +70,8 @@ function mapProgram(b: ProgramBuilder) {
   };
 }
 
-/** Reads the child's report: nothing if its program reached execve(2); else throws the failed
- * step's error, once the child is reaped. */
+/** Reads the child's report: nothing if its program reached the end of its setup (index -1) or
+ * execve(2) (end of file); else throws the failed step's error, once the child is reaped. */
 function checkReport(repR: number, pid: number, ops: ProgramBuilder["ops"]): void {
   const c = libc();
   const report = new Uint8Array(16);
@@ -80,6 +80,7 @@ function checkReport(repR: number, pid: number, ops: ProgramBuilder["ops"]): voi
   if (n !== 16) return;
   const dv = new DataView(report.buffer);
   const index = Number(dv.getBigInt64(0, true));
+  if (index === -1) return;
   const errno = Number(dv.getBigInt64(8, true));
   const status = c.waitpid(pid);
   const op = ops[index];
@@ -97,12 +98,13 @@ export function launch(spec: LaunchSpec): never {
   const inherited = inheritedFds(); // before this function opens descriptors of its own
   const [syncR, syncW] = c.pipe2(O_CLOEXEC);
   const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const [gateR, gateW] = c.pipe2(O_CLOEXEC);
   const stage2 = c.memfdCreate("ch-run-setup");
   const stage2Addr = c.mmap(STAGE2_MAX).address; // reserved here; the child maps over it
 
   const b1 = new ProgramBuilder(arch);
   b1.reportFd = repW;
-  b1.prologue(syncR, syncW);
+  b1.prologue(syncR, syncW, gateW);
   b1.runStage2(stage2, stage2Addr, STAGE2_MAX);
   const m = mapProgram(b1);
 
@@ -113,6 +115,7 @@ export function launch(spec: LaunchSpec): never {
   const pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
   c.close(syncR);
   c.close(repW);
+  c.close(gateR);
 
   const b2 = new ProgramBuilder(arch);
   try {
@@ -126,7 +129,7 @@ export function launch(spec: LaunchSpec): never {
     spec.prepare?.(pid);
     b2.reportFd = repW;
     b2.indexBase = b1.ops.length;
-    spec.build(b2, () => b2.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds));
+    spec.build(b2, () => b2.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds, gateR));
     const bytes = b2.serialize(stage2Addr);
     if (bytes.length > STAGE2_MAX) throw new ChError(`container setup too large (${bytes.length} bytes; environment too big?)`);
     c.writeAll(stage2, bytes);
@@ -140,14 +143,18 @@ export function launch(spec: LaunchSpec): never {
   checkReport(repR, pid, [...b1.ops, ...b2.ops]);
   // The mappings stay: they hold the signal handler until the exec below discards it all.
 
-  // The command is running (or its setup died without a word). Become the waiter.
+  // Setup is done and the child waits at the gate. Become the waiter, which opens it: the command
+  // starts only once nothing of Node is left to catch its signals. (The child prints an execve(2)
+  // failure itself.)
   try {
     const fd = c.memfd("ch-run-waiter", Buffer.from(blobs[arch].waiter, "base64"));
-    c.execFd(fd, [process.argv0 || "ch-run", String(pid)], []);
+    c.keepOnExec(gateW);
+    c.execFd(fd, [process.argv0 || "ch-run", String(pid), String(gateW)], []);
   } catch (e) {
     if (!(e instanceof LibcError)) throw e;
   }
-  // No waiter (memfd or execveat refused): wait here instead.
+  // No waiter (memfd or execveat refused): open the gate and wait here instead.
+  c.write(gateW, new Uint8Array([103]));
   const st = c.waitpid(pid);
   process.exit(st & 0x7f ? 128 + (st & 0x7f) : (st >> 8) & 0xff);
 }
@@ -160,6 +167,7 @@ export function spawnInNamespaces(target: number, path: string, argv: string[], 
   const [repR, repW] = c.pipe2(O_CLOEXEC);
   const b = new ProgramBuilder(hostArch());
   b.reportFd = repW;
+  b.execMessages = false; // this process reads the report until execve(2) succeeds
   b.joinNamespaces(target);
   b.execve([path], argv, envp, { what: `can't execute ${path} in the container's namespaces` });
   const m = mapProgram(b);

@@ -72,6 +72,7 @@ function bind() {
     clone: lib.func("int clone(void *fn, void *stack, int flags, void *arg)"),
     waitpid: lib.func("int waitpid(int, _Out_ int *, int)"),
     kill: lib.func("int kill(int, int)"),
+    fcntl: lib.func("int fcntl(int, int, int)"),
     memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
     execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
@@ -193,6 +194,10 @@ export function libc() {
         const e = errno();
         if (e !== 4) throw new LibcError("waitpid", e);
       }
+    },
+    /** Clears close-on-exec on a descriptor. */
+    keepOnExec(fd: number): void {
+      check("fcntl", f.fcntl(fd, 2 /* F_SETFD */, 0) as number);
     },
     /** waitpid(pid, WNOHANG): the raw status if it ended, else null. */
     reaped(pid: number): number | null {

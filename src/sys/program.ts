@@ -2,7 +2,8 @@
 // native launcher (native/launcher.c) runs in the clone(2) child. Strings and arrays are laid out
 // after the ops; serialize() fixes their addresses once the program's memory is mapped.
 import { type Arch, SYSCALLS, type SyscallNumbers } from "./arch.ts";
-import { EXIT_ERR } from "./errors.ts";
+import { EXIT_ERR, formatError } from "./errors.ts";
+import { sourceLocation } from "./sourcemap.ts";
 import type { Syscalls, Why } from "./syscalls.ts";
 
 const AT_FDCWD = -100;
@@ -28,6 +29,9 @@ interface Op {
   expect?: number;
   soft?: boolean;
   okErrno?: number;
+  /** Messages the child prints itself on failure, by errno (0: any other), for when no one
+   * is left to print them (after the hand-over to the waiter). */
+  messages?: [number, string][];
   why: Why;
   at: Error;
 }
@@ -37,7 +41,11 @@ export interface OpOptions {
   expect?: number;
   soft?: boolean;
   okErrno?: number;
+  messages?: [number, string][];
 }
+
+/** What execve(2) may fail with; the child prints these itself, pre-rendered. */
+const EXEC_ERRNOS = [2, 13, 8, 20, 40, 7, 26, 12, 1, 21, 36, 22, 80, 5, 24, 23, 14];
 
 export class ProgramBuilder implements Syscalls {
   readonly ops: Op[] = [];
@@ -46,6 +54,8 @@ export class ProgramBuilder implements Syscalls {
   reportFd = -1;
   /** Index of this program's first op among all the launch's ops, for failure reports. */
   indexBase = 0;
+  /** Whether the child prints an execve(2) failure itself (no one may be left to read it). */
+  execMessages = true;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -60,10 +70,11 @@ export class ProgramBuilder implements Syscalls {
   // --- launch protocol ---
 
   /** Dies with the parent; waits for the parent's go-ahead (it writes our ID maps first). */
-  prologue(syncRead: number, syncWrite: number): void {
+  prologue(syncRead: number, syncWrite: number, gateWrite: number): void {
     const n = this.nr;
     this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
     this.op(n.close, [syncWrite], { what: "can't close sync pipe" });
+    this.op(n.close, [gateWrite], { what: "can't close gate pipe" });
     this.op(n.read, [syncRead, { bytes: new Uint8Array(8) }, 1], { what: "parent did not start the container" }, { expect: 1 });
     this.op(n.close, [syncRead], { what: "can't close sync pipe" });
   }
@@ -95,9 +106,14 @@ export class ProgramBuilder implements Syscalls {
 
   /** What the command needs from its launcher: default signal actions, no blocked signals,
    * standard descriptors kept across execve(2), stdout/stderr to /dev/null when asked. */
-  beforeExec(resetSignals: number[], keepFds: number[], nullFds: number[]): void {
+  beforeExec(resetSignals: number[], keepFds: number[], nullFds: number[], gateRead: number): void {
     const n = this.nr;
     const zero = { bytes: new Uint8Array(32) };
+    // Setup done: say so, then wait until the waiter has replaced ch-run's Node process.
+    const done = new Uint8Array(new BigInt64Array([-1n, 0n]).buffer);
+    this.op(n.write, [this.reportFd, { bytes: done }, 16], { what: "can't report to ch-run" }, { expect: 16 });
+    this.op(n.read, [gateRead, { bytes: new Uint8Array(8) }, 1], { what: "ch-run's waiter did not start" }, { expect: 1 });
+    this.op(n.close, [gateRead], { what: "can't close gate pipe" });
     for (const sig of resetSignals) this.op(n.rt_sigaction, [sig, zero, 0, 8], { what: `can't reset signal ${sig}` });
     this.op(n.rt_sigprocmask, [SIG_SETMASK, zero, 0, 8], { what: "can't unblock signals" });
     for (const fd of keepFds) this.op(n.fcntl, [fd, F_SETFD, 0], { what: `can't keep descriptor ${fd}` }, { soft: true });
@@ -153,9 +169,11 @@ export class ProgramBuilder implements Syscalls {
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void {
     const a = { strs: argv };
     const e = { strs: envp };
+    const where = this.execMessages ? sourceLocation(new Error()) : "";
+    const messages: [number, string][] = [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
     candidates.forEach((c, i) => {
       const last = i === candidates.length - 1;
-      this.op(this.nr.execve, [{ str: c }, a, e], why, { soft: !last });
+      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? (this.execMessages ? { messages } : {}) : { soft: true });
     });
   }
 
@@ -225,9 +243,24 @@ export class ProgramBuilder implements Syscalls {
       if (op.soft) flags |= 1n << 29n;
       const exit = op.why.exit ?? EXIT_ERR;
       flags |= BigInt(exit & 255) << 32n;
-      words[w + 7] = flags;
       words[w + 8] = BigInt(op.okErrno ?? 0);
       words[w + 9] = BigInt(op.expect ?? 0);
+      if (op.messages) {
+        flags |= 1n << 30n;
+        const table = new BigInt64Array(op.messages.length * 3);
+        const texts = op.messages.map(([errno, text], k) => {
+          const bytes = enc.encode(text);
+          table[3 * k] = BigInt(errno);
+          table[3 * k + 1] = place(bytes);
+          table[3 * k + 2] = BigInt(bytes.length);
+          return k;
+        });
+        const at = place(new Uint8Array(table.buffer));
+        for (const k of texts) relocs.push(Number(at) + 24 * k + 8);
+        words[w + 9] = at;
+        relocs.push((w + 9) * 8);
+      }
+      words[w + 7] = flags;
     });
     const out = new Uint8Array(fixed + dataLen);
     out.set(new Uint8Array(words.buffer), 0);

@@ -341,7 +341,7 @@ describe("descriptors, signals, resources", () => {
     new Promise<number | null>((res) => c.on("exit", (code, sig) => res(code ?? (sig ? -1 : null))));
 
   for (const sig of ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2", "WINCH", "CONT"] as const) {
-    it(`forwards SIG${sig} to the command`, async () => {
+    it(`forwards SIG${sig} to the command`, { timeout: 20_000 }, async () => {
       const script = `trap 'echo got-${sig}; exit 3' ${sig}; echo ready; while :; do sleep 0.05; done`;
       const { child, out } = await start([img, "--", "sh", "-c", script]);
       const done = exited(child);
@@ -351,7 +351,7 @@ describe("descriptors, signals, resources", () => {
     });
   }
 
-  it("stops when the command stops, and goes on with SIGCONT", async () => {
+  it("stops when the command stops, and goes on with SIGCONT", { timeout: 20_000 }, async () => {
     // SIGSTOP to the command itself: SIGTSTP would be ignored if the test runs in an orphaned
     // process group, as it does under CI.
     const { child, out } = await start([
@@ -388,7 +388,7 @@ describe("descriptors, signals, resources", () => {
     assert.ok(!existsSync(`/proc/${inner}`), "the command's process is gone");
   });
 
-  it("leaves the command no orphan when ch-run is killed with SIGKILL", async () => {
+  it("leaves the command no orphan when ch-run is killed with SIGKILL", { timeout: 20_000 }, async () => {
     const { child, out } = await start([img, "--", "sh", "-c", "echo ready $$; sleep 30"]);
     const inner = Number(/ready (\d+)/.exec(out())?.[1]);
     const done = exited(child);

@@ -10,6 +10,8 @@
           bits 24..27: k = store the result in register k-1 (0: don't).
           bit 28: the result must equal `expect`, else the op fails with errno 0.
           bit 29: soft: a failure is not reported; execution goes on with the next op.
+          bit 30: on failure, first write a message to stderr, from the table at address `expect`:
+                  entries {errno, text, length}, the last one with errno 0 for any other.
           bits 32..39: exit status on failure (0 means 31).
    On failure the child writes {op index, errno} to report_fd and exits. */
 #include "syscall.h"
@@ -44,6 +46,11 @@ __attribute__((noreturn)) void launch(struct prog *p) {
     }
     if (failed) {
       if ((fl >> 29) & 1) continue;
+      if ((fl >> 30) & 1) {
+        i64 *t = (i64 *)o->expect;
+        while (t[0] && t[0] != err) t += 3;
+        sys6(NR_write, 2, t[1], t[2], 0, 0, 0);
+      }
       i64 msg[2] = {p->index_base + i, err};
       sys6(NR_write, p->report_fd, (i64)msg, sizeof msg, 0, 0, 0);
       i64 code = (fl >> 32) & 255;

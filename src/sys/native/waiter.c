@@ -5,7 +5,11 @@
    is forwarded to the child; one the kernel sent to the whole foreground process group (terminal
    keys, SIGWINCH) reached the child already and is not sent twice. When the child stops, the
    waiter stops too, so the shell's job control sees the job as stopped; when it ends, the waiter
-   exits with its status, or 128+N if signal N killed it. */
+   exits with its status, or 128+N if signal N killed it.
+
+   argv[2] is the write end of the child's gate: the child execs the command only once the waiter
+   has blocked every signal and written one byte there, so that no signal meant for the command
+   can reach ch-run's Node process. */
 #include "syscall.h"
 
 #define SIGCHLD 17
@@ -20,11 +24,15 @@ struct siginfo {
 };
 
 __attribute__((noreturn, used)) void waiter_main(i64 *sp) {
-  char *arg = (char *)sp[2];
-  i64 child = 0, self = sys6(NR_getpid, 0, 0, 0, 0, 0, 0);
+  i64 child = 0, gate = 0, self = sys6(NR_getpid, 0, 0, 0, 0, 0, 0);
+  char *arg = sp[0] > 1 ? (char *)sp[2] : 0;
   while (arg && *arg >= '0' && *arg <= '9') child = child * 10 + (*arg++ - '0');
+  arg = sp[0] > 2 ? (char *)sp[3] : 0;
+  while (arg && *arg >= '0' && *arg <= '9') gate = gate * 10 + (*arg++ - '0');
   unsigned long all = ~0UL;
   sys6(NR_rt_sigprocmask, 0 /* SIG_BLOCK */, (i64)&all, 0, 8, 0, 0);
+  char go = 'g';
+  if (gate > 0) sys6(NR_write, gate, (i64)&go, 1, 0, 0, 0);
   sys6(NR_close_range, 0, ~0U, 0, 0, 0, 0);
   if (child <= 0) sys6(NR_exit_group, 31, 0, 0, 0, 0, 0);
   for (;;) {
