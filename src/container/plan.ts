@@ -280,3 +280,30 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   log.push(`executing: ${o.argv.join(" ")}`);
   return { ops, warnings, log };
 }
+
+/** A --join peer's plan: the first peer set the container up, so only the environment, the
+ * working directory and the command remain. `root` is the container's root as the host sees
+ * it (/proc/PID/root). */
+export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs">, root: string): Plan {
+  const view = new ContainerView(root, h.fs);
+  const home = o.home ? `/home/${h.user}` : view.resolve("/root").type === "dir" ? "/root" : "/";
+  const env = buildEnv({
+    host: h.env,
+    home,
+    ops: o.env,
+    expand: !o.envNoExpand,
+    readImageFile: (p) => {
+      const r = view.resolve(p);
+      return r.host && r.type === "file" ? h.fs.readFile(r.host) : null;
+    },
+  });
+  const ops: Op[] = [];
+  if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) });
+  ops.push({
+    op: "exec",
+    candidates: execCandidates(o.argv[0], env.env.get("PATH")),
+    argv: o.argv,
+    env: [...env.env].map(([k, v]) => `${k}=${v}`),
+  });
+  return { ops, warnings: env.warnings, log: [...env.log, `executing: ${o.argv.join(" ")}`] };
+}

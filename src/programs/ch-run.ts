@@ -5,12 +5,22 @@ import { helpOrVersion, type OptSpec, parseArgs, parseId } from "../cli/getopt.t
 import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { prefixedFs, realFs } from "../container/hostfs.ts";
-import { type Bind, DEFAULT_WRITE_FAKE_SIZE, defaultRunOptions, plan, type RunOptions } from "../container/plan.ts";
+import { joinGroup, Peers } from "../container/join.ts";
+import {
+  type Bind,
+  DEFAULT_WRITE_FAKE_SIZE,
+  defaultRunOptions,
+  type Plan,
+  plan,
+  planJoin,
+  type RunOptions,
+} from "../container/plan.ts";
 import { MAGIC, mountSquash, prepareSquash } from "../container/squash.ts";
 import { imagePath, storageDir } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
-import { launch } from "../sys/launch.ts";
+import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
+import type { ProgramBuilder } from "../sys/program.ts";
 
 const SPECS: OptSpec[] = [
   { name: "bind", short: "b", arg: "required", argName: "SRC[:DST]", help: "mount SRC at guest DST (default: same as SRC)" },
@@ -32,6 +42,10 @@ const SPECS: OptSpec[] = [
   { name: "verbose", short: "v", arg: "none", help: "be more verbose (can be repeated)" },
   { name: "write", short: "w", arg: "none", help: "mount image read-write (avoid)" },
   { name: "write-fake", short: "W", arg: "optional", argName: "SIZE", help: "overlay read-write tmpfs on top of image" },
+  { name: "join", short: "j", arg: "none", help: "use same container as peer ch-run" },
+  { name: "join-ct", arg: "required", argName: "N", help: "number of join peers (implies --join)" },
+  { name: "join-pid", arg: "required", argName: "PID", help: "join a namespace using a PID" },
+  { name: "join-tag", arg: "required", argName: "TAG", help: "label for peer group (implies --join)" },
   { name: "help", arg: "none", help: "give this help list" },
   { name: "version", short: "V", arg: "none", help: "print version and exit" },
 ];
@@ -45,6 +59,8 @@ const FEATURES: Record<string, boolean> = {
 };
 
 interface Parsed {
+  join: { count: number | null; tag: string | null } | null;
+  joinPid: number | null;
   opts: RunOptions;
   image: string;
   storage: string | null;
@@ -78,6 +94,8 @@ function parse(argv: string[]): Parsed | number {
   const o: RunOptions = defaultRunOptions();
   let storage: string | null = null;
   let mount: string | null = null;
+  let join = null as Parsed["join"];
+  let joinPid: number | null = null;
   let unsafe = false;
   let quiet = 0;
   const hv = helpOrVersion(p, {
@@ -155,6 +173,19 @@ function parse(argv: string[]): Parsed | number {
       case "write-fake":
         o.writeFake = value ?? DEFAULT_WRITE_FAKE_SIZE;
         break;
+      case "join":
+        join ??= { count: null, tag: null };
+        break;
+      case "join-ct":
+        join = { count: parseId("join-ct", v), tag: join?.tag ?? null };
+        if (join.count === 0) throw new ChError("--join-ct: must be at least 1: 0");
+        break;
+      case "join-tag":
+        join = { count: join?.count ?? null, tag: v };
+        break;
+      case "join-pid":
+        joinPid = parseId("join-pid", v);
+        break;
     }
   }
   if (quiet && o.verbosity) throw new ChError("--quiet incompatible with --verbose");
@@ -167,7 +198,8 @@ function parse(argv: string[]): Parsed | number {
   const [image, ...cmd] = p.positionals;
   o.argv = cmd;
   if (o.write && o.writeFake !== null) throw new ChError("--write and --write-fake are mutually exclusive");
-  return { opts: o, image, storage, unsafe, mount };
+  if (join && joinPid !== null) throw new ChError("--join-pid and --join are mutually exclusive");
+  return { opts: o, image, storage, unsafe, mount, join, joinPid };
 }
 
 type Image = { kind: "dir"; root: string } | { kind: "squash"; file: string };
@@ -219,40 +251,69 @@ export async function main(argv: string[]): Promise<number> {
   const warnings: string[] = [];
   if (!squash && parsed.mount !== null) warnings.push("--mount invalid with directory image, ignoring");
   const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
-  launch({
-    euid,
-    egid,
-    nullFds,
-    prepare: squash
-      ? (pid) => {
-          mountSquash(pid, squash);
-          fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
-          seen = `/proc/${pid}/root${root}`;
-        }
-      : undefined,
-    build(b, beforeExec) {
-      const flags = c.mountFlags(seen);
-      const p = plan(opts, {
-        euid,
-        egid,
-        user,
-        env: process.env,
-        cwd: process.cwd(),
-        image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
-        passwd: (uid) => c.getpwuid(uid),
-        group: (gid) => c.getgrgid(gid),
-        fs,
-      });
-      if (opts.verbosity >= 0) for (const w of [...warnings, ...p.warnings]) warn(w);
-      if (opts.verbosity >= 1) {
-        const say = (s: string) => process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);
+  const say = (s: string) => opts.verbosity >= 1 && process.stderr.write(`ch-run[${process.pid}]: ${s}\n`);
+  /** Prints a plan's warnings (and steps, with -v), then adds it to the child's program. */
+  const run = (p: Plan, b: ProgramBuilder, beforeExec: () => void) => {
+    if (opts.verbosity >= 0) for (const w of [...warnings, ...p.warnings]) warn(w);
+    for (const l of p.log) say(l);
+    for (const op of p.ops) say(describeOp(op));
+    execute(p.ops.slice(0, -1), b);
+    beforeExec();
+    execute(p.ops.slice(-1), b);
+  };
+  /** Runs the command in the container of process `target` (a --join peer). */
+  const joinContainer = (target: number, peers: Peers | null): never => {
+    say(`join: joining the container of PID ${target}`);
+    return launchJoined({
+      target,
+      nullFds,
+      ready: peers ? () => peers.arrive() : undefined,
+      build: (b, beforeExec) =>
+        run(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
+    });
+  };
+  if (parsed.joinPid !== null) joinContainer(parsed.joinPid, null);
+  let peers: Peers | null = null;
+  if (parsed.join) {
+    const timeout = Number(process.env.CH_RUN_JOIN_TIMEOUT || 30) * 1000;
+    peers = new Peers(joinGroup(parsed.join, process.env, process.ppid), euid, timeout);
+    const first = peers.claim();
+    say(`join: ${first ? "first peer" : "peer"}: tag ${peers.group.tag}, ${peers.group.count} peers (${peers.group.countFrom})`);
+    if (!first) joinContainer(peers.waitForContainer(), peers);
+  }
+  const group = peers;
+  try {
+    launch({
+      euid,
+      egid,
+      nullFds,
+      prepare: squash
+        ? (pid) => {
+            mountSquash(pid, squash);
+            fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
+            seen = `/proc/${pid}/root${root}`;
+          }
+        : undefined,
+      build(b, beforeExec) {
+        const flags = c.mountFlags(seen);
         if (squash) say(`SquashFS ${squash.file} mounted at ${root}`);
-        for (const l of p.log) say(l);
-        for (const op of p.ops) say(describeOp(op));
-      }
-      execute(p.ops.slice(0, -1), b);
-      beforeExec();
-      execute(p.ops.slice(-1), b);
-    },
-  });
+        const p = plan(opts, {
+          euid,
+          egid,
+          user,
+          env: process.env,
+          cwd: process.cwd(),
+          image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
+          passwd: (uid) => c.getpwuid(uid),
+          group: (gid) => c.getgrgid(gid),
+          fs,
+        });
+        run(p, b, beforeExec);
+      },
+      ready: group ? (pid) => group.publishAndWait(pid) : undefined,
+    });
+  } catch (e) {
+    group?.clear();
+    throw e;
+  }
 }

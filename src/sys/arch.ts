@@ -22,6 +22,7 @@ export interface SyscallNumbers {
   rt_sigprocmask: number;
   exit_group: number;
   mmap: number;
+  ioctl: number;
   getppid: number;
 }
 
@@ -46,6 +47,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigprocmask: 14,
     exit_group: 231,
     mmap: 9,
+    ioctl: 16,
     getppid: 110,
   },
   arm64: {
@@ -68,6 +70,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigprocmask: 135,
     exit_group: 94,
     mmap: 222,
+    ioctl: 29,
     getppid: 173,
   },
 };

@@ -44,6 +44,8 @@ export interface LaunchSpec {
   prepare?(pid: number): void;
   /** Adds the setup steps, then calls beforeExec(), then adds the execve(2) step. */
   build(b: ProgramBuilder, beforeExec: () => void): void;
+  /** Runs once the container is set up, before its command starts (ch-run --join). */
+  ready?(pid: number): void;
 }
 
 /** The largest second-stage program (the setup planned after clone). */
@@ -143,11 +145,23 @@ export function launch(spec: LaunchSpec): never {
   checkReport(repR, pid, [...b1.ops, ...b2.ops]);
   // The mappings stay: they hold the signal handler until the exec below discards it all.
 
-  // Setup is done and the child waits at the gate. Become the waiter, which opens it: the command
-  // starts only once nothing of Node is left to catch its signals. (The child prints an execve(2)
-  // failure itself.)
   try {
-    const fd = c.memfd("ch-run-waiter", Buffer.from(blobs[arch].waiter, "base64"));
+    spec.ready?.(pid);
+  } catch (e) {
+    c.kill(pid, 9);
+    c.waitpid(pid);
+    throw e;
+  }
+  becomeWaiter(pid, gateW);
+}
+
+/** Setup is done and the child waits at the gate. Become the waiter, which opens it: the command
+ * starts only once nothing of Node is left to catch its signals. (The child prints an execve(2)
+ * failure itself.) */
+function becomeWaiter(pid: number, gateW: number): never {
+  const c = libc();
+  try {
+    const fd = c.memfd("ch-run-waiter", Buffer.from(blobs[hostArch()].waiter, "base64"));
     c.keepOnExec(gateW);
     c.execFd(fd, [process.argv0 || "ch-run", String(pid), String(gateW)], []);
   } catch (e) {
@@ -157,6 +171,46 @@ export function launch(spec: LaunchSpec): never {
   c.write(gateW, new Uint8Array([103]));
   const st = c.waitpid(pid);
   process.exit(st & 0x7f ? 128 + (st & 0x7f) : (st >> 8) & 0xff);
+}
+
+export interface JoinSpec {
+  /** A process in the container to join (its command). */
+  target: number;
+  nullFds: number[];
+  /** Adds the steps after joining (chdir), then calls beforeExec(), then adds execve(2). */
+  build(b: ProgramBuilder, beforeExec: () => void): void;
+  /** Runs once the child has joined and waits at the gate. */
+  ready?(pid: number): void;
+}
+
+/** Runs a command in an existing container's namespaces (ch-run --join peers); returns only
+ * if joining failed (throws). */
+export function launchJoined(spec: JoinSpec): never {
+  const c = libc();
+  const arch = hostArch();
+  const inherited = inheritedFds();
+  const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const [gateR, gateW] = c.pipe2(O_CLOEXEC);
+  const b = new ProgramBuilder(arch);
+  b.reportFd = repW;
+  b.op(b.nr.close, [gateW], { what: "can't close gate pipe" });
+  b.joinContainer(spec.target);
+  spec.build(b, () => b.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds, gateR));
+  const m = mapProgram(b);
+  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, m.handler);
+  c.sigmask(SIG_BLOCK, forwardedMask());
+  const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);
+  c.close(repW);
+  c.close(gateR);
+  checkReport(repR, pid, b.ops);
+  try {
+    spec.ready?.(pid);
+  } catch (e) {
+    c.kill(pid, 9);
+    c.waitpid(pid);
+    throw e;
+  }
+  becomeWaiter(pid, gateW);
 }
 
 /** Starts a program inside the namespaces of process `target` (its user namespace, then its

@@ -94,6 +94,24 @@ export class ProgramBuilder implements Syscalls {
     }
   }
 
+  /** Dies with the parent; enters the namespaces of process `pid`, a container's command: the
+   * outer user namespace (parent of its own), the mount namespace, then its own user namespace,
+   * so that peers share one user namespace (cross-memory attach works between them). */
+  joinContainer(pid: number): void {
+    const n = this.nr;
+    const NS_GET_PARENT = 0xb702;
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
+    const user = { what: `can't join the user namespace of PID ${pid}` };
+    this.op(n.openat, [AT_FDCWD, { str: `/proc/${pid}/ns/user` }, O_CLOEXEC], user, { dst: 0 });
+    this.op(n.ioctl, [{ reg: 0 }, NS_GET_PARENT], user, { dst: 1 });
+    this.op(n.setns, [{ reg: 1 }, 0x10000000], user);
+    const mnt = { what: `can't join the mount namespace of PID ${pid}` };
+    this.op(n.openat, [AT_FDCWD, { str: `/proc/${pid}/ns/mnt` }, O_CLOEXEC], mnt, { dst: 2 });
+    this.op(n.setns, [{ reg: 2 }, 0x20000], mnt);
+    this.op(n.setns, [{ reg: 0 }, 0x10000000], user);
+    for (const r of [0, 1, 2]) this.op(n.close, [{ reg: r }], user);
+  }
+
   /** Maps the second-stage program from a memfd at a fixed address, and runs it. */
   runStage2(memfd: number, address: bigint, size: number): void {
     const n = this.nr;
