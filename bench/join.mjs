@@ -1,0 +1,75 @@
+// Scale benchmark for ch-run --join (by hand, not a test): N joined containers launched at once on
+// this node, as srun would (N = 1, 8, 32, 64 by default); reports the total wall time, the mean
+// launch latency (start to the command running), the peak resident memory of all ch-run
+// processes together (sampled from /proc every 5 ms), and that memory per rank once every command
+// runs. Usage: node bench/join.mjs [N...]  (as an ordinary user)
+import { spawn } from "node:child_process";
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const chRun = join(root, "dist/ch-run");
+const counts = process.argv.slice(2).map(Number);
+const dir = mkdtempSync(join(tmpdir(), "ch-bench-join-"));
+const img = join(dir, "img");
+for (const d of ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "home"]) mkdirSync(join(img, d), { recursive: true });
+copyFileSync("/bin/busybox", join(img, "bin/busybox"));
+for (const a of ["sh", "sleep", "date"]) symlinkSync("busybox", join(img, "bin", a));
+writeFileSync(join(img, "etc/passwd"), "root:x:0:0::/root:/bin/sh\n");
+writeFileSync(join(img, "etc/group"), "root:x:0:\n");
+
+/** Resident kB of every process whose executable is our ch-run binary (Node or waiter). */
+function chRunRss() {
+  let kb = 0;
+  for (const p of readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0")[0];
+      if (!cmd.endsWith("ch-run")) continue;
+      kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1] ?? 0);
+    } catch {}
+  }
+  return kb;
+}
+
+async function once(n) {
+  const tag = `bench-${process.pid}-${n}`;
+  const t0 = performance.now();
+  let peak = 0;
+  let upCount = 0;
+  let running = Number.NaN;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, chRunRss());
+  }, 5);
+  const latencies = await Promise.all(
+    Array.from({ length: n }, () => {
+      const start = performance.now();
+      const c = spawn(chRun, [`--join-tag=${tag}`, `--join-ct=${n}`, img, "--", "sh", "-c", "echo up; sleep 1"], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let up = 0;
+      c.stdout.on("data", () => {
+        if (up) return;
+        up = performance.now() - start;
+        if (++upCount === n) running = chRunRss(); // every command running: ch-run is the waiter
+      });
+      return new Promise((res) => c.on("exit", (code) => res(code === 0 ? up : Number.NaN)));
+    }),
+  );
+  clearInterval(sampler);
+  const total = performance.now() - t0 - 1000; // less the command's own second
+  const ok = latencies.filter((l) => !Number.isNaN(l));
+  const mean = ok.reduce((a, b) => a + b, 0) / ok.length;
+  console.log(
+    `N=${String(n).padStart(3)}  total ${total.toFixed(0).padStart(5)} ms  mean launch ${mean.toFixed(0).padStart(5)} ms  ` +
+      `peak ch-run RSS ${(peak / 1024).toFixed(1).padStart(6)} MiB, while running ${(running / n).toFixed(0)} kB per rank  failed ${n - ok.length}`,
+  );
+}
+
+try {
+  for (const n of counts.length ? counts : [1, 8, 32, 64]) await once(n);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
