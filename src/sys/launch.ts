@@ -110,10 +110,7 @@ export function launch(spec: LaunchSpec): never {
   b1.runStage2(stage2, stage2Addr, STAGE2_MAX);
   const m = mapProgram(b1);
 
-  // Signals stay pending from here until the waiter forwards them: the main thread blocks them,
-  // and the native handler sends any that reach Node's other threads on to the main thread.
-  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, m.handler);
-  c.sigmask(SIG_BLOCK, forwardedMask());
+  holdSignals(m.handler);
   const pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
   c.close(syncR);
   c.close(repW);
@@ -145,14 +142,27 @@ export function launch(spec: LaunchSpec): never {
   checkReport(repR, pid, [...b1.ops, ...b2.ops]);
   // The mappings stay: they hold the signal handler until the exec below discards it all.
 
+  handOver(pid, gateW, spec.ready);
+}
+
+/** Runs the caller's last step (if it fails, the child dies with it), then becomes the waiter. */
+function handOver(pid: number, gateW: number, ready?: (pid: number) => void): never {
   try {
-    spec.ready?.(pid);
+    ready?.(pid);
   } catch (e) {
-    c.kill(pid, 9);
-    c.waitpid(pid);
+    libc().kill(pid, 9);
+    libc().waitpid(pid);
     throw e;
   }
   becomeWaiter(pid, gateW);
+}
+
+/** Signals stay pending from here until the waiter forwards them: the main thread blocks them,
+ * and the native handler sends any that reach Node's other threads on to the main thread. */
+function holdSignals(handler: bigint): void {
+  const c = libc();
+  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, handler);
+  c.sigmask(SIG_BLOCK, forwardedMask());
 }
 
 /** Setup is done and the child waits at the gate. Become the waiter, which opens it: the command
@@ -197,20 +207,12 @@ export function launchJoined(spec: JoinSpec): never {
   b.joinContainer(spec.target);
   spec.build(b, () => b.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds, gateR));
   const m = mapProgram(b);
-  for (const sig of forwardedSignals()) if (!NODE_IGNORED.has(sig)) c.sigaction(sig, m.handler);
-  c.sigmask(SIG_BLOCK, forwardedMask());
+  holdSignals(m.handler);
   const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);
   c.close(repW);
   c.close(gateR);
   checkReport(repR, pid, b.ops);
-  try {
-    spec.ready?.(pid);
-  } catch (e) {
-    c.kill(pid, 9);
-    c.waitpid(pid);
-    throw e;
-  }
-  becomeWaiter(pid, gateW);
+  handOver(pid, gateW, spec.ready);
 }
 
 /** Starts a program inside the namespaces of process `target` (its user namespace, then its
