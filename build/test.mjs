@@ -55,7 +55,10 @@ if (process.geteuid() === 0) {
     `USER=${user}`,
     `HOME=${home}`,
     "PATH=/usr/local/bin:/usr/bin:/bin",
-    ...["CH_TEST_LOCKED_FS", "CH_TEST_SKIP"].filter((v) => process.env[v]).map((v) => `${v}=${process.env[v]}`),
+    // The CI's facts for the tests (CH_TEST_LOCKED_FS, CH_TEST_SKIP, ...) pass through.
+    ...Object.entries(process.env)
+      .filter(([k, v]) => k.startsWith("CH_TEST_") && k !== "CH_TEST_USER" && v)
+      .map(([k, v]) => `${k}=${v}`),
     node,
     ...args,
   ];

@@ -337,8 +337,10 @@ describe("descriptors, signals, resources", () => {
       });
     });
   }
-  const exited = (c: ChildProcess) =>
-    new Promise<number | null>((res) => c.on("exit", (code, sig) => res(code ?? (sig ? -1 : null))));
+  // "close" waits for the output too ("exit" can come before the last of it is read); the SIGKILL
+  // test waits for "exit", since an orphan would hold the pipe open.
+  const exited = (c: ChildProcess, event: "close" | "exit" = "close") =>
+    new Promise<number | null>((res) => c.on(event, (code, sig) => res(code ?? (sig ? -1 : null))));
 
   for (const sig of ["INT", "TERM", "HUP", "QUIT", "USR1", "USR2", "WINCH", "CONT"] as const) {
     it(`forwards SIG${sig} to the command`, { timeout: 20_000 }, async () => {
@@ -391,7 +393,7 @@ describe("descriptors, signals, resources", () => {
   it("leaves the command no orphan when ch-run is killed with SIGKILL", { timeout: 20_000 }, async () => {
     const { child, out } = await start([img, "--", "sh", "-c", "echo ready $$; sleep 30"]);
     const inner = Number(/ready (\d+)/.exec(out())?.[1]);
-    const done = exited(child);
+    const done = exited(child, "exit");
     child.kill("SIGKILL");
     await done;
     for (let i = 0; i < 100 && existsSync(`/proc/${inner}`); i++) await new Promise((r) => setTimeout(r, 20));

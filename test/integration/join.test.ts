@@ -36,8 +36,9 @@ function serve(args: string[]): Promise<{ child: ChildProcess; pid: string; addr
   });
 }
 
+/** The exit code, once the child's output is all read ("close", not "exit": "exit" can come first). */
 function ended(c: ChildProcess): Promise<number | null> {
-  return new Promise((r) => c.on("exit", (code) => r(code)));
+  return new Promise((r) => c.on("close", (code) => r(code)));
 }
 
 describe("--join", () => {
