@@ -34,7 +34,16 @@ export function joinGroup(
     }
   }
   if (count === null || count < 1) throw new ChError("join: no valid peer group size found (use --join-ct)");
-  const tag = opt.tag ?? env.SLURM_STEP_ID ?? String(ppid);
+  // Charliecloud's default tag is the step ID alone, which is "0" for every plain srun job:
+  // two jobs of one user starting together on a shared node would join each other. With the
+  // job ID in front, they can't.
+  const step =
+    env.SLURM_STEP_ID === undefined
+      ? undefined
+      : env.SLURM_JOB_ID
+        ? `${env.SLURM_JOB_ID}.${env.SLURM_STEP_ID}`
+        : env.SLURM_STEP_ID;
+  const tag = opt.tag ?? step ?? String(ppid);
   if (!tag) throw new ChError("join: peer group tag cannot be empty string");
   if (tag.includes("/")) throw new ChError(`join: peer group tag cannot contain '/': ${tag}`);
   return { tag, count, countFrom };

@@ -7,6 +7,7 @@ import { ContainerView, type Mounted } from "./binds.ts";
 import { buildEnv, type EnvOp } from "./env.ts";
 import type { HostFs } from "./hostfs.ts";
 import { groupFile, passwdFile } from "./passwd.ts";
+import { pmixHashEnv, pmixServerDir, pmixStep } from "./pmix.ts";
 
 export interface Bind {
   src: string;
@@ -253,6 +254,22 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
     bindHost(src, r.path);
   }
 
+  // PMIx's shared store (srun --mpi=pmix), at the same path as on the host, or PMIx's
+  // per-process store instead (see pmix.ts).
+  const pmixDir = pmixServerDir(h.env, h.fs);
+  let pmixHash = false;
+  if (pmixDir) {
+    const step = pmixStep(view, pmixDir, writable);
+    if (step.kind === "bind") {
+      for (const d of step.mkdirs) {
+        view.created.add(d);
+        ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
+      }
+      bindHost(step.src, step.dst);
+      log.push(`PMIx server directory ${pmixDir}: binding ${step.src}`);
+    } else pmixHash = step.kind === "hash";
+  }
+
   // The image read-only, keeping the flags it is mounted with (a user namespace may not
   // clear nosuid, nodev, noexec or atime flags: Charliecloud's "is it on NFS?" failure).
   if (!writable && !h.image.readOnly) ops.push({ op: "remount-ro", path: newroot, flags: lockedMountFlags(h.image.mountFlags) });
@@ -273,6 +290,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   });
   warnings.push(...env.warnings);
   log.push(...env.log);
+  if (pmixHash) pmixLog(log, pmixDir as string, pmixHashEnv(env.env));
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) }); // else / from the pivot
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
@@ -297,6 +315,10 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
       return r.host && r.type === "file" ? h.fs.readFile(r.host) : null;
     },
   });
+  const log = [...env.log];
+  // The first peer made PMIx's directory visible if it could; the container shows whether it did.
+  const pmixDir = pmixServerDir(h.env, h.fs);
+  if (pmixDir && view.resolve(pmixDir).type !== "dir") pmixLog(log, pmixDir, pmixHashEnv(env.env));
   const ops: Op[] = [];
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) });
   ops.push({
@@ -305,5 +327,14 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
     argv: o.argv,
     env: [...env.env].map(([k, v]) => `${k}=${v}`),
   });
-  return { ops, warnings: env.warnings, log: [...env.log, `executing: ${o.argv.join(" ")}`] };
+  log.push(`executing: ${o.argv.join(" ")}`);
+  return { ops, warnings: env.warnings, log };
+}
+
+function pmixLog(log: string[], dir: string, set: string | null): void {
+  log.push(
+    set
+      ? `PMIx server directory ${dir} not in the container: ${set} (PMIx keeps job data per process)`
+      : `PMIx server directory ${dir} not in the container; $PMIX_MCA_gds already set`,
+  );
 }

@@ -93,6 +93,9 @@ function assertJoinedJob(cmd: string[], env: Record<string, string> = {}): void 
   );
   assert.equal(new Set(rs.map((x) => x.ns)).size, 1, `one user namespace:\n${r.stdout}`);
   assert.match(r.stdout, /^rank 0: round trip of 4194304 bytes ok$/m);
+  // No rank complains (PMIx's shared store under srun --mpi=pmix is in Slurm's spool, which
+  // ch-run makes visible or replaces: src/container/pmix.ts).
+  assert.doesNotMatch(r.stdout + r.stderr, /PMIX ERROR|ERROR/, r.stderr);
   assertNoLeftovers(shm);
 }
 
@@ -203,7 +206,9 @@ describe("MPI under Slurm and mpirun", () => {
 
     it("without: separate user namespaces, forced CMA fails", T, () => {
       const r = assertSeparateFails([...mpirun, img, "--", "/pingpong-openmpi"], OMPI);
-      assert.match(r.stderr, /CMA support is\s+not available due to different user namespaces/);
+      // Under load, mpirun's forwarding of the help text sometimes garbles it ("Data unpack would
+      // read past end of buffer in file show_help.c"); vader's abort line always comes through.
+      assert.match(r.stderr, /CMA support is\s+not available due to different user namespaces|vader BTL is aborting the MPI job/);
     });
   });
 
@@ -244,11 +249,11 @@ describe("MPI under Slurm and mpirun", () => {
           "sh",
           "-c",
           `if [ "$SLURM_PROCID" = 1 ]; then while [ ! -e ${go} ]; do sleep 0.02; done; ` +
-            `else echo "task-pid $$ step $SLURM_STEP_ID"; fi; exec ${CH_RUN} --join ${img} -- echo joined`,
+            `else echo "task-pid $$ step $SLURM_JOB_ID.$SLURM_STEP_ID"; fi; exec ${CH_RUN} --join ${img} -- echo joined`,
         ],
         { CH_RUN_JOIN_TIMEOUT: "2" },
       );
-      const [pid, tag] = await until("rank 0's PID", () => /^task-pid (\d+) step (\d+)$/m.exec(job.out.stdout)?.slice(1));
+      const [pid, tag] = await until("rank 0's PID", () => /^task-pid (\d+) step (\d+\.\d+)$/m.exec(job.out.stdout)?.slice(1));
       const group = `/dev/shm/ch-run.${uid}.${tag}`;
       // The first peer has set the container up and waits for the other.
       await until(
@@ -262,7 +267,9 @@ describe("MPI under Slurm and mpirun", () => {
       assert.match(job.out.stderr, /task 0: Killed/);
       assert.match(
         job.out.stderr,
-        new RegExp(`join: timed out waiting for peers \\(tag ${tag}, 2 peers \\(SLURM_STEP_TASKS_PER_NODE\\), 1 arrived\\)`),
+        new RegExp(
+          `join: timed out waiting for peers \\(tag ${tag.replace(".", "\\.")}, 2 peers \\(SLURM_STEP_TASKS_PER_NODE\\), 1 arrived\\)`,
+        ),
       );
       assert.doesNotMatch(job.out.stdout, /joined/);
       assertNoLeftovers(shm);

@@ -23,6 +23,8 @@ describe("join group", () => {
       count: 3,
       countFrom: "SLURM_STEP_TASKS_PER_NODE",
     });
+    // With Slurm's job ID too, so that step 0 of two jobs are different groups.
+    assert.equal(joinGroup({ count: null, tag: null }, { ...env, SLURM_JOB_ID: "123" }, 1).tag, "123.7");
     assert.equal(joinGroup({ count: null, tag: null }, { SLURM_CPUS_ON_NODE: "16" }, 42).tag, "42");
     assert.throws(() => joinGroup({ count: null, tag: null }, {}, 1), /no valid peer group size found/);
     assert.throws(() => joinGroup({ count: 2, tag: "" }, {}, 1), /tag cannot be empty/);

@@ -211,6 +211,49 @@ describe("plan", () => {
     );
     assert.doesNotThrow(() => plan(opts({ noPasswd: true }), facts(t)));
   });
+
+  describe("PMIx's shared store (srun --mpi=pmix)", () => {
+    const spool = "/var/lib/slurm/slurmd";
+    const server = `${spool}/pmix.7.0`;
+    const pmixEnv = { PATH: "/usr/bin", PMIX_SERVER_TMPDIR: `${server}/` };
+    const hostTree: Record<string, MemNode> = { [`${server}/pmix_dstor_ds12_1`]: { dir: true } };
+    const envOf = (p: ReturnType<typeof plan>) =>
+      new Map(find(p.ops, "exec")[0].env.map((e) => [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)]));
+
+    it("binds the spool where the image has that directory", () => {
+      const p = plan(opts(), facts(image({ [`${IMG}${spool}`]: { dir: true }, ...hostTree }), { env: pmixEnv }));
+      assert.ok(find(p.ops, "bind").some((b) => b.src === spool && b.dst === `${IMG}${spool}`));
+      assert.equal(envOf(p).get("PMIX_MCA_gds"), undefined);
+    });
+
+    it("makes the directory in a writable image, and binds it", () => {
+      const p = plan(opts({ write: true }), facts(image(hostTree), { env: pmixEnv }));
+      assert.deepEqual(
+        find(p.ops, "mkdir").map((m) => m.path),
+        ["/var", "/var/lib", "/var/lib/slurm", spool].map((d) => `${IMG}${d}`),
+      );
+      assert.ok(find(p.ops, "bind").some((b) => b.src === spool));
+    });
+
+    it("falls back to PMIx's per-process store in a read-only image without it, unless the user chose one", () => {
+      const p = plan(opts({ verbosity: 1 }), facts(image(hostTree), { env: pmixEnv }));
+      assert.ok(!find(p.ops, "bind").some((b) => b.src === spool));
+      assert.deepEqual(find(p.ops, "mkdir"), []);
+      assert.equal(envOf(p).get("PMIX_MCA_gds"), "hash");
+      assert.ok(p.log.some((l) => l.includes(`PMIx server directory ${server} not in the container`)));
+      const mine = plan(opts(), facts(image(hostTree), { env: { ...pmixEnv, PMIX_MCA_gds: "ds21" } }));
+      assert.equal(envOf(mine).get("PMIX_MCA_gds"), "ds21");
+    });
+
+    it("does nothing when the container sees the directory (mpirun's, under /tmp) or there is none", () => {
+      const tmpEnv = { PATH: "/usr/bin", PMIX_SERVER_TMPDIR: "/tmp/prte.x" };
+      const p = plan(opts(), facts(image({ "/tmp/prte.x": { dir: true } }), { env: tmpEnv }));
+      assert.equal(envOf(p).get("PMIX_MCA_gds"), undefined);
+      const gone = plan(opts(), facts(image(), { env: pmixEnv }));
+      assert.equal(envOf(gone).get("PMIX_MCA_gds"), undefined);
+      assert.equal(find(gone.ops, "bind").length, find(plan(opts(), facts(image())).ops, "bind").length);
+    });
+  });
 });
 
 describe("execute", () => {
