@@ -178,6 +178,14 @@ describe("MPI under Slurm and mpirun", () => {
     });
   });
 
+  it("PMIx's shared store: bound where the image can have it (-w), else PMIx keeps data per process", T, () => {
+    const show = ["sh", "-c", 'echo "gds=$(printenv PMIX_MCA_gds || echo unset)"; test -d "$PMIX_SERVER_TMPDIR" && echo seen'];
+    const ro = launch(["srun", "-n", "1", "--mpi=pmix", CH_RUN, img, "--", ...show]);
+    assert.equal(ro.stdout, "gds=hash\n", ro.stderr);
+    const rw = launch(["srun", "-n", "1", "--mpi=pmix", CH_RUN, "-w", img, "--", ...show]);
+    assert.equal(rw.stdout, "gds=unset\nseen\n", rw.stderr);
+  });
+
   describe("MPICH, srun --mpi=pmi2 (its PMI socket is an inherited descriptor)", () => {
     it("with --join: one job of 2 ranks in one user namespace", T, () => {
       assertJoinedJob([...SRUN, "--mpi=pmi2", CH_RUN, "--join", img, "--", "/pingpong-mpich"]);
