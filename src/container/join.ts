@@ -7,6 +7,7 @@
 import { closeSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { posix } from "node:path";
 import { ChError } from "../sys/errors.ts";
+import { startTime } from "../sys/proc.ts";
 
 export const SHM = "/dev/shm";
 
@@ -49,17 +50,9 @@ export function joinGroup(
   return { tag, count, countFrom };
 }
 
-/** Start time of a process (field 22 of /proc/PID/stat), or null if it is gone. */
-export function startTime(pid: number): string | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+export { startTime };
 
 export class Peers {
   readonly base: string;

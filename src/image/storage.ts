@@ -16,6 +16,7 @@ import { hostname } from "node:os";
 import { posix } from "node:path";
 import { info } from "../cli/log.ts";
 import { ChError, sysError } from "../sys/errors.ts";
+import { startTime } from "../sys/proc.ts";
 import { forceRemove, isPartialName, partialPath } from "./install.ts";
 
 /** The storage directory: -s, else $CH_IMAGE_STORAGE, else /var/tmp/$USER.ch. */
@@ -93,7 +94,7 @@ export class Storage {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const fd = openSync(path, "wx", 0o644);
-        writeSync(fd, `${hostname()} ${process.pid}\n`);
+        writeSync(fd, `${hostname()} ${process.pid} ${startTime(process.pid)}\n`);
         closeSync(fd);
         this.lockPath = path;
         process.once("exit", () => this.unlock());
@@ -101,8 +102,10 @@ export class Storage {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw sysError(`can't lock storage: ${path}`, e);
       }
-      const [host, pid] = readLock(path);
-      if (host === hostname() && pid > 0 && !processAlive(pid)) {
+      const [host, pid, start] = readLock(path);
+      // Stale: its process is gone, a zombie, or a later one with the same PID.
+      const now = pid > 0 ? startTime(pid) : null;
+      if (host === hostname() && pid > 0 && (now === null || (start !== null && now !== start))) {
         info(`removing stale storage lock of PID ${pid}`);
         unlinkSync(path);
         continue;
@@ -169,20 +172,11 @@ function writeFileAtomic(path: string, text: string): void {
   closeSync(fd);
 }
 
-function readLock(path: string): [string, number] {
+function readLock(path: string): [string, number, string | null] {
   try {
-    const [host = "?", pid = "0"] = readFileSync(path, "utf8").trim().split(/\s+/);
-    return [host, Number(pid) || 0];
+    const [host = "?", pid = "0", start] = readFileSync(path, "utf8").trim().split(/\s+/);
+    return [host, Number(pid) || 0, start ?? null];
   } catch {
-    return ["?", 0];
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    return ["?", 0, null];
   }
 }

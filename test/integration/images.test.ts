@@ -1,6 +1,6 @@
 // Images in and out: ch-convert, ch-tar2dir and ch-image (built binaries) on real tarballs.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
   copyFileSync,
@@ -455,7 +455,7 @@ describe("ch-image storage", () => {
     assert.ok(!existsSync(storage));
   });
 
-  it("refuses bad names, foreign directories, and a held lock", () => {
+  it("refuses bad names, foreign directories, and a held lock", async () => {
     const storage = fresh("-storage");
     const tarball = writeTar(fresh(".tar"), imageMembers());
     assert.match(image(storage, "import", tarball, "../x").stderr, /invalid image name: \.\.\/x/);
@@ -466,6 +466,17 @@ describe("ch-image storage", () => {
     assert.match(locked.stderr, /storage is locked by PID \d+/);
     writeFileSync(join(storage, "lock"), `${hostname()} ${spawnSync("true").pid}\n`);
     assert.equal(image(storage, "import", tarball, "x").status, 0, "stale lock taken over");
+    // A lock whose PID now belongs to a later process (its start time differs) is stale too.
+    writeFileSync(join(storage, "lock"), `${hostname()} ${process.pid} 1\n`);
+    assert.equal(image(storage, "import", tarball, "y").status, 0, "recycled PID: lock taken over");
+    // So is one held by a process that died but is not reaped yet (a zombie holds nothing).
+    const parent = spawn("sh", ["-c", "true & echo $!; exec sleep 5"], { stdio: ["ignore", "pipe", "ignore"] });
+    const zombie = await new Promise<string>((r) => parent.stdout.once("data", (d) => r(String(d).trim())));
+    for (let i = 0; i < 100 && !readFileSync(`/proc/${zombie}/stat`, "utf8").includes(") Z "); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    writeFileSync(join(storage, "lock"), `${hostname()} ${zombie}\n`);
+    assert.equal(image(storage, "import", tarball, "z").status, 0, "zombie's lock taken over");
+    parent.kill();
     const foreign = fresh();
     mkdirSync(foreign);
     writeFileSync(join(foreign, "data"), "");
