@@ -71,3 +71,74 @@ export function startProgress(label: string, total: number | null = null, out: O
     },
   };
 }
+
+// ---- Several transfers at once (layer downloads): one line each, redrawn in place. ----
+
+/** A transfer's line: what, bytes done of total (percent), rate. */
+export function transferLine(label: string, bytes: number, total: number | null, seconds: number): string {
+  let s = `${label}: ${humanBytes(bytes)}`;
+  if (total !== null && total > 0) s += ` of ${humanBytes(total)} (${Math.min(100, Math.floor((bytes * 100) / total))}%)`;
+  if (seconds > 0 && bytes > 0) s += `, ${humanBytes(Math.round(bytes / seconds))}/s`;
+  return s;
+}
+
+export interface Bar {
+  update(bytes: number): void;
+  /** The transfer finished (its line goes away). */
+  done(): void;
+}
+
+export interface Bars {
+  add(label: string, total: number | null): Bar;
+  /** Clears every line; later updates do nothing. */
+  end(): void;
+}
+
+/** At most this many transfer lines at once; the rest are summed up in one line. */
+const MAX_BARS = 8;
+
+/** Progress lines for concurrent transfers; nothing unless out is a terminal and not -q. */
+export function startBars(out: Out = process.stderr): Bars {
+  if (!out.isTTY || verbosity() < 0) return { add: () => ({ update() {}, done() {} }), end() {} };
+  const t0 = performance.now();
+  const bars: { label: string; total: number | null; bytes: number; start: number; finished: boolean }[] = [];
+  let shown = 0;
+  let next = t0 + FIRST_MS;
+  let ended = false;
+  const draw = (force: boolean) => {
+    if (ended) return;
+    const now = performance.now();
+    if (!force && now < next) return;
+    next = now + EVERY_MS;
+    const width = out.columns || 80;
+    const active = bars.filter((b) => !b.finished);
+    const lines = active.slice(0, MAX_BARS).map((b) => transferLine(b.label, b.bytes, b.total, (now - b.start) / 1000));
+    if (active.length > MAX_BARS) lines.push(`... and ${active.length - MAX_BARS} more`);
+    let s = shown > 0 ? `\x1b[${shown}A\r` : "\r";
+    for (const l of lines) s += `${l.length >= width ? l.slice(0, width - 1) : l}\x1b[K\n`;
+    s += "\x1b[J";
+    out.write(s);
+    shown = lines.length;
+  };
+  return {
+    add(label, total) {
+      const b = { label, total, bytes: 0, start: performance.now(), finished: false };
+      bars.push(b);
+      return {
+        update(bytes) {
+          b.bytes = bytes;
+          draw(false);
+        },
+        done() {
+          b.finished = true;
+          if (shown > 0) draw(true);
+        },
+      };
+    },
+    end() {
+      if (ended) return;
+      if (shown > 0) out.write(`\x1b[${shown}A\r\x1b[J`);
+      ended = true;
+    },
+  };
+}

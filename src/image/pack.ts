@@ -42,6 +42,8 @@ async function compressChild(tool: string, pack: AsyncIterable<Buffer>, partial:
 export interface PackOptions {
   /** Write the user.* extended attributes of each file as SCHILY.xattr pax records. */
   xattrs?: boolean;
+  /** Write access and change times as the modification time: the same files give the same tarball (push). */
+  reproducible?: boolean;
 }
 
 /** Writes the image directory dir as the tarball out. */
@@ -66,6 +68,10 @@ export async function packImage(dir: string, out: string, opts: PackOptions = {}
         if (e.stat) {
           e.stat.uid = 0;
           e.stat.gid = 0;
+          if (opts.reproducible) {
+            e.stat.atime = e.stat.mtime;
+            e.stat.ctime = e.stat.mtime;
+          }
         }
       },
     },

@@ -1,4 +1,4 @@
-// ch-image: manage images in storage. So far: import, list, delete, reset.
+// ch-image: manage images in storage and registries: pull, push, import, list, delete, reset.
 import { statSync } from "node:fs";
 import { userInfo } from "node:os";
 import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
@@ -6,10 +6,23 @@ import { info, setVerbosity } from "../cli/log.ts";
 import { copyImage } from "../image/convert.ts";
 import { Storage, storageDir, validImageName } from "../image/storage.ts";
 import { unpackImage } from "../image/unpack.ts";
+import { authFromEnv, listLong, listOne, pull, push } from "../registry/commands.ts";
 import { ChError } from "../sys/errors.ts";
 
 const SPECS: OptSpec[] = [
+  {
+    name: "arch",
+    short: "a",
+    arg: "required",
+    argName: "ARCH",
+    help: "pull: architecture: host (default), yolo, or e.g. arm64/v8",
+  },
+  { name: "always-download", arg: "none", help: "pull: download even what is in the download cache" },
+  { name: "auth", arg: "none", help: "authenticate to the registry (default: anonymous; push always)" },
+  { name: "image", arg: "required", argName: "DIR", help: "push: the image directory DIR instead of one in storage" },
+  { name: "long", short: "l", arg: "none", help: "list: also architecture and time of last change" },
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set storage directory to DIR" },
+  { name: "tls-no-verify", arg: "none", help: "don't verify registry TLS certificates (risky)" },
   { name: "quiet", short: "q", arg: "none", help: "be quieter (can be repeated)" },
   { name: "verbose", short: "v", arg: "none", help: "print extra chatter (can be repeated)" },
   { name: "xattrs", arg: "none", help: "import: keep extended attributes (user.* when unprivileged)" },
@@ -18,12 +31,29 @@ const SPECS: OptSpec[] = [
 ];
 
 const SUBCOMMANDS = `Subcommands:
-  import PATH NAME   copy image tarball or directory PATH into storage as NAME
-  list               print the names of the images in storage
-  delete NAME        delete image NAME from storage
-  reset              delete everything in storage
+  pull [-a ARCH] REF [DEST]     pull image REF from its registry into storage (as REF, or DEST;
+                                DEST starting with / ./ ../ is a directory to unpack into)
+  push [--image DIR] NAME [REF] push image NAME (or directory DIR) to REF (default NAME)
+  import PATH NAME              copy image tarball or directory PATH into storage as NAME
+  list [-l]                     print the names of the images in storage
+  list REF                      details of REF: in storage? architectures in its registry
+  delete NAME                   delete image NAME from storage
+  reset                         delete everything in storage
 
-Storage: -s DIR, else $CH_IMAGE_STORAGE, else /var/tmp/$USER.ch.`;
+References: [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST]; default registry Docker Hub
+(registry-1.docker.io, "library/" added to one-component names), tag "latest". An image is
+stored under the reference as written. Registries are reached over HTTPS, trusting Node's
+roots, the system's (SSL_CERT_FILE, SSL_CERT_DIR) and NODE_EXTRA_CA_CERTS; plain HTTP is used
+for a registry on localhost/127.0.0.0/8 that doesn't speak TLS, and with --tls-no-verify for any.
+
+Environment:
+  CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
+  CH_IMAGE_USERNAME, CH_IMAGE_PASSWORD
+                                registry credentials (else asked for on a terminal when needed
+                                with --auth or push); never printed or stored
+  CH_IMAGE_AUTH=yes             same as --auth
+  CH_IMAGE_RETRY_DELAY_MS       first delay between retries (1000; then doubled, 4 tries)
+  CH_IMAGE_TIMEOUT_S            seconds without data before a connection is given up (60)`;
 
 function want(args: string[], n: number, usage: string): void {
   if (args.length !== n) throw new ChError(`usage: ch-image ${usage}`);
@@ -47,18 +77,42 @@ async function importImage(storage: Storage, path: string, name: string, xattrs:
   info(`imported: ${name}`);
 }
 
-async function run(storage: Storage, sub: string, args: string[], xattrs: boolean): Promise<number> {
+interface Flags {
+  xattrs: boolean;
+  arch: string;
+  auth: boolean;
+  tlsVerify: boolean;
+  alwaysDownload: boolean;
+  image: string | null;
+  long: boolean;
+}
+
+async function run(storage: Storage, sub: string, args: string[], f: Flags): Promise<number> {
+  const client = { tlsVerify: f.tlsVerify, auth: f.auth };
   switch (sub) {
+    case "pull":
+      if (args.length < 1 || args.length > 2) throw new ChError("usage: ch-image pull [-a ARCH] REF [DEST]");
+      await pull(storage, args[0], args[1] ?? null, { ...client, arch: f.arch, alwaysDownload: f.alwaysDownload });
+      return 0;
+    case "push":
+      if (args.length < 1 || args.length > 2) throw new ChError("usage: ch-image push [--image DIR] NAME [REF]");
+      await push(storage, args[0], args[1] ?? null, f.image, client);
+      return 0;
     case "list":
-      want(args, 0, "list");
+      if (args.length > 1) throw new ChError("usage: ch-image list [-l] [REF]");
+      if (args.length === 1) {
+        process.stdout.write(await listOne(storage, args[0], client));
+        return 0;
+      }
       storage.init();
-      for (const name of storage.list()) process.stdout.write(`${name}\n`);
+      if (f.long) process.stdout.write(listLong(storage));
+      else for (const name of storage.list()) process.stdout.write(`${name}\n`);
       return 0;
     case "import":
       want(args, 2, "import PATH NAME");
       storage.init();
       storage.lock();
-      await importImage(storage, args[0], args[1], xattrs);
+      await importImage(storage, args[0], args[1], f.xattrs);
       return 0;
     case "delete":
       want(args, 1, "delete NAME");
@@ -81,11 +135,19 @@ export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let storageOpt: string | null = null;
   let verbosity = 0;
-  let xattrs = false;
+  const f: Flags = {
+    xattrs: false,
+    arch: "host",
+    auth: authFromEnv(process.env),
+    tlsVerify: true,
+    alwaysDownload: false,
+    image: null,
+    long: false,
+  };
   const hv = helpOrVersion(p, {
     name: "ch-image",
     usage: "[OPTION...] SUBCOMMAND [ARG...]",
-    summary: "Manage Charliecloud images in storage.",
+    summary: "Manage Charliecloud images: pull and push them, keep them in storage.",
     specs: SPECS,
     trailer: SUBCOMMANDS,
   });
@@ -93,7 +155,13 @@ export async function main(argv: string[]): Promise<number> {
   for (const { name, value } of p.opts) {
     if (name === "help" || name === "version") continue;
     if (name === "storage") storageOpt = value;
-    else if (name === "xattrs") xattrs = true;
+    else if (name === "xattrs") f.xattrs = true;
+    else if (name === "arch") f.arch = value ?? "host";
+    else if (name === "auth") f.auth = true;
+    else if (name === "tls-no-verify") f.tlsVerify = false;
+    else if (name === "always-download") f.alwaysDownload = true;
+    else if (name === "image") f.image = value;
+    else if (name === "long") f.long = true;
     else verbosity += name === "quiet" ? -1 : 1;
   }
   setVerbosity(verbosity);
@@ -101,7 +169,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!sub) throw new ChError("no subcommand given (see --help)");
   const storage = new Storage(storageDir(storageOpt, process.env, process.env.USER || userInfo().username));
   try {
-    return await run(storage, sub, args, xattrs);
+    return await run(storage, sub, args, f);
   } finally {
     storage.unlock();
   }

@@ -1,0 +1,235 @@
+// Manifests and indexes (Docker v2 schema 2 and OCI), and picking an architecture from an index.
+import { ChError } from "../sys/errors.ts";
+
+export const MT = {
+  dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",
+  dockerList: "application/vnd.docker.distribution.manifest.list.v2+json",
+  ociManifest: "application/vnd.oci.image.manifest.v1+json",
+  ociIndex: "application/vnd.oci.image.index.v1+json",
+  dockerConfig: "application/vnd.docker.container.image.v1+json",
+  ociConfig: "application/vnd.oci.image.config.v1+json",
+  dockerLayerGzip: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+  schema1: "application/vnd.docker.distribution.manifest.v1+json",
+  schema1Signed: "application/vnd.docker.distribution.manifest.v1+prettyjws",
+} as const;
+
+/** Sent with every manifest request: without the list and OCI types some registries answer 404
+ * or convert to the old schema 1. */
+export const ACCEPT_MANIFESTS = [MT.ociIndex, MT.dockerList, MT.ociManifest, MT.dockerManifest].join(", ");
+
+export interface Descriptor {
+  mediaType?: string;
+  digest: string;
+  size?: number;
+  platform?: { architecture?: string; os?: string; variant?: string };
+}
+
+export type Parsed = { kind: "index"; manifests: Descriptor[] } | { kind: "manifest"; config: Descriptor; layers: Descriptor[] };
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+
+function checkDescriptor(d: unknown, what: string): Descriptor {
+  if (typeof d !== "object" || d === null) throw new ChError(`invalid manifest: ${what} is not an object`);
+  const digest = (d as { digest?: unknown }).digest;
+  if (typeof digest !== "string" || !DIGEST.test(digest))
+    throw new ChError(`invalid manifest: ${what}: unsupported or missing digest: ${String(digest)}`);
+  const size = (d as { size?: unknown }).size;
+  if (size !== undefined && (typeof size !== "number" || !Number.isSafeInteger(size) || size < 0))
+    throw new ChError(`invalid manifest: ${what}: invalid size`);
+  return d as Descriptor;
+}
+
+/** Parses a manifest or index, by the Content-Type the registry sent, else by its mediaType
+ * field, else by its shape. */
+export function parseManifest(body: Buffer, contentType: string | null): Parsed {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(body.toString("utf8"));
+  } catch {
+    throw new ChError("invalid manifest: not JSON");
+  }
+  if (typeof j !== "object" || j === null) throw new ChError("invalid manifest: not a JSON object");
+  const ct = contentType?.split(";")[0].trim() || null;
+  const mt = ct && ct !== "application/json" && ct !== "text/plain" ? ct : typeof j.mediaType === "string" ? j.mediaType : null;
+  if (j.schemaVersion === 1 || mt === MT.schema1 || mt === MT.schema1Signed)
+    throw new ChError(
+      "unsupported manifest: Docker schema 1 (an image pushed by a very old Docker); re-push it with a newer tool",
+    );
+  const isIndex = mt === MT.ociIndex || mt === MT.dockerList || (mt === null && Array.isArray(j.manifests));
+  const isManifest = mt === MT.ociManifest || mt === MT.dockerManifest || (mt === null && Array.isArray(j.layers));
+  if (isIndex) {
+    if (!Array.isArray(j.manifests)) throw new ChError("invalid manifest: index without manifests");
+    return { kind: "index", manifests: j.manifests.map((d, i) => checkDescriptor(d, `manifests[${i}]`)) };
+  }
+  if (isManifest) {
+    if (!Array.isArray(j.layers)) throw new ChError("invalid manifest: no layers");
+    return {
+      kind: "manifest",
+      config: checkDescriptor(j.config, "config"),
+      layers: j.layers.map((d, i) => checkDescriptor(d, `layers[${i}]`)),
+    };
+  }
+  throw new ChError(`unsupported manifest media type: ${mt ?? "none"}`);
+}
+
+// ---- Architectures ----
+
+/** The registry name of the host's architecture (Node's process.arch). */
+export function hostArch(nodeArch: string = process.arch): string {
+  const map: Record<string, string> = {
+    x64: "amd64",
+    arm64: "arm64/v8",
+    arm: "arm/v7",
+    ia32: "386",
+    ppc64: "ppc64le",
+    s390x: "s390x",
+    riscv64: "riscv64",
+    loong64: "loong64",
+    mips64el: "mips64le",
+  };
+  return map[nodeArch] ?? nodeArch;
+}
+
+/** "arm64/v8" from a platform. */
+export function platformArch(p: Descriptor["platform"]): string {
+  if (!p?.architecture) return "unknown";
+  return p.variant ? `${p.architecture}/${p.variant}` : p.architecture;
+}
+
+/** Architectures acceptable for `wanted`, best first: arm64 and arm64/v8 are the same; an
+ * arm/v7 host runs arm/v6 and arm/v5 too; amd64 takes amd64/v1 (and any amd64 last). */
+export function archCandidates(wanted: string): string[] {
+  const [arch, variant] = wanted.split("/");
+  if (arch === "arm64") return variant && variant !== "v8" ? [wanted, "arm64/v8", "arm64"] : ["arm64/v8", "arm64"];
+  if (arch === "arm") {
+    const v = Number((variant ?? "v7").slice(1)) || 7;
+    const out: string[] = [];
+    for (let i = v; i >= 5; i--) out.push(`arm/v${i}`);
+    if (!variant) out.unshift("arm");
+    else out.push("arm");
+    return out;
+  }
+  if (arch === "amd64") return variant ? [wanted, "amd64"] : ["amd64", "amd64/v1"];
+  return [wanted];
+}
+
+/** Entries of an index that are images for some OS/architecture (not attestations). */
+export function imageEntries(index: Descriptor[]): Descriptor[] {
+  return index.filter((d) => {
+    const os = d.platform?.os;
+    const arch = d.platform?.architecture;
+    return arch !== "unknown" && os !== "unknown" && (os === undefined || os === "linux");
+  });
+}
+
+/** Picks the manifest for `wanted` ("yolo": the first image entry) from an index, or errors
+ * listing what the index has. */
+export function selectArch(index: Descriptor[], wanted: string, ref: string): Descriptor {
+  const entries = imageEntries(index);
+  if (wanted === "yolo") {
+    if (entries.length === 0) throw new ChError(`no image in manifest list: ${ref}`);
+    return entries.find((d) => platformArch(d.platform) === "amd64") ?? entries[0];
+  }
+  for (const c of archCandidates(wanted)) {
+    const hit = entries.find((d) => platformArch(d.platform) === c);
+    if (hit) return hit;
+  }
+  const avail = [...new Set(entries.map((d) => platformArch(d.platform)))].sort();
+  throw new ChError(`requested arch unavailable: ${wanted}: ${ref}; available: ${avail.join(" ") || "none"}`);
+}
+
+/** Whether an image of architecture a runs where b is wanted, or the other way round. */
+export function archCompatible(a: string, b: string): boolean {
+  return archCandidates(a).includes(b) || archCandidates(b).includes(a);
+}
+
+/** For an image without an index: errors if its config names another architecture. */
+export function checkSkinnyArch(configArch: string | null, wanted: string, ref: string): void {
+  if (wanted === "yolo" || !configArch) return;
+  if (archCompatible(configArch, wanted)) return;
+  throw new ChError(
+    `requested arch unavailable: ${wanted}: ${ref} is architecture-unaware (no manifest list) and is ${configArch}; consider --arch=yolo`,
+  );
+}
+
+// ---- Image config ----
+
+export interface ImageConfig {
+  architecture?: string;
+  variant?: string;
+  os?: string;
+  config?: {
+    Env?: string[] | null;
+    WorkingDir?: string;
+    Entrypoint?: string[] | null;
+    Cmd?: string[] | null;
+    Labels?: Record<string, string> | null;
+    Volumes?: Record<string, unknown> | null;
+    Shell?: string[] | null;
+    User?: string;
+  };
+  history?: unknown[];
+  rootfs?: { type: string; diff_ids: string[] };
+}
+
+/** What we keep of an image's config, as Charliecloud's ch/metadata.json. */
+export interface Metadata {
+  arch: string;
+  cwd: string;
+  env: Record<string, string>;
+  entrypoint: string[];
+  cmd: string[];
+  labels: Record<string, string>;
+  shell: string[];
+  volumes: string[];
+  history: unknown[];
+}
+
+function strings(x: unknown): string[] {
+  return Array.isArray(x) ? x.filter((s): s is string => typeof s === "string") : [];
+}
+
+export function metadataFromConfig(c: ImageConfig): Metadata {
+  const cfg = c.config ?? {};
+  const env: Record<string, string> = {};
+  for (const e of strings(cfg.Env)) {
+    const eq = e.indexOf("=");
+    if (eq > 0) env[e.slice(0, eq)] = e.slice(eq + 1);
+  }
+  const labels: Record<string, string> = {};
+  for (const [k, v] of Object.entries(cfg.Labels ?? {})) if (typeof v === "string") labels[k] = v;
+  return {
+    arch: c.architecture ? (c.variant ? `${c.architecture}/${c.variant}` : c.architecture) : "unknown",
+    cwd: typeof cfg.WorkingDir === "string" && cfg.WorkingDir !== "" ? cfg.WorkingDir : "/",
+    env,
+    entrypoint: strings(cfg.Entrypoint),
+    cmd: strings(cfg.Cmd),
+    labels,
+    shell: strings(cfg.Shell).length > 0 ? strings(cfg.Shell) : ["/bin/sh", "-c"],
+    volumes: Object.keys(cfg.Volumes ?? {}).sort(),
+    history: Array.isArray(c.history) ? c.history : [],
+  };
+}
+
+/** The image's ch/environment: NAME=VALUE lines, in the config's order. */
+export function environmentFile(c: ImageConfig): string {
+  return strings(c.config?.Env)
+    .filter((e) => e.indexOf("=") > 0 && !e.includes("\n"))
+    .map((e) => `${e}\n`)
+    .join("");
+}
+
+/** A config for pushing, from stored metadata. */
+export function configFromMetadata(m: Partial<Metadata>, diffIds: string[], fallbackArch: string): ImageConfig {
+  const [architecture, variant] = (m.arch && m.arch !== "unknown" ? m.arch : fallbackArch).split("/");
+  const config: NonNullable<ImageConfig["config"]> = {};
+  const env = Object.entries(m.env ?? {}).map(([k, v]) => `${k}=${v}`);
+  if (env.length > 0) config.Env = env;
+  if (m.cwd && m.cwd !== "/") config.WorkingDir = m.cwd;
+  if (m.entrypoint?.length) config.Entrypoint = m.entrypoint;
+  if (m.cmd?.length) config.Cmd = m.cmd;
+  if (m.labels && Object.keys(m.labels).length > 0) config.Labels = m.labels;
+  const out: ImageConfig = { architecture, os: "linux", config, rootfs: { type: "layers", diff_ids: diffIds } };
+  if (variant) out.variant = variant;
+  return out;
+}

@@ -1,0 +1,116 @@
+// Image references, Charliecloud's syntax: [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST].
+// The first component is a host when it has a "." or a ":" or is "localhost"; the defaults
+// (Docker Hub, "library/" for Docker Hub names without a path, tag "latest") are added only to
+// talk to the registry: in storage an image is named as it was written (`alpine` stays `alpine`),
+// so that `ch-run alpine` finds what `ch-image pull alpine` stored.
+import { ChError } from "../sys/errors.ts";
+
+export const DOCKER_HUB = "registry-1.docker.io";
+
+export interface ImageRef {
+  host: string | null;
+  port: number | null;
+  /** Path components before the name. */
+  path: string[];
+  name: string;
+  tag: string | null;
+  /** Hex SHA-256, without "sha256:". */
+  digest: string | null;
+}
+
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
+const COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const DIGEST = /^sha256:([0-9a-f]{64})$/;
+
+function syntax(ref: string, at: number | null): ChError {
+  const where = at === null ? "at end" : `char ${at + 1}`;
+  return new ChError(`image ref syntax, ${where}: ${ref} (expected [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST])`);
+}
+
+/** Parses a reference; "%" may stand for "/" (storage directory names). */
+export function parseRef(text: string): ImageRef {
+  const s = text.replaceAll("%", "/");
+  if (s === "") throw syntax(text, null);
+  let rest = s;
+  let digest: string | null = null;
+  const at = rest.indexOf("@");
+  if (at >= 0) {
+    const m = DIGEST.exec(rest.slice(at + 1));
+    if (!m) throw syntax(text, at);
+    digest = m[1];
+    rest = rest.slice(0, at);
+  }
+  const parts = rest.split("/");
+  let host: string | null = null;
+  let port: number | null = null;
+  let offset = 0;
+  if (parts.length > 1 && (parts[0].includes(".") || parts[0].includes(":") || parts[0] === "localhost")) {
+    const [h, p, ...extra] = parts[0].split(":");
+    if (!HOST.test(h) || extra.length > 0) throw syntax(text, 0);
+    if (p !== undefined) {
+      if (!/^\d{1,5}$/.test(p) || Number(p) < 1 || Number(p) > 65535) throw syntax(text, h.length + 1);
+      port = Number(p);
+    }
+    host = h;
+    offset = parts[0].length + 1;
+    parts.shift();
+  }
+  let last = parts.pop() as string;
+  let tag: string | null = null;
+  const colon = last.indexOf(":");
+  if (colon >= 0) {
+    tag = last.slice(colon + 1);
+    if (!TAG.test(tag)) throw syntax(text, offset + parts.join("/").length + (parts.length ? 1 : 0) + colon + 1);
+    last = last.slice(0, colon);
+  }
+  for (const c of [...parts, last]) {
+    if (c === "") throw syntax(text, offset >= s.length ? null : offset);
+    if (!COMPONENT.test(c)) {
+      const bad = [...c].findIndex((ch, i) => !/[a-z0-9]/.test(ch) && (i === 0 || !/[._-]/.test(ch)));
+      throw syntax(text, offset + Math.max(0, bad));
+    }
+    offset += c.length + 1;
+  }
+  return { host, port, path: parts, name: last, tag, digest };
+}
+
+/** The reference as written (no defaults added). */
+export function refString(r: ImageRef): string {
+  let s = "";
+  if (r.host !== null) s += r.port !== null ? `${r.host}:${r.port}/` : `${r.host}/`;
+  s += [...r.path, r.name].join("/");
+  if (r.tag !== null) s += `:${r.tag}`;
+  if (r.digest !== null) s += `@sha256:${r.digest}`;
+  return s;
+}
+
+/** The name an image pulled by this reference gets in storage. */
+export function storageName(r: ImageRef): string {
+  return refString(r);
+}
+
+/** The reference with every default filled in. */
+export function canonical(r: ImageRef): ImageRef {
+  let host = r.host ?? DOCKER_HUB;
+  if (host === "docker.io" || host === "index.docker.io") host = DOCKER_HUB;
+  const path = host === DOCKER_HUB && r.path.length === 0 ? ["library"] : r.path;
+  const tag = r.tag === null && r.digest === null ? "latest" : r.tag;
+  return { host, port: r.port ?? 443, path, name: r.name, tag, digest: r.digest };
+}
+
+/** Repository path on the registry: PATH/NAME. */
+export function repository(r: ImageRef): string {
+  return [...r.path, r.name].join("/");
+}
+
+/** What to ask the registry's manifests endpoint for: the digest if any, else the tag. */
+export function version(r: ImageRef): string {
+  if (r.digest !== null) return `sha256:${r.digest}`;
+  return r.tag ?? "latest";
+}
+
+/** Full reference for messages: registry-1.docker.io:443/library/alpine:latest. */
+export function fullRef(r: ImageRef): string {
+  return refString(canonical(r));
+}
