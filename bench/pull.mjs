@@ -3,7 +3,9 @@
 // by side in one hyperfine run with `skopeo copy docker://... dir:OUT` of the same image (which
 // only downloads and verifies: the issue's comparison); plus, to show where the time goes,
 // ch-image pull with the download already cached (unpacking only) and skopeo copy followed by
-// GNU tar unpacking the layer (the same work as ch-image pull, by other tools).
+// GNU tar unpacking the layer (the same work as ch-image pull, by other tools); then, in
+// separate runs, ch-image's download alone, timed from its start to its -v line that says the
+// (verified) layer is being unpacked.
 //   node bench/pull.mjs [TARBALL]
 // TARBALL: a Debian root file system as .tar.gz (becomes the image's one layer, as is). Without
 // it: $CH_BENCH_DEBIAN, else a Debian minbase made once with debootstrap (as root: then rerun as
@@ -157,6 +159,24 @@ async function pushImage(base, repo, tag, tarball) {
   return { size: layer.length, digest: layerDigest };
 }
 
+/** Milliseconds from starting the shell command to the first line of its stderr matching re
+ * (it then runs to its end). */
+function untilLine(command, re) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn("sh", ["-c", command], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    let at = null;
+    child.stderr.on("data", (c) => {
+      err += c;
+      if (at === null && re.test(err)) at = performance.now() - t0;
+    });
+    child.on("close", (code) =>
+      code === 0 && at !== null ? resolve(at) : reject(new Error(`${command}: exit ${code}: ${err}`)),
+    );
+  });
+}
+
 for (const cmd of ["docker-registry", "skopeo", "hyperfine"]) if (!has(cmd)) throw new Error(`${cmd} not installed`);
 if (!existsSync(chImage)) throw new Error(`${chImage} missing: npm run build first`);
 const tarball = pickTarball();
@@ -210,11 +230,28 @@ try {
     { stdio: "inherit" },
   );
   const [ch, sk, unpackOnly, skTar] = JSON.parse(readFileSync(json, "utf8")).results;
+  // ch-image's download alone (start-up, manifest, config, the layer downloaded and verified):
+  // from its start to its -v line saying it starts unpacking the (only) layer, which it does
+  // only once the layer is verified. Separate runs, same storage place, same count.
+  const dl = [];
+  for (let i = 0; i < Number(process.env.RUNS ?? 10); i++) {
+    rmSync(st, { recursive: true, force: true });
+    dl.push(await untilLine(`${env} ${chImage} -v -s ${st} pull ${ref}`, /^layer 1\/1 [0-9a-f]+: extracting$/m));
+  }
+  dl.sort((a, b) => a - b);
+  const dlMedian = dl[Math.floor(dl.length / 2)];
   const ms = (r) => `${(r.median * 1000).toFixed(0)} ms`;
+  const spread = (r) => `${(r.min * 1000).toFixed(0)}-${(r.max * 1000).toFixed(0)} ms`;
   console.log(
-    `\nmedians: ch-image pull ${ms(ch)}, skopeo copy ${ms(sk)}: ratio ${(ch.median / sk.median).toFixed(2)}` +
-      `\nch-image pull with the download cached (unpacking only) ${ms(unpackOnly)}` +
-      `; skopeo copy then tar xzf (download and unpack) ${ms(skTar)}: ratio ${(ch.median / skTar.median).toFixed(2)}`,
+    `\nmedians (min-max):` +
+      `\n  ch-image pull (fresh)               ${ms(ch)} (${spread(ch)})` +
+      `\n  skopeo copy (download only)         ${ms(sk)} (${spread(sk)})` +
+      `\n  ch-image pull, download cached      ${ms(unpackOnly)} (${spread(unpackOnly)})` +
+      `\n  skopeo copy + tar xzf               ${ms(skTar)} (${spread(skTar)})` +
+      `\n  ch-image download only (-v lines)   ${dlMedian.toFixed(0)} ms (${dl[0].toFixed(0)}-${dl[dl.length - 1].toFixed(0)} ms)` +
+      `\nratios: ch-image pull / skopeo copy ${(ch.median / sk.median).toFixed(2)}` +
+      `; ch-image download only / skopeo copy ${(dlMedian / 1000 / sk.median).toFixed(2)}` +
+      `; ch-image pull / (skopeo copy + tar xzf) ${(ch.median / skTar.median).toFixed(2)}`,
   );
 } finally {
   child.kill("SIGTERM");

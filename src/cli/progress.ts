@@ -90,6 +90,8 @@ export interface Bar {
 
 export interface Bars {
   add(label: string, total: number | null): Bar;
+  /** One more line, for a job that reports bytes and entries (unpacking), ended by its end(). */
+  progress(label: string, total: number | null): Progress;
   /** Clears every line; later updates do nothing. */
   end(): void;
 }
@@ -97,48 +99,91 @@ export interface Bars {
 /** At most this many transfer lines at once; the rest are summed up in one line. */
 const MAX_BARS = 8;
 
-/** Progress lines for concurrent transfers; nothing unless out is a terminal and not -q. */
+interface Line {
+  text: (now: number) => string;
+  finished: boolean;
+}
+
+/** Progress lines for concurrent jobs (downloads, unpacking); nothing unless out is a terminal
+ * and not -q. While they are shown, whatever else is written to out (log messages) goes above
+ * them: the lines are cleared first and drawn again after. */
 export function startBars(out: Out = process.stderr): Bars {
-  if (!out.isTTY || verbosity() < 0) return { add: () => ({ update() {}, done() {} }), end() {} };
+  if (!out.isTTY || verbosity() < 0) return { add: () => ({ update() {}, done() {} }), progress: () => NONE, end() {} };
   const t0 = performance.now();
-  const bars: { label: string; total: number | null; bytes: number; start: number; finished: boolean }[] = [];
+  const lines: Line[] = [];
   let shown = 0;
   let next = t0 + FIRST_MS;
   let ended = false;
+  const own = Object.hasOwn(out, "write");
+  const original = out.write;
+  const raw = (s: string) => original.call(out, s);
+  const clear = () => {
+    if (shown > 0) raw(`\x1b[${shown}A\r\x1b[J`);
+    shown = 0;
+  };
   const draw = (force: boolean) => {
     if (ended) return;
     const now = performance.now();
     if (!force && now < next) return;
     next = now + EVERY_MS;
     const width = out.columns || 80;
-    const active = bars.filter((b) => !b.finished);
-    const lines = active.slice(0, MAX_BARS).map((b) => transferLine(b.label, b.bytes, b.total, (now - b.start) / 1000));
-    if (active.length > MAX_BARS) lines.push(`... and ${active.length - MAX_BARS} more`);
+    const active = lines.filter((b) => !b.finished);
+    const texts = active.slice(0, MAX_BARS).map((b) => b.text(now));
+    if (active.length > MAX_BARS) texts.push(`... and ${active.length - MAX_BARS} more`);
     let s = shown > 0 ? `\x1b[${shown}A\r` : "\r";
-    for (const l of lines) s += `${l.length >= width ? l.slice(0, width - 1) : l}\x1b[K\n`;
+    for (const l of texts) s += `${l.length >= width ? l.slice(0, width - 1) : l}\x1b[K\n`;
     s += "\x1b[J";
-    out.write(s);
-    shown = lines.length;
+    raw(s);
+    shown = texts.length;
+  };
+  out.write = (...args: unknown[]) => {
+    if (ended || shown === 0) return original.apply(out, args as [string]);
+    clear();
+    const r = original.apply(out, args as [string]);
+    const s = args[0];
+    if ((typeof s === "string" && s.endsWith("\n")) || (Buffer.isBuffer(s) && s[s.length - 1] === 10)) draw(true);
+    return r;
+  };
+  const finish = (l: Line) => {
+    if (l.finished) return;
+    l.finished = true;
+    if (shown > 0) draw(true);
   };
   return {
     add(label, total) {
-      const b = { label, total, bytes: 0, start: performance.now(), finished: false };
-      bars.push(b);
+      const start = performance.now();
+      let bytes = 0;
+      const l: Line = { text: (now) => transferLine(label, bytes, total, (now - start) / 1000), finished: false };
+      lines.push(l);
       return {
-        update(bytes) {
-          b.bytes = bytes;
+        update(n) {
+          bytes = n;
           draw(false);
         },
-        done() {
-          b.finished = true;
-          if (shown > 0) draw(true);
+        done: () => finish(l),
+      };
+    },
+    progress(label, total) {
+      const start = performance.now();
+      let bytes = 0;
+      let entries = 0;
+      const l: Line = { text: (now) => progressLine(label, bytes, total, entries, (now - start) / 1000), finished: false };
+      lines.push(l);
+      return {
+        update(b, e) {
+          bytes = b;
+          entries = e;
+          draw(false);
         },
+        end: () => finish(l),
       };
     },
     end() {
       if (ended) return;
-      if (shown > 0) out.write(`\x1b[${shown}A\r\x1b[J`);
+      clear();
       ended = true;
+      if (own) out.write = original;
+      else delete (out as { write?: unknown }).write;
     },
   };
 }

@@ -33,7 +33,7 @@ import { basename, join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { Parser, type ReadEntry } from "tar";
 import { info } from "../cli/log.ts";
-import { startProgress } from "../cli/progress.ts";
+import { type Progress, startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
 import { type InstallOptions, installImage } from "./install.ts";
@@ -47,6 +47,8 @@ export interface ExtractOptions {
   layer?: boolean;
   /** Set the extended attributes in the archive's pax records (--xattrs). */
   xattrs?: boolean;
+  /** Makes the progress display (default: one line on stderr if it's a terminal). */
+  progress?: (label: string, total: number | null) => Progress;
 }
 
 export interface UnpackOptions extends InstallOptions {
@@ -743,7 +745,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   parser.on("error", (err: Error) => {
     parseError ??= err.message.replace(/^TAR_[A-Z_]+: /, "");
   });
-  const progress = startProgress(`unpacking ${basename(path)}`, size > 0 ? size : null);
+  const progress = (opts.progress ?? startProgress)(`unpacking ${basename(path)}`, size > 0 ? size : null);
   const write = (chunk: Buffer): boolean => {
     offset += chunk.length;
     ex.scanner?.write(chunk);

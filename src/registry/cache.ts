@@ -3,20 +3,9 @@
 // nothing unverified is ever used; a partial left by an interrupted run is resumed (HTTP Range)
 // and still verified whole. A mismatch deletes the partial and is an error naming the blob.
 import { createHash, type Hash } from "node:crypto";
-import {
-  closeSync,
-  createReadStream,
-  createWriteStream,
-  fsyncSync,
-  mkdirSync,
-  openSync,
-  renameSync,
-  rmSync,
-  statSync,
-} from "node:fs";
+import { closeSync, createReadStream, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { Transform, type TransformCallback } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { verbose } from "../cli/log.ts";
 import type { Bar } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
@@ -30,9 +19,10 @@ export function shortDigest(digest: string): string {
 /** Data that isn't what its digest says. */
 export class DigestMismatch extends ChError {}
 
-/** Hashes what passes through and, at the end, checks it against the expected digest and size
- * (more bytes than expected fail at once). Start from a hash of bytes already had, to resume. */
-export class Verifier extends Transform {
+/** Hashes a blob's bytes as they come and, at the end, checks them against the expected digest
+ * and size (more bytes than expected fail at once). Start from a hash of bytes already had, to
+ * resume. */
+export class Digester {
   readonly expected: string;
   readonly size: number | null;
   readonly what: string;
@@ -40,7 +30,6 @@ export class Verifier extends Transform {
   private hash: Hash;
 
   constructor(expected: string, size: number | null, what: string, start: { hash: Hash; bytes: number } | null = null) {
-    super();
     this.expected = expected;
     this.size = size;
     this.what = what;
@@ -48,24 +37,51 @@ export class Verifier extends Transform {
     this.bytes = start?.bytes ?? 0;
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+  /** Takes the next bytes; throws DigestMismatch if there are more than the size. */
+  update(chunk: Buffer): void {
     this.bytes += chunk.length;
-    if (this.size !== null && this.bytes > this.size) {
-      cb(new DigestMismatch(`${this.what}: more data than its size (${this.size} bytes): digest mismatch, not using it`));
+    if (this.size !== null && this.bytes > this.size)
+      throw new DigestMismatch(`${this.what}: more data than its size (${this.size} bytes): digest mismatch, not using it`);
+    this.hash.update(chunk);
+  }
+
+  /** Throws unless the bytes were the whole blob: TransientError if short, else DigestMismatch. */
+  finish(): void {
+    if (this.size !== null && this.bytes < this.size)
+      throw new TransientError(`${this.what}: truncated: ${this.bytes} of ${this.size} bytes`);
+    const got = `sha256:${this.hash.digest("hex")}`;
+    if (got !== this.expected) throw new DigestMismatch(`${this.what}: digest mismatch: got ${got}, not using it`);
+  }
+}
+
+/** A Digester as a stream: passes through what it hashes, fails the pipeline on a mismatch. */
+export class Verifier extends Transform {
+  private d: Digester;
+
+  constructor(expected: string, size: number | null, what: string, start: { hash: Hash; bytes: number } | null = null) {
+    super();
+    this.d = new Digester(expected, size, what, start);
+  }
+
+  get bytes(): number {
+    return this.d.bytes;
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    try {
+      this.d.update(chunk);
+    } catch (e) {
+      cb(e as Error);
       return;
     }
-    this.hash.update(chunk);
     cb(null, chunk);
   }
 
   override _flush(cb: TransformCallback): void {
-    if (this.size !== null && this.bytes < this.size) {
-      cb(new TransientError(`${this.what}: truncated: ${this.bytes} of ${this.size} bytes`));
-      return;
-    }
-    const got = `sha256:${this.hash.digest("hex")}`;
-    if (got !== this.expected) {
-      cb(new DigestMismatch(`${this.what}: digest mismatch: got ${got}, not using it`));
+    try {
+      this.d.finish();
+    } catch (e) {
+      cb(e as Error);
       return;
     }
     cb();
@@ -76,6 +92,14 @@ export class Verifier extends Transform {
 export function checkDigest(data: Buffer, digest: string, what: string): void {
   const got = `sha256:${createHash("sha256").update(data).digest("hex")}`;
   if (got !== digest) throw new DigestMismatch(`${what}: digest mismatch: expected ${digest}, got ${got}`);
+}
+
+function writeAll(fd: number, chunk: Buffer, path: string): void {
+  try {
+    for (let off = 0; off < chunk.length; ) off += writeSync(fd, chunk, off, chunk.length - off);
+  } catch (e) {
+    throw sysError(`can't write download cache: ${path}`, e);
+  }
 }
 
 export function sha256(data: Buffer): string {
@@ -162,7 +186,7 @@ export class BlobCache {
           }
         }
         const headers: Record<string, string> = have > 0 ? { Range: `bytes=${have}-` } : {};
-        const res = await reg.request("GET", `blobs/${desc.digest}`, { headers, what: `blob ${desc.digest}` });
+        const res = await reg.request("GET", `blobs/${desc.digest}`, { headers, what: `blob ${desc.digest}`, fast: true });
         if (have > 0) {
           const range = res.headers["content-range"];
           if (res.status === 206 && typeof range === "string" && range.startsWith(`bytes ${have}-`)) {
@@ -173,25 +197,29 @@ export class BlobCache {
             start = null;
           }
         }
-        const verifier = new Verifier(desc.digest, size, `${label}: blob ${desc.digest}`, start);
-        const file = createWriteStream(partial, { flags: have > 0 ? "a" : "w", mode: 0o644 });
-        let done = have;
-        const counter = new Transform({
-          transform(chunk: Buffer, _e, cb) {
+        // Hashed and written as it comes, from the buffer it was read into: no copy, no
+        // stream, no promise per chunk.
+        const digester = new Digester(desc.digest, size, `${label}: blob ${desc.digest}`, start);
+        let fd: number;
+        try {
+          fd = openSync(partial, have > 0 ? "a" : "w", 0o644);
+        } catch (e) {
+          res.body.destroy();
+          throw sysError(`can't write download cache: ${partial}`, e);
+        }
+        try {
+          let done = have;
+          await res.body.consume((chunk) => {
+            digester.update(chunk);
+            writeAll(fd, chunk, partial);
             done += chunk.length;
             bar?.update(done);
-            cb(null, chunk);
-          },
-        });
-        try {
-          await pipeline(res.body, verifier, counter, file);
+          });
+          digester.finish();
+          fsyncSync(fd);
         } catch (e) {
           if (e instanceof DigestMismatch) rmSync(partial, { force: true });
           throw e;
-        }
-        const fd = openSync(partial, "r");
-        try {
-          fsyncSync(fd);
         } finally {
           closeSync(fd);
         }

@@ -1,16 +1,20 @@
 // Talking to a registry: HTTPS (plain HTTP only for loopback registries that don't speak TLS, or
-// any with --tls-no-verify, as Docker treats "insecure registries"), keep-alive connections,
-// timeouts, retries with backoff, redirects, and authentication: anonymous first, then Bearer
-// tokens from the WWW-Authenticate challenge (anonymous, then with credentials) or Basic.
-// Credentials are never logged or written anywhere.
+// any with --tls-no-verify, as Docker treats "insecure registries": found out once per run with
+// a TLS handshake that checks nothing, so the CA list is read only if TLS is used), keep-alive
+// connections, timeouts, retries with backoff, redirects, and authentication: anonymous first,
+// then Bearer tokens from the WWW-Authenticate challenge (anonymous, then with credentials) or
+// Basic. Blob bodies come through rawhttp.ts, read into reused buffers. Credentials are never
+// logged or written anywhere.
 import { setMaxListeners } from "node:events";
 import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
 import * as http from "node:http";
 import * as https from "node:https";
+import * as tls from "node:tls";
 import { getCACertificates } from "node:tls";
 import { info, verbose } from "../cli/log.ts";
 import { ChError } from "../sys/errors.ts";
 import { type Credentials, credentialsFrom } from "./credentials.ts";
+import { RawClient, type RawResponse } from "./rawhttp.ts";
 import { canonical, fullRef, type ImageRef, repository } from "./reference.ts";
 
 // ---- Settings ----
@@ -204,11 +208,48 @@ export function parseChallenges(header: string): Challenge[] {
 
 // ---- Transport ----
 
+/** A response body: chunks to keep (async iteration), or every byte passed to a function in a
+ * buffer that may be reused once it returns (consume: what blob downloads use). */
+export interface ResponseBody extends AsyncIterable<Buffer> {
+  consume(onData: (chunk: Buffer) => void): Promise<void>;
+  destroy(): void;
+}
+
 export interface Response {
   status: number;
   headers: IncomingHttpHeaders;
-  body: IncomingMessage;
+  body: ResponseBody;
   url: URL;
+}
+
+function nodeBody(res: IncomingMessage): ResponseBody {
+  return {
+    [Symbol.asyncIterator]: () => res[Symbol.asyncIterator](),
+    consume: async (onData) => {
+      for await (const c of res) onData(c as Buffer);
+    },
+    destroy: () => res.destroy(),
+  };
+}
+
+/** Most bytes of a fast response's body read as chunks to keep (error messages, redirects). */
+const RAW_KEEP = 16 << 20;
+
+function rawBody(res: RawResponse): ResponseBody {
+  return {
+    async *[Symbol.asyncIterator]() {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      await res.consume((c) => {
+        n += c.length;
+        if (n > RAW_KEEP) throw new ChError(`response body too large: more than ${RAW_KEEP} bytes`);
+        chunks.push(Buffer.from(c));
+      });
+      yield* chunks;
+    },
+    consume: (onData) => res.consume(onData),
+    destroy: () => res.destroy(),
+  };
 }
 
 type Body = Buffer | (() => NodeJS.ReadableStream) | null;
@@ -229,18 +270,56 @@ export interface TransportOptions {
 /** Connections to every host, kept alive, with our TLS settings. */
 export class Transport {
   private httpAgent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-  private httpsAgent: https.Agent;
+  /** Made when first needed: reading the system's CAs takes a while (~40 ms). */
+  private httpsAgent_: https.Agent | null = null;
+  private raw_: RawClient | null = null;
   private abort = new AbortController();
   readonly tlsVerify: boolean;
 
   constructor(opts: TransportOptions) {
     setMaxListeners(1000, this.abort.signal); // one per request in flight
     this.tlsVerify = opts.tlsVerify;
-    this.httpsAgent = new https.Agent({
-      keepAlive: true,
-      maxSockets: 8,
-      rejectUnauthorized: opts.tlsVerify,
-      ...(opts.tlsVerify ? { ca: trustedCAs() } : {}),
+  }
+
+  private tlsOptions_: { rejectUnauthorized: boolean; ca?: string[] } | null = null;
+
+  private tlsOptions(): { rejectUnauthorized: boolean; ca?: string[] } {
+    this.tlsOptions_ ??= { rejectUnauthorized: this.tlsVerify, ...(this.tlsVerify ? { ca: trustedCAs() } : {}) };
+    return this.tlsOptions_;
+  }
+
+  private get httpsAgent(): https.Agent {
+    this.httpsAgent_ ??= new https.Agent({ keepAlive: true, maxSockets: 8, ...this.tlsOptions() });
+    return this.httpsAgent_;
+  }
+
+  /** The client for GETs whose bodies are read into reused buffers (blobs). */
+  private get raw(): RawClient {
+    this.raw_ ??= new RawClient({
+      tls: () => this.tlsOptions(),
+      timeoutMs: timeoutMs(),
+      signal: this.abort.signal,
+      timeoutError: (ms, host) => new TransientError(`GET ${host}: no data for ${ms / 1000} s (timed out)`),
+    });
+    return this.raw_;
+  }
+
+  /** Whether host:port speaks TLS: a handshake that checks nothing (cheap: no CA list), for
+   * deciding the scheme of a registry that may be plain HTTP. Network errors are thrown. */
+  probeTls(host: string, port: number): Promise<boolean> {
+    return new Promise((resolve, reject) => {
+      const s = tls.connect({
+        host: host.replace(/^\[(.*)\]$/, "$1"),
+        port,
+        rejectUnauthorized: false,
+        ALPNProtocols: ["http/1.1"],
+      });
+      s.setTimeout(timeoutMs(), () => s.destroy(new TransientError(`TLS probe of ${host}:${port}: no answer (timed out)`)));
+      s.on("secureConnect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on("error", (e) => (notTls(e) ? resolve(false) : reject(e)));
     });
   }
 
@@ -253,11 +332,17 @@ export class Transport {
   close(): void {
     this.abort.abort();
     this.httpAgent.destroy();
-    this.httpsAgent.destroy();
+    this.httpsAgent_?.destroy();
   }
 
   /** One request; the response body is left to the caller. Follows no redirects. */
-  send(method: string, url: URL, headers: Record<string, string>, body: Body = null): Promise<Response> {
+  send(method: string, url: URL, headers: Record<string, string>, body: Body = null, fast = false): Promise<Response> {
+    if (fast && method === "GET" && body === null) {
+      if (this.abort.signal.aborted) return Promise.reject(new Cancelled(`${method} ${url.host}: cancelled`));
+      return this.raw
+        .get(url, { "User-Agent": "charliecloud", ...headers })
+        .then((res) => ({ status: res.status, headers: res.headers, body: rawBody(res), url }));
+    }
     const lib = url.protocol === "https:" ? https : http;
     const agent = url.protocol === "https:" ? this.httpsAgent : this.httpAgent;
     const ms = timeoutMs();
@@ -279,7 +364,7 @@ export class Transport {
       });
       req.on("response", (res) => {
         settled = true;
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, url });
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: nodeBody(res), url });
       });
       if (body === null) req.end();
       else if (Buffer.isBuffer(body)) req.end(body);
@@ -336,6 +421,8 @@ export interface RequestOptions {
   accept?: number[];
   /** What this is, for messages: "manifest", "blob sha256:...". */
   what?: string;
+  /** A GET whose body is big and read with consume() (blobs): the fast client. */
+  fast?: boolean;
 }
 
 function isLoopback(host: string): boolean {
@@ -394,20 +481,23 @@ export class Registry {
   }
 
   /** Sends with the scheme decided (HTTPS, or HTTP where allowed and the server isn't TLS). */
-  private async sendOnce(method: string, url: URL, headers: Record<string, string>, body: Body): Promise<Response> {
+  private async sendOnce(method: string, url: URL, headers: Record<string, string>, body: Body, fast = false): Promise<Response> {
     try {
-      const res = await this.transport.send(method, url, headers, body);
+      const ours = url.protocol === "https:" && url.host === new URL(`https://${this.hostport}`).host;
+      if (ours && !this.schemeKnown && (isLoopback(this.ref.host ?? "") || !this.opts.tlsVerify)) {
+        // May be plain HTTP: ask with a cheap handshake first.
+        if (!(await this.transport.probeTls(url.hostname, Number(url.port || 443)))) {
+          verbose(`${this.hostport} does not speak TLS; using plain HTTP`);
+          this.scheme = "http";
+          this.schemeKnown = true;
+          return this.sendOnce(method, new URL(url.href.replace(/^https:/, "http:")), headers, body, fast);
+        }
+        this.schemeKnown = true;
+      }
+      const res = await this.transport.send(method, url, headers, body, fast);
       if (url.host === new URL(`${this.scheme}://${this.hostport}`).host) this.schemeKnown = true;
       return res;
     } catch (e) {
-      const ours = url.protocol === "https:" && url.host === new URL(`https://${this.hostport}`).host;
-      if (ours && !this.schemeKnown && notTls(e) && (isLoopback(this.ref.host ?? "") || !this.opts.tlsVerify)) {
-        verbose(`${this.hostport} does not speak TLS; using plain HTTP`);
-        this.scheme = "http";
-        this.schemeKnown = true;
-        const plain = new URL(url.href.replace(/^https:/, "http:"));
-        return this.sendOnce(method, plain, headers, body);
-      }
       if (retryReason(e) !== null || e instanceof ChError) throw e;
       throw new ChError(networkMessage(e, url.host));
     }
@@ -423,7 +513,7 @@ export class Registry {
       if (url.protocol === "https:" && this.scheme === "http" && url.host === new URL(`https://${this.hostport}`).host)
         url = new URL(url.href.replace(/^https:/, "http:"));
       verbose(`${method} ${url.href}`);
-      const res = await this.sendOnce(method, url, { ...opts.headers, ...this.authorization(url) }, opts.body ?? null);
+      const res = await this.sendOnce(method, url, { ...opts.headers, ...this.authorization(url) }, opts.body ?? null, opts.fast);
       verbose(`  HTTP ${res.status}`);
       if (res.status === 401 && !opts.accept?.includes(401)) {
         const header = res.headers["www-authenticate"];

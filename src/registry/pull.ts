@@ -1,8 +1,8 @@
 // ch-image pull: manifest (an index first, if the image has one, then the architecture's
-// manifest), config, layers (downloaded in parallel into the download cache, verified), then
-// the layers unpacked in order, with whiteouts, into a partial directory that replaces the
-// image only once everything succeeded; the config is kept in ch/metadata.json and its
-// environment in ch/environment.
+// manifest), config, layers (downloaded in parallel into the download cache, verified), each
+// unpacked as soon as it and the layers below it are verified, in order, with whiteouts, into a
+// partial directory that replaces the image only once everything succeeded; the config is kept
+// in ch/metadata.json and its environment in ch/environment.
 import { lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { info, verbose } from "../cli/log.ts";
@@ -213,23 +213,30 @@ export async function pullImage(
       else if (cache.has(l.digest)) cached++;
     }
     info(`${n} layer${n === 1 ? "" : "s"}${cached > 0 ? ` (${cached} already downloaded)` : ""}`);
-    const downloads = bounded(layers, PARALLEL, (l, i) => {
-      const what = `layer ${i + 1}/${n} ${shortDigest(l.digest)}`;
-      const bar = cache.has(l.digest) ? null : bars.add(what, typeof l.size === "number" ? l.size : null);
-      return cache.fetch(reg, l, what, bar);
-    });
-    let paths: string[];
-    try {
-      paths = await Promise.all(downloads);
-    } finally {
-      bars.end();
-    }
-    // Unpack, lowest layer first.
+    // Each layer is unpacked, lowest first, as soon as it and every layer below it are
+    // downloaded and verified, while the others download; its progress is one more line.
     await installImage(target, async (partial) => {
+      const downloads = bounded(layers, PARALLEL, (l, i) => {
+        const what = `layer ${i + 1}/${n} ${shortDigest(l.digest)}`;
+        const bar = cache.has(l.digest) ? null : bars.add(what, typeof l.size === "number" ? l.size : null);
+        return cache.fetch(reg, l, what, bar);
+      });
+      // The first download to fail fails the pull, without waiting for the layers below it.
+      const failed = new Promise<never>((_, reject) => {
+        for (const d of downloads) d.catch(reject);
+      });
+      failed.catch(() => {});
       for (let i = 0; i < n; i++) {
-        verbose(`layer ${i + 1}/${n} ${shortDigest(layers[i].digest)}: extracting`);
-        reportStats(`layer ${i + 1}/${n} ${shortDigest(layers[i].digest)}`, await extractTar(paths[i], partial, { layer: true }));
+        const path = await Promise.race([downloads[i], failed]);
+        const what = `layer ${i + 1}/${n} ${shortDigest(layers[i].digest)}`;
+        verbose(`${what}: extracting`);
+        const stats = await extractTar(path, partial, {
+          layer: true,
+          progress: (_label, total) => bars.progress(`${what}: unpacking`, total),
+        });
+        reportStats(what, stats);
       }
+      bars.end();
       writeMetadata(partial, config, rawConfig);
       return partial;
     });

@@ -629,6 +629,37 @@ describe("pull: authentication", () => {
     noSecrets(r, [st, ...dirs]);
   });
 
+  it("follows a blob redirect to another host (a CDN, as Docker Hub does) without sending it the token", async () => {
+    // In front of the token registry, a proxy answers every blob GET with 307 to the plain
+    // registry's proxy (another origin), which has the same blobs.
+    const front = await startProxy(token);
+    try {
+      for (const d of [bb.digest, ...docker.layers.map((l) => l.digest), docker.configDigest])
+        front.add({
+          method: "GET",
+          path: `/blobs/${d}`,
+          action: { kind: "status", status: 307, headers: { Location: `${px.url}/v2/bb/blobs/${d}?signed=1` } },
+        });
+      px.clear();
+      const st = fresh();
+      const ref = `${front.host}/private/bb:1`;
+      const { e, dirs } = withCreds(USER, PASS);
+      const r = await pull(st, [ref], e);
+      ok(r);
+      checkDocker(st, ref);
+      const cdn = px.log.filter((l) => l.method === "GET" && l.path.includes("/blobs/"));
+      assert.equal(cdn.length, 3, "two layers and the config, from the other origin");
+      assert.ok(
+        cdn.every((l) => l.headers.authorization === undefined),
+        "no Authorization header to another origin",
+      );
+      assert.ok(front.log.some((l) => l.status === 307));
+      noSecrets(r, [st, ...dirs]);
+    } finally {
+      await front.stop();
+    }
+  });
+
   it("token auth: a private repository without credentials fails clearly", async () => {
     const st = fresh();
     const ref = `${token.host}/private/bb:1`;
