@@ -70,7 +70,9 @@ export class Storage {
   /** Creates the storage directory if needed, and checks that it is one of ours. */
   init(): void {
     const entries = existsSync(this.root) ? readdirSync(this.root) : null;
-    if (entries === null || entries.length === 0) {
+    // ch-run makes STORAGE/mnt (SquashFS images' mount point) without making a storage: a
+    // directory holding nothing else is still new.
+    if (entries === null || entries.every((e) => e === "mnt" && lstatSync(posix.join(this.root, e)).isDirectory())) {
       try {
         mkdirSync(this.imgDir, { recursive: true, mode: 0o755 });
         writeFileAtomic(this.versionFile, `${STORAGE_VERSION}\n`);

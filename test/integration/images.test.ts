@@ -481,6 +481,12 @@ describe("ch-image storage", () => {
     mkdirSync(foreign);
     writeFileSync(join(foreign, "data"), "");
     assert.match(image(foreign, "list").stderr, /storage directory seems invalid/);
+    // What ch-run leaves after running a SquashFS image with the default mount point: STORAGE/mnt
+    // alone. That is still a new storage directory, not a foreign one.
+    const squashOnly = fresh();
+    mkdirSync(join(squashOnly, "mnt"), { recursive: true });
+    assert.equal(image(squashOnly, "import", tarball, "x").status, 0);
+    assert.ok(existsSync(join(squashOnly, "version")));
     assert.match(image(foreign, "reset").stderr, /not a storage directory, not deleting/);
   });
 
