@@ -470,10 +470,18 @@ describe("ch-image storage", () => {
     writeFileSync(join(storage, "lock"), `${hostname()} ${process.pid} 1\n`);
     assert.equal(image(storage, "import", tarball, "y").status, 0, "recycled PID: lock taken over");
     // So is one held by a process that died but is not reaped yet (a zombie holds nothing).
-    const parent = spawn("sh", ["-c", "true & echo $!; exec sleep 5"], { stdio: ["ignore", "pipe", "ignore"] });
+    // (Its child ends after the shell has become `sleep 5`, which never reaps it.)
+    const parent = spawn("sh", ["-c", "sleep 0.3 & echo $!; exec sleep 5"], { stdio: ["ignore", "pipe", "ignore"] });
     const zombie = await new Promise<string>((r) => parent.stdout.once("data", (d) => r(String(d).trim())));
-    for (let i = 0; i < 100 && !readFileSync(`/proc/${zombie}/stat`, "utf8").includes(") Z "); i++)
-      await new Promise((r) => setTimeout(r, 20));
+    const state = () => {
+      try {
+        return readFileSync(`/proc/${zombie}/stat`, "utf8").split(") ")[1][0];
+      } catch {
+        return "gone";
+      }
+    };
+    for (let i = 0; i < 150 && state() !== "Z"; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(state(), "Z", "a zombie to test with");
     writeFileSync(join(storage, "lock"), `${hostname()} ${zombie}\n`);
     assert.equal(image(storage, "import", tarball, "z").status, 0, "zombie's lock taken over");
     parent.kill();
