@@ -336,6 +336,40 @@ describe("pull: formats", () => {
   });
 });
 
+describe("list", () => {
+  const list = (st: string, args: string[]) => chImage(["-s", st, "list", ...args], env());
+
+  it("names a remote image's architectures from its index, and what storage has", async () => {
+    const st = fresh();
+    const ref = `${plain.host}/multi:oci`;
+    let r = await list(st, [ref]);
+    ok(r);
+    assert.match(r.stdout, /^in local storage: +no$/m);
+    assert.match(r.stdout, /^available remotely: +yes$/m);
+    assert.match(r.stdout, /^remote arch-aware: +yes$/m);
+    const archs = [...r.stdout.matchAll(/^(?:archs available: +| {21})(\S+) +[0-9a-f]{11}$/gm)].map((m) => m[1]);
+    assert.deepEqual(archs, ["amd64", "arm64/v8"], r.stdout);
+    ok(await pull(st, [ref]));
+    r = await list(st, [ref]);
+    assert.match(r.stdout, new RegExp(`^in local storage: +yes \\(${HOST_ARCH}`, "m"), r.stdout);
+    const long = await list(st, ["-l"]);
+    ok(long);
+    assert.match(long.stdout, new RegExp(ref.replace(/[.]/g, "\\.")));
+    assert.match(long.stdout, new RegExp(HOST_ARCH));
+  });
+
+  it("gives a single-architecture image's architecture from its config, and says when there is none", async () => {
+    const st = fresh();
+    const skinny = await list(st, [`${plain.host}/skinny:ppc64le`]);
+    ok(skinny);
+    assert.match(skinny.stdout, /^remote arch-aware: +no$/m);
+    assert.match(skinny.stdout, /^archs available: +ppc64le +[0-9a-f]{11}$/m);
+    const none = await list(st, [`${plain.host}/no-such-image:1`]);
+    ok(none);
+    assert.match(none.stdout, /^available remotely: +no \(HTTP 404\)$/m);
+  });
+});
+
 describe("pull: download cache", () => {
   it("downloads nothing the second time, and everything with --always-download", async () => {
     px.clear();
