@@ -558,35 +558,37 @@ describe("pull: interrupted", () => {
     assert.ok(isBig(join(imgDir(st, ref), "big.bin")));
   });
 
-  it("kill -9 mid-download leaves storage consistent; the rerun downloads only what wasn't verified", async () => {
-    px.clear();
-    const bigDigest = layered.layers[3].digest;
-    px.add({ method: "GET", path: bigDigest, action: { kind: "stall", after: 1_000_000 } });
-    const st = fresh();
-    const ref = `${px.host}/layers:1`;
-    const p = startChImage(["-s", st, "pull", ref], env());
-    await px.stalled();
-    const verified = [bb, layerL1, layerL2].map((l) => l.digest).concat(layered.configDigest);
-    await waitFor("the other blobs verified", () => verified.every((d) => dlcache(st).includes(`sha256-${hex(d)}`)));
-    p.child.kill("SIGKILL");
-    const killed = await p.done;
-    assert.equal(killed.signal, "SIGKILL");
-    px.release();
-    // Consistent: no image, nothing unverified under a blob's name, storage usable.
-    assert.ok(!existsSync(imgDir(st, ref)));
-    assert.ok(!dlcache(st).includes(`sha256-${hex(bigDigest)}`));
-    assert.deepEqual(await listed(st), []);
-    px.clear();
-    const r = await pull(st, ["-v", ref]);
-    ok(r);
-    for (const d of verified) assert.equal(px.count("GET", blobPath("layers", d)), 0, `${d} downloaded again`);
-    assert.equal(px.count("GET", blobPath("layers", bigDigest)), 1);
-    assert.ok(isBig(join(imgDir(st, ref), "big.bin")));
-    assert.deepEqual(
-      dlcache(st).filter((f) => f.endsWith(".partial")),
-      [],
-    );
-  });
+  for (const sig of ["SIGKILL", "SIGINT"] as const) {
+    it(`${sig === "SIGKILL" ? "kill -9" : "Ctrl-C (SIGINT)"} mid-download leaves storage consistent; the rerun downloads only what wasn't verified`, async () => {
+      px.clear();
+      const bigDigest = layered.layers[3].digest;
+      px.add({ method: "GET", path: bigDigest, action: { kind: "stall", after: 1_000_000 } });
+      const st = fresh();
+      const ref = `${px.host}/layers:1`;
+      const p = startChImage(["-s", st, "pull", ref], env());
+      await px.stalled();
+      const verified = [bb, layerL1, layerL2].map((l) => l.digest).concat(layered.configDigest);
+      await waitFor("the other blobs verified", () => verified.every((d) => dlcache(st).includes(`sha256-${hex(d)}`)));
+      p.child.kill(sig);
+      const killed = await p.done;
+      assert.ok(killed.signal === sig || killed.status === 130, `ended by ${sig}: ${killed.status ?? killed.signal}`);
+      px.release();
+      // Consistent: no image, nothing unverified under a blob's name, storage usable.
+      assert.ok(!existsSync(imgDir(st, ref)));
+      assert.ok(!dlcache(st).includes(`sha256-${hex(bigDigest)}`));
+      assert.deepEqual(await listed(st), []);
+      px.clear();
+      const r = await pull(st, ["-v", ref]);
+      ok(r);
+      for (const d of verified) assert.equal(px.count("GET", blobPath("layers", d)), 0, `${d} downloaded again`);
+      assert.equal(px.count("GET", blobPath("layers", bigDigest)), 1);
+      assert.ok(isBig(join(imgDir(st, ref), "big.bin")));
+      assert.deepEqual(
+        dlcache(st).filter((f) => f.endsWith(".partial")),
+        [],
+      );
+    });
+  }
 });
 
 describe("pull: TLS", () => {
