@@ -96,3 +96,12 @@ export class ContainerView {
     return { path: cur, host: st.host, type: st.type, under: st.under, missing: null };
   }
 }
+
+/** The directories `mkdir -p` must make for a path that resolved to missing (container paths,
+ * outermost first): from its first missing component down to the path itself. */
+export function missingDirs(r: Resolved): string[] {
+  if (r.missing === null) return [];
+  const dirs: string[] = [];
+  for (let p = r.path; p !== posix.dirname(r.missing); p = posix.dirname(p)) dirs.unshift(p);
+  return dirs;
+}

@@ -52,8 +52,6 @@ export function joinGroup(
 
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
-export { startTime };
-
 export class Peers {
   readonly base: string;
   readonly group: JoinGroup;

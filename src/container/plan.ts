@@ -3,7 +3,7 @@
 import { posix } from "node:path";
 import { ChError } from "../sys/errors.ts";
 import type { Group, Passwd } from "../sys/libc.ts";
-import { ContainerView, type Mounted } from "./binds.ts";
+import { ContainerView, type Mounted, missingDirs } from "./binds.ts";
 import { buildEnv, type EnvOp } from "./env.ts";
 import type { HostFs } from "./hostfs.ts";
 import { groupFile, passwdFile } from "./passwd.ts";
@@ -195,6 +195,12 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   if (staging && o.writeFake === null) ops.push({ op: "umount", path: stage });
 
   // Host directories and files.
+  const mkdirs = (dirs: string[]) => {
+    for (const d of dirs) {
+      view.created.add(d);
+      ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
+    }
+  };
   const bindHost = (src: string, dst: string) => {
     ops.push({ op: "bind", src, dst: at(dst), what: `can't bind ${src} to ${dst}` });
     mounted({ dst, src });
@@ -242,14 +248,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
           { errno: 2 },
         );
       if (r.under) throw new ChError(`can't mkdir ${r.missing}: under existing bind-mount ${r.under.dst}`, { errno: 1 });
-      // mkdir -p the missing part, inside the image only.
-      const parts = posix.relative(posix.dirname(r.missing as string), r.path).split("/");
-      let p = posix.dirname(r.missing as string);
-      for (const part of parts) {
-        p = posix.join(p, part);
-        view.created.add(p);
-        ops.push({ op: "mkdir", path: at(p), what: `can't mkdir ${p}` });
-      }
+      mkdirs(missingDirs(r)); // inside the image only
     }
     bindHost(src, r.path);
   }
@@ -261,10 +260,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   if (pmixDir) {
     const step = pmixStep(view, pmixDir, writable);
     if (step.kind === "bind") {
-      for (const d of step.mkdirs) {
-        view.created.add(d);
-        ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
-      }
+      mkdirs(step.mkdirs);
       bindHost(step.src, step.dst);
       log.push(`PMIx server directory ${pmixDir}: binding ${step.src}`);
     } else pmixHash = step.kind === "hash";

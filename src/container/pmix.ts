@@ -6,7 +6,7 @@
 // directory visible at the same path where it can, and otherwise tells PMIx to keep the data in
 // each process (its "hash" store), which needs no shared files.
 import { posix } from "node:path";
-import type { ContainerView } from "./binds.ts";
+import { type ContainerView, missingDirs } from "./binds.ts";
 import type { HostFs } from "./hostfs.ts";
 
 /** The PMIx server's directory on the host, if the environment names one that exists. */
@@ -40,11 +40,8 @@ export function pmixStep(view: ContainerView, dir: string, writable: boolean): P
   if (spool === "/") return { kind: "hash" };
   const r = view.resolve(spool);
   if (r.type === "dir" && r.under === null) return { kind: "bind", src: spool, dst: r.path, mkdirs: [] };
-  if (r.type === null && writable && r.under === null && r.missing !== null) {
-    const mkdirs: string[] = [];
-    for (let p = r.path; p !== posix.dirname(r.missing); p = posix.dirname(p)) mkdirs.unshift(p);
-    return { kind: "bind", src: spool, dst: r.path, mkdirs };
-  }
+  if (r.type === null && writable && r.under === null && r.missing !== null)
+    return { kind: "bind", src: spool, dst: r.path, mkdirs: missingDirs(r) };
   return { kind: "hash" };
 }
 

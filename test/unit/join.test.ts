@@ -3,7 +3,8 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { joinGroup, Peers, startTime } from "../../src/container/join.ts";
+import { joinGroup, Peers } from "../../src/container/join.ts";
+import { startTime } from "../../src/sys/proc.ts";
 
 describe("join group", () => {
   it("takes size and tag in Charliecloud's order", () => {
