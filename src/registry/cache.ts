@@ -102,6 +102,14 @@ function writeAll(fd: number, chunk: Buffer, path: string): void {
   }
 }
 
+function rename(partial: string, final: string): void {
+  try {
+    renameSync(partial, final);
+  } catch (e) {
+    throw sysError(`can't write download cache: ${final}`, e);
+  }
+}
+
 export function sha256(data: Buffer): string {
   return `sha256:${createHash("sha256").update(data).digest("hex")}`;
 }
@@ -114,6 +122,9 @@ async function hashFile(path: string): Promise<Hash> {
 
 export class BlobCache {
   readonly root: string;
+  /** Downloads in progress, by digest: a layer listed twice is fetched once (two writers of one
+   * partial would corrupt it). */
+  private inFlight = new Map<string, Promise<string>>();
 
   constructor(root: string) {
     this.root = root;
@@ -142,7 +153,19 @@ export class BlobCache {
 
   /** The blob desc of reg's repository, from the cache or downloaded and verified. `what` names
    * it in messages ("layer 2/3 sha256:..."). */
-  async fetch(reg: Registry, desc: Descriptor, what: string, bar: Bar | null = null): Promise<string> {
+  fetch(reg: Registry, desc: Descriptor, what: string, bar: Bar | null = null): Promise<string> {
+    const pending = this.inFlight.get(desc.digest);
+    if (pending)
+      return pending.then((path) => {
+        bar?.done();
+        return path;
+      });
+    const p = this.download(reg, desc, what, bar).finally(() => this.inFlight.delete(desc.digest));
+    this.inFlight.set(desc.digest, p);
+    return p;
+  }
+
+  private async download(reg: Registry, desc: Descriptor, what: string, bar: Bar | null): Promise<string> {
     const final = this.path(desc.digest);
     if (this.has(desc.digest)) {
       verbose(`${what}: using cached download`);
@@ -177,7 +200,7 @@ export class BlobCache {
             // Complete but not renamed when interrupted: verify it as is.
             const got = `sha256:${start.hash.copy().digest("hex")}`;
             if (got === desc.digest) {
-              renameSync(partial, final);
+              rename(partial, final);
               return;
             }
             rmSync(partial, { force: true });
@@ -223,7 +246,7 @@ export class BlobCache {
         } finally {
           closeSync(fd);
         }
-        renameSync(partial, final);
+        rename(partial, final);
       },
       reg.signal,
     );

@@ -473,7 +473,8 @@ export class Registry {
   }
 
   private authorization(url: URL): Record<string, string> {
-    if (url.host !== new URL(`${this.scheme}://${this.hostport}`).host) return {};
+    // The origin, scheme included: not to the same host over plain HTTP after a redirect.
+    if (url.origin !== new URL(`${this.scheme}://${this.hostport}`).origin) return {};
     const a = this.authState;
     if (a.kind === "basic") return { Authorization: a.header };
     if (a.kind === "bearer" && a.token) return { Authorization: `Bearer ${a.token}` };
@@ -509,11 +510,13 @@ export class Registry {
   async request(method: string, path: string | URL, opts: RequestOptions = {}): Promise<Response> {
     let url = typeof path === "string" ? this.url(path) : path;
     const what = opts.what ?? url.pathname;
+    let body = opts.body ?? null;
+    let headers = opts.headers ?? {};
     for (let hops = 0, escalations = 0; ; ) {
       if (url.protocol === "https:" && this.scheme === "http" && url.host === new URL(`https://${this.hostport}`).host)
         url = new URL(url.href.replace(/^https:/, "http:"));
       verbose(`${method} ${url.href}`);
-      const res = await this.sendOnce(method, url, { ...opts.headers, ...this.authorization(url) }, opts.body ?? null, opts.fast);
+      const res = await this.sendOnce(method, url, { ...headers, ...this.authorization(url) }, body, opts.fast);
       verbose(`  HTTP ${res.status}`);
       if (res.status === 401 && !opts.accept?.includes(401)) {
         const header = res.headers["www-authenticate"];
@@ -525,7 +528,12 @@ export class Registry {
         await drain(res);
         hops++;
         url = new URL(res.headers.location, url);
-        if (res.status === 303) method = "GET";
+        if (res.status === 303) {
+          // "See other": a GET, without the body we were sending.
+          method = "GET";
+          body = null;
+          headers = Object.fromEntries(Object.entries(headers).filter(([k]) => !/^content-/i.test(k)));
+        }
         continue;
       }
       if (res.status >= 200 && res.status < 300) return res;

@@ -3,7 +3,7 @@
 // unpacked as soon as it and the layers below it are verified, in order, with whiteouts, into a
 // partial directory that replaces the image only once everything succeeded; the config is kept
 // in ch/metadata.json and its environment in ch/environment.
-import { lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { lstatSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { info, verbose } from "../cli/log.ts";
 import { startBars } from "../cli/progress.ts";
@@ -30,6 +30,9 @@ import { type ImageRef, version } from "./reference.ts";
 
 /** Downloads at once. */
 const PARALLEL = 4;
+
+/** Most bytes of an image config (read whole into memory). */
+const CONFIG_MAX = 16 << 20;
 
 export interface ClientOptions {
   tlsVerify: boolean;
@@ -190,7 +193,12 @@ export async function pullImage(
     const { manifest, index } = await fetchManifest(reg, ref, arch);
     // Config.
     if (opts.alwaysDownload) cache.forget(manifest.config.digest);
+    const tooBig = (n: number) =>
+      new ChError(`image config too large: ${n} bytes, more than ${CONFIG_MAX}: ${manifest.config.digest}: ${reg.refText}`);
+    if ((manifest.config.size ?? 0) > CONFIG_MAX) throw tooBig(manifest.config.size ?? 0);
     const configPath = await cache.fetch(reg, manifest.config, `config ${shortDigest(manifest.config.digest)}`);
+    const configSize = statSync(configPath).size;
+    if (configSize > CONFIG_MAX) throw tooBig(configSize);
     const rawConfig = readFileSync(configPath);
     let config: ImageConfig;
     try {

@@ -152,7 +152,13 @@ export class RawResponse {
           this.conn.socket.destroy();
           reject(error);
         } else {
-          this.client.release(this.conn, this.framing.kind !== "close");
+          // Not kept: a body up to the end of the connection, the server's "close", or bytes
+          // beyond the body (which are no answer to anything we asked).
+          const connection = String(this.headers.connection ?? "");
+          this.client.release(
+            this.conn,
+            this.framing.kind !== "close" && !/\bclose\b/i.test(connection) && this.early.length === 0,
+          );
           resolve();
         }
       };
@@ -180,7 +186,7 @@ export class RawResponse {
         done(null);
         return;
       }
-      for (const b of this.early.splice(0)) if (!settled) feed(b);
+      while (this.early.length > 0 && !settled) feed(this.early.shift() as Buffer);
       if (settled) return;
       if (this.ended !== null) {
         if (this.ended === "eof" && this.framing.kind === "close") done(null);
@@ -311,6 +317,7 @@ export class RawClient {
       const l = this.idle.get(conn.origin);
       if (l?.includes(conn)) l.splice(l.indexOf(conn), 1);
     });
+    conn.resume(); // it is left paused when the body came whole with the head
     list.push(conn);
     this.idle.set(conn.origin, list);
   }
@@ -345,17 +352,22 @@ export class RawClient {
   private exchange(conn: Conn, url: URL, headers: Record<string, string>): Promise<RawResponse> {
     conn.answered = false;
     const lines = [`GET ${url.pathname}${url.search} HTTP/1.1`, `Host: ${url.host}`];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
+    for (const [k, v] of Object.entries(headers)) {
+      // A line break in a value (a token server's token) would add headers or a request.
+      if (/[\r\n]/.test(`${k}${v}`)) return Promise.reject(new Error(`invalid character in HTTP header ${k}`));
+      lines.push(`${k}: ${v}`);
+    }
     const request = `${lines.join("\r\n")}\r\n\r\n`;
     return new Promise<RawResponse>((resolve, reject) => {
       let head = Buffer.alloc(0);
       const onBytes = (buf: Buffer): void => {
         head = head.length === 0 ? Buffer.from(buf) : Buffer.concat([head, buf]);
         const end = head.indexOf("\r\n\r\n");
-        if (end < 0) {
-          if (head.length > MAX_HEAD) conn.socket.destroy(new Error("HTTP response head too large"));
+        if ((end < 0 ? head.length : end) > MAX_HEAD) {
+          conn.socket.destroy(new Error(`HTTP response head too large: more than ${MAX_HEAD} bytes`));
           return;
         }
+        if (end < 0) return;
         let parsed: { status: number; headers: IncomingHttpHeaders };
         let frame: Framing;
         try {

@@ -61,6 +61,8 @@ let bb: Layer;
 let docker: Image;
 let oci: Image;
 let layered: Image;
+/** The same layer twice (as images built by some tools have it), and a big one. */
+let dupLayers: Image;
 let layerL1: Layer;
 let layerL2: Layer;
 let perArch: Record<string, Image>;
@@ -160,6 +162,7 @@ before(async () => {
   ]);
   const bigLayer = layerFromMembers([{ path: "big.bin", body: big }]);
   layered = makeImage({ kind: "docker", layers: [bb, layerL1, layerL2, bigLayer], config: { Cmd: ["/bin/sh"] } });
+  dupLayers = makeImage({ kind: "docker", layers: [bb, bigLayer, bigLayer], config: { Cmd: ["/bin/sh"] } });
   const archLayer = (a: string) => layerFromMembers([{ path: "arch.txt", body: `${a}\n` }]);
   const forArch = (kind: "oci" | "docker", a: string, variant?: string) =>
     makeImage({ kind, layers: [bb, archLayer(a)], architecture: a, variant, config: { Cmd: ["/bin/sh"] } });
@@ -168,6 +171,11 @@ before(async () => {
   await p.image("bb", "docker", docker);
   await p.image("bb", "oci", oci);
   await p.image("layers", "1", layered);
+  await p.image("layers", "dup", dupLayers);
+  // A manifest whose config is said to be bigger than a config may be.
+  const hugeConfig = JSON.parse(docker.manifest.toString());
+  hugeConfig.config.size = 17 << 20;
+  await p.manifest("bb", "hugeconfig", docker.mediaType, Buffer.from(JSON.stringify(hugeConfig)));
   for (const kind of ["oci", "docker"] as const) {
     const images = [forArch(kind, "amd64"), forArch(kind, "arm64", "v8")];
     perArch[`${kind}/amd64`] = images[0];
@@ -389,6 +397,21 @@ describe("pull: download cache", () => {
     checkDocker(st, ref);
   });
 
+  it("downloads a layer listed twice once, and verified", async () => {
+    px.clear();
+    const st = fresh();
+    const ref = `${px.host}/layers:dup`;
+    ok(await pull(st, [ref]));
+    assert.equal(px.count("GET", blobPath("layers", dupLayers.layers[1].digest)), 1);
+    assert.ok(isBig(join(imgDir(st, ref), "big.bin")));
+    const cached = join(st, "dlcache", `sha256-${hex(dupLayers.layers[1].digest)}`);
+    assert.equal(sha(readFileSync(cached)), hex(dupLayers.layers[1].digest), "the cached blob is what its name says");
+    assert.deepEqual(
+      dlcache(st).filter((f) => f.endsWith(".partial")),
+      [],
+    );
+  });
+
   it("downloads layers in parallel: a stalled layer doesn't hold up the others", async () => {
     px.clear();
     // The first layer is held mid-body; the later ones must arrive meanwhile.
@@ -450,6 +473,15 @@ describe("pull: verification", () => {
       dlcache(st).filter((f) => f.includes(hex(docker.configDigest))),
       [],
     );
+  });
+
+  it("refuses a config said to be too big, before downloading it", async () => {
+    px.clear();
+    const st = fresh();
+    const r = await pull(st, [`${px.host}/bb:hugeconfig`]);
+    failed(r);
+    assert.match(r.stderr, /image config too large: 17825792 bytes, more than 16777216/);
+    assert.equal(px.count("GET", /\/blobs\//), 0);
   });
 
   it("refuses a manifest pulled by digest that doesn't match it", async () => {

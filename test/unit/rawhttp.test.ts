@@ -208,6 +208,52 @@ describe("blob download client", () => {
     await assert.rejects(p);
   });
 
+  it("drops a connection on which the server sent more than the answer", async () => {
+    connections = 0;
+    answer = (s, n) => {
+      s.write("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+      if (n === 0) setTimeout(() => s.write("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz"), 20);
+    };
+    const { c, abort } = client();
+    assert.equal((await get(c)).body.toString(), "abc");
+    await new Promise((r) => setTimeout(r, 100)); // the stray answer arrives while the connection is kept
+    assert.equal((await get(c)).body.toString(), "abc", "not the stray xyz");
+    assert.equal(connections, 2);
+    abort.abort();
+  });
+
+  it("doesn't keep a connection the server says it closes", async () => {
+    connections = 0;
+    answer = (s) => s.write("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc");
+    const { c, abort } = client();
+    assert.equal((await get(c)).body.toString(), "abc");
+    assert.equal((await get(c)).body.toString(), "abc");
+    assert.equal(connections, 2);
+    abort.abort();
+  });
+
+  it("fails on a response head larger than 64 kB, even in one read", async () => {
+    answer = (s) => s.write(`HTTP/1.1 200 OK\r\nX-Big: ${"a".repeat(70_000)}\r\nContent-Length: 0\r\n\r\n`);
+    const { c, abort } = client();
+    await assert.rejects(get(c), /HTTP response head too large/);
+    abort.abort();
+  });
+
+  it("refuses a header value with a line break (no header or request smuggled in)", async () => {
+    let requests = 0;
+    answer = (s) => {
+      requests++;
+      s.write("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    };
+    const { c, abort } = client();
+    await assert.rejects(
+      c.get(url(), { Authorization: "Bearer x\r\n\r\nGET /evil HTTP/1.1\r\nHost: h" }),
+      /invalid character in HTTP header Authorization/,
+    );
+    assert.equal(requests, 0);
+    abort.abort();
+  });
+
   it("parses heads and framings", () => {
     const h = parseHead("HTTP/1.1 307 Temporary Redirect\r\nLocation: https://x/y\r\nWWW-Authenticate: a\r\nwww-authenticate: b");
     assert.equal(h.status, 307);

@@ -15,6 +15,8 @@ import {
   Cancelled,
   notTls,
   parseChallenges,
+  Registry,
+  type Response,
   registryErrorText,
   retryDelayMs,
   retrying,
@@ -23,6 +25,7 @@ import {
   ServerError,
   StatusError,
   TransientError,
+  type Transport,
 } from "../../src/registry/http.ts";
 import {
   ACCEPT_MANIFESTS,
@@ -376,6 +379,82 @@ describe("retries", () => {
   it("asks for authentication with CH_IMAGE_AUTH=yes", () => {
     assert.ok(authFromEnv({ CH_IMAGE_AUTH: "yes" }));
     assert.ok(!authFromEnv({ CH_IMAGE_AUTH: "no" }) && !authFromEnv({}));
+  });
+});
+
+describe("credentials and redirects", () => {
+  /** A transport that answers from a script and records what it was sent. */
+  function scripted(answers: ((url: URL) => { status: number; headers: Record<string, string> })[]) {
+    const sent: {
+      method: string;
+      url: string;
+      authorization: string | undefined;
+      headers: Record<string, string>;
+      body: unknown;
+    }[] = [];
+    const transport = {
+      signal: new AbortController().signal,
+      send: async (method: string, url: URL, headers: Record<string, string>, body: unknown): Promise<Response> => {
+        sent.push({ method, url: url.href, authorization: headers.Authorization, headers, body });
+        const a = (answers.shift() as (typeof answers)[number])(url);
+        const empty = {
+          async *[Symbol.asyncIterator]() {},
+          consume: async () => {},
+          destroy: () => {},
+        };
+        return { status: a.status, headers: a.headers, body: empty, url };
+      },
+    } as unknown as Transport;
+    return { transport, sent };
+  }
+
+  for (const to of ["http://reg.example:5000/v2/x/blobs/y", "https://reg.example:5001/y", "https://cdn.example:5000/y"]) {
+    it(`sends the registry's credentials after a redirect only to the same origin (not ${to})`, async () => {
+      const { transport, sent } = scripted([
+        () => ({ status: 401, headers: { "www-authenticate": 'Basic realm="r"' } }),
+        () => ({ status: 307, headers: { location: to } }),
+        () => ({ status: 200, headers: {} }),
+      ]);
+      const reg = new Registry(parseRef("reg.example:5000/x"), transport, {
+        tlsVerify: true,
+        auth: true,
+        push: false,
+        credentials: { get: async () => ({ username: "u", password: "p" }) },
+      });
+      await reg.request("GET", "blobs/y");
+      assert.deepEqual(
+        sent.map((s) => [s.url, s.authorization]),
+        [
+          ["https://reg.example:5000/v2/x/blobs/y", undefined],
+          ["https://reg.example:5000/v2/x/blobs/y", `Basic ${Buffer.from("u:p").toString("base64")}`],
+          [to, undefined],
+        ],
+      );
+    });
+  }
+
+  it("follows a 303 with a GET, without the body", async () => {
+    const { transport, sent } = scripted([
+      () => ({ status: 303, headers: { location: "/v2/x/other" } }),
+      () => ({ status: 200, headers: {} }),
+    ]);
+    const reg = new Registry(parseRef("reg.example:5000/x"), transport, { tlsVerify: true, auth: false, push: false });
+    await reg.request("PUT", "manifests/1", {
+      body: Buffer.from("{}"),
+      headers: { "Content-Type": "application/json", "X-A": "b" },
+    });
+    assert.deepEqual(
+      sent.map((s) => [s.method, s.url, s.body, s.headers]),
+      [
+        [
+          "PUT",
+          "https://reg.example:5000/v2/x/manifests/1",
+          Buffer.from("{}"),
+          { "Content-Type": "application/json", "X-A": "b" },
+        ],
+        ["GET", "https://reg.example:5000/v2/x/other", null, { "X-A": "b" }],
+      ],
+    );
   });
 });
 
