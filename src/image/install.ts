@@ -145,6 +145,8 @@ export async function installImage(
   } catch (e) {
     forceRemove(partial);
     if (e instanceof ChError) throw e;
-    throw sysError(`can't create image: ${target}`, e);
+    // Name what failed, not only the image (e.g. "mkdir /x.partial-h.1/etc").
+    const { syscall, path } = (e ?? {}) as NodeJS.ErrnoException;
+    throw sysError(`can't create image: ${target}${syscall ? `: ${syscall}${path ? ` ${path}` : ""}` : ""}`, e);
   }
 }
