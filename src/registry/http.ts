@@ -642,6 +642,12 @@ export class Registry {
     } catch {
       throw new ChError(`invalid token realm in WWW-Authenticate: ${realm}`);
     }
+    // Credentials never cross the network in clear: a plain-HTTP realm gets them only on loopback
+    // (or with --tls-no-verify, which gives up on that protection anyway).
+    if (creds && url.protocol === "http:" && !isLoopback(url.hostname.replace(/^\[|\]$/g, "")) && this.opts.tlsVerify)
+      throw new ChError(
+        `not sending credentials in clear to token server ${url.origin} (plain HTTP): ${this.refText}; use --tls-no-verify to allow`,
+      );
     if (service) url.searchParams.set("service", service);
     for (const s of scope.split(" ")) if (s) url.searchParams.append("scope", s);
     const headers: Record<string, string> = creds ? { Authorization: basicHeader(creds.username, creds.password) } : {};

@@ -433,6 +433,29 @@ describe("credentials and redirects", () => {
     });
   }
 
+  it("sends credentials to a plain-HTTP token server only on loopback", async () => {
+    const refused = () => ({ status: 401, headers: {} });
+    const challenge = () => ({
+      status: 401,
+      headers: { "www-authenticate": 'Bearer realm="http://auth.example/token",service="s"' },
+    });
+    const { transport, sent } = scripted([challenge, refused, challenge, refused, refused, refused]);
+    const reg = new Registry(parseRef("reg.example/x"), transport, {
+      tlsVerify: true,
+      auth: true,
+      push: false,
+      credentials: { get: async () => ({ username: "u", password: "p" }) },
+    });
+    await assert.rejects(
+      reg.request("GET", "manifests/1"),
+      /not sending credentials in clear to token server http:\/\/auth\.example/,
+    );
+    assert.ok(
+      sent.every((s) => s.authorization === undefined),
+      JSON.stringify(sent.map((s) => [s.url, s.authorization])),
+    );
+  });
+
   it("follows a 303 with a GET, without the body", async () => {
     const { transport, sent } = scripted([
       () => ({ status: 303, headers: { location: "/v2/x/other" } }),
