@@ -9,7 +9,7 @@ import { Transform, type TransformCallback } from "node:stream";
 import { verbose } from "../cli/log.ts";
 import type { Bar } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
-import { type Registry, retrying, TransientError } from "./http.ts";
+import { drain, type Registry, retrying, TransientError } from "./http.ts";
 import type { Descriptor } from "./manifest.ts";
 
 export function shortDigest(digest: string): string {
@@ -209,7 +209,19 @@ export class BlobCache {
           }
         }
         const headers: Record<string, string> = have > 0 ? { Range: `bytes=${have}-` } : {};
-        const res = await reg.request("GET", `blobs/${desc.digest}`, { headers, what: `blob ${desc.digest}`, fast: true });
+        const get = (h: Record<string, string>, accept?: number[]) =>
+          reg.request("GET", `blobs/${desc.digest}`, { headers: h, what: `blob ${desc.digest}`, fast: true, accept });
+        let res = await get(headers, have > 0 ? [416] : undefined);
+        if (res.status === 416) {
+          // The partial is no prefix of this blob (longer than it, when the manifest gave no
+          // size): start over, or every later pull would fail the same way.
+          verbose(`${what}: registry refused the range (HTTP 416); downloading it all again`);
+          await drain(res);
+          rmSync(partial, { force: true });
+          have = 0;
+          start = null;
+          res = await get({});
+        }
         if (have > 0) {
           const range = res.headers["content-range"];
           if (res.status === 206 && typeof range === "string" && range.startsWith(`bytes ${have}-`)) {
@@ -241,7 +253,11 @@ export class BlobCache {
           digester.finish();
           fsyncSync(fd);
         } catch (e) {
-          if (e instanceof DigestMismatch) rmSync(partial, { force: true });
+          if (e instanceof DigestMismatch) {
+            rmSync(partial, { force: true });
+            // The bytes kept from an earlier run may be what was wrong: once more from the start.
+            if (have > 0) throw new TransientError(`${what}: resumed download doesn't match its digest; starting over`);
+          }
           throw e;
         } finally {
           closeSync(fd);

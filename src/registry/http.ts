@@ -515,7 +515,8 @@ export class Registry {
     for (let hops = 0, escalations = 0; ; ) {
       if (url.protocol === "https:" && this.scheme === "http" && url.host === new URL(`https://${this.hostport}`).host)
         url = new URL(url.href.replace(/^https:/, "http:"));
-      verbose(`${method} ${url.href}`);
+      // Query strings left out: a CDN redirect carries a signature there.
+      verbose(`${method} ${url.origin}${url.pathname}${url.search ? "?..." : ""}`);
       const res = await this.sendOnce(method, url, { ...headers, ...this.authorization(url) }, body, opts.fast);
       verbose(`  HTTP ${res.status}`);
       if (res.status === 401 && !opts.accept?.includes(401)) {

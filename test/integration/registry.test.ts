@@ -6,7 +6,7 @@
 // and the proxy answer from this process, so ch-image must never run with spawnSync.
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { busyboxImage, CH_RUN, cleanup, type Result, run, tmp } from "../helpers.ts";
@@ -557,6 +557,35 @@ describe("pull: retries and HTTP errors", () => {
 });
 
 describe("pull: interrupted", () => {
+  it("starts a blob over when the registry refuses to resume it (HTTP 416), instead of failing for good", async () => {
+    px.clear();
+    const st = fresh();
+    const ref = `${px.host}/bb:docker`;
+    ok(await chImage(["-s", st, "list"], env()));
+    mkdirSync(join(st, "dlcache"), { recursive: true });
+    writeFileSync(join(st, "dlcache", `sha256-${hex(bb.digest)}.partial`), "not a prefix of the layer");
+    px.add({ method: "GET", path: bb.digest, action: { kind: "status", status: 416 }, times: 1 });
+    const r = await pull(st, ["-v", ref]);
+    ok(r);
+    assert.match(r.stderr, /refused the range \(HTTP 416\); downloading it all again/);
+    assert.equal(px.count("GET", blobPath("bb", bb.digest)), 2);
+    checkDocker(st, ref);
+  });
+
+  it("starts a blob over when the bytes kept from an earlier run were wrong", async () => {
+    px.clear();
+    const st = fresh();
+    const ref = `${px.host}/bb:docker`;
+    ok(await chImage(["-s", st, "list"], env()));
+    mkdirSync(join(st, "dlcache"), { recursive: true });
+    writeFileSync(join(st, "dlcache", `sha256-${hex(bb.digest)}.partial`), "not a prefix of the layer");
+    const r = await pull(st, ["-v", ref]);
+    ok(r);
+    assert.match(r.stderr, /resumed download doesn't match its digest; starting over/);
+    assert.equal(px.count("GET", blobPath("bb", bb.digest)), 2);
+    checkDocker(st, ref);
+  });
+
   it("a connection cut mid-body is retried and the pull completes", async () => {
     px.clear();
     px.add({ method: "GET", path: layered.layers[3].digest, action: { kind: "cut", after: 500_000 }, times: 1 });
@@ -712,8 +741,9 @@ describe("pull: authentication", () => {
       const st = fresh();
       const ref = `${front.host}/private/bb:1`;
       const { e, dirs } = withCreds(USER, PASS);
-      const r = await pull(st, [ref], e);
+      const r = await pull(st, ["-v", ref], e);
       ok(r);
+      assert.ok(!r.stderr.includes("signed=1"), "a redirect's query (a CDN's signature) is not logged");
       checkDocker(st, ref);
       const cdn = px.log.filter((l) => l.method === "GET" && l.path.includes("/blobs/"));
       assert.equal(cdn.length, 3, "two layers and the config, from the other origin");
