@@ -45,6 +45,8 @@ References: [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST]; default registry Do
 stored under the reference as written. Registries are reached over HTTPS, trusting Node's
 roots, the system's (SSL_CERT_FILE, SSL_CERT_DIR) and NODE_EXTRA_CA_CERTS; plain HTTP is used
 for a registry on localhost/127.0.0.0/8 that doesn't speak TLS, and with --tls-no-verify for any.
+Credentials go only to the registry's own origin and its token server, never in clear off
+loopback unless --tls-no-verify.
 
 Environment:
   CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
