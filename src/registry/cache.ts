@@ -5,7 +5,6 @@
 import { createHash, type Hash } from "node:crypto";
 import { closeSync, createReadStream, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { Transform, type TransformCallback } from "node:stream";
 import { verbose } from "../cli/log.ts";
 import type { Bar } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
@@ -51,40 +50,6 @@ export class Digester {
       throw new TransientError(`${this.what}: truncated: ${this.bytes} of ${this.size} bytes`);
     const got = `sha256:${this.hash.digest("hex")}`;
     if (got !== this.expected) throw new DigestMismatch(`${this.what}: digest mismatch: got ${got}, not using it`);
-  }
-}
-
-/** A Digester as a stream: passes through what it hashes, fails the pipeline on a mismatch. */
-export class Verifier extends Transform {
-  private d: Digester;
-
-  constructor(expected: string, size: number | null, what: string, start: { hash: Hash; bytes: number } | null = null) {
-    super();
-    this.d = new Digester(expected, size, what, start);
-  }
-
-  get bytes(): number {
-    return this.d.bytes;
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    try {
-      this.d.update(chunk);
-    } catch (e) {
-      cb(e as Error);
-      return;
-    }
-    cb(null, chunk);
-  }
-
-  override _flush(cb: TransformCallback): void {
-    try {
-      this.d.finish();
-    } catch (e) {
-      cb(e as Error);
-      return;
-    }
-    cb();
   }
 }
 

@@ -72,7 +72,6 @@ export function bounded<T, R>(items: T[], limit: number, fn: (item: T, i: number
 export interface Fetched {
   /** The image manifest chosen (after the index, if any). */
   manifest: Extract<Parsed, { kind: "manifest" }>;
-  digest: string;
   /** The index entries, if the image has an index. */
   index: Descriptor[] | null;
 }
@@ -102,12 +101,12 @@ export async function getManifest(reg: Registry, ver: string): Promise<{ parsed:
 /** The manifest for wanted architecture ("yolo": whatever comes first). */
 export async function fetchManifest(reg: Registry, ref: ImageRef, arch: string): Promise<Fetched> {
   const top = await getManifest(reg, version(ref));
-  if (top.parsed.kind === "manifest") return { manifest: top.parsed, digest: top.digest ?? "", index: null };
+  if (top.parsed.kind === "manifest") return { manifest: top.parsed, index: null };
   const entry = selectArch(top.parsed.manifests, arch, reg.refText);
   verbose(`manifest list: picked ${platformArch(entry.platform)}: ${entry.digest}`);
   const m = await getManifest(reg, entry.digest);
   if (m.parsed.kind !== "manifest") throw new ChError(`manifest list entry is another list: ${entry.digest}: ${reg.refText}`);
-  return { manifest: m.parsed, digest: entry.digest, index: top.parsed.manifests };
+  return { manifest: m.parsed, index: top.parsed.manifests };
 }
 
 /** The registry architecture for --arch (host: ours). */
