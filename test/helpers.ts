@@ -15,6 +15,9 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
+// The private single-node Slurm that .ci/setup-slurm.sh starts has its own configuration.
+if (process.env.CH_TEST_SLURM_CONF) process.env.SLURM_CONF = process.env.CH_TEST_SLURM_CONF;
+
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const DIST = join(ROOT, "dist");
 export const CH_RUN = join(DIST, "ch-run");
@@ -96,4 +99,4 @@ export function read(path: string): string {
 }
 
 /** One-line error in Charliecloud's format: PROG[PID]: message: strerror (file.ts:LINE ERRNO). */
-export const ERROR_LINE = /^ch-run\[\d+\]: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/;
+export const ERROR_LINE = /^ch-run\[\d+\]: error: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/;

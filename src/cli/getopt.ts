@@ -3,7 +3,7 @@
 // attach (--set-env=FILE, -W4m), options may follow positionals until "--", and every option
 // is returned in command-line order so that order-dependent options (--set-env, --unset-env)
 // keep it. cac's parser cannot express these, and Charliecloud's users rely on them.
-import { ChError } from "../sys/errors.ts";
+import { usageError } from "../sys/errors.ts";
 import { VERSION } from "../version.ts";
 
 export type ArgKind = "none" | "required" | "optional";
@@ -26,10 +26,6 @@ export interface Parsed {
   positionals: string[];
   /** Everything after "--" (also included at the end of positionals). */
   afterDashes: string[] | null;
-}
-
-function usageError(msg: string): ChError {
-  return new ChError(msg);
 }
 
 /** Parses argv. Option parsing ends at "--", or at positional number `stopAfter` + 1 (ch-run's
@@ -113,9 +109,9 @@ export function helpText(usage: string, summary: string, specs: OptSpec[], trail
 
 /** Parses a non-negative decimal integer option value. */
 export function parseId(opt: string, value: string): number {
-  if (!/^\d+$/.test(value)) throw new ChError(`--${opt}: not a non-negative integer: ${value}`);
+  if (!/^\d+$/.test(value)) throw usageError(`--${opt}: not a non-negative integer: ${value}`);
   const n = Number(value);
-  if (n > 0xfffffffe) throw new ChError(`--${opt}: out of range: ${value}`);
+  if (n > 0xfffffffe) throw usageError(`--${opt}: out of range: ${value}`);
   return n;
 }
 

@@ -11,6 +11,6 @@ export function notBuilt(name: string, argv: string[]): number {
     process.stdout.write(`Usage: ${name} [OPTION...]\n\n${name} is not built yet in this version of Charliecloud.\n`);
     return 0;
   }
-  process.stderr.write(`${name}[${process.pid}]: ${name} is not built yet in this version (${VERSION})\n`);
+  process.stderr.write(`${name}[${process.pid}]: error: ${name} is not built yet in this version (${VERSION})\n`);
   return 1;
 }

@@ -26,19 +26,28 @@ export interface ChErrorOptions {
   exit?: number;
   /** An Error captured where the failing step was planned; its first frame is the location. */
   at?: Error;
+  /** A usage error (bad option or argument): no errno and no source location in the message. */
+  usage?: boolean;
 }
 
 export class ChError extends Error {
   readonly errno: number;
   readonly exit: number | undefined;
   readonly at: Error;
+  readonly usage: boolean;
 
   constructor(message: string, opts: ChErrorOptions = {}) {
     super(message);
     this.errno = opts.errno ?? 0;
     this.exit = opts.exit;
     this.at = opts.at ?? this;
+    this.usage = opts.usage ?? false;
   }
+}
+
+/** A usage error: bad options or arguments, told without a source location. */
+export function usageError(message: string, exit?: number): ChError {
+  return new ChError(message, { usage: true, exit });
 }
 
 /** Wraps a Node system error (ENOENT and friends) with a message of ours. */
@@ -47,13 +56,15 @@ export function sysError(message: string, e: unknown, exit?: number): ChError {
   return new ChError(message, { errno, exit, at: new Error() });
 }
 
-export function formatError(message: string, errno: number, where: string, pid = process.pid): string {
+/** PROG[PID]: error: message: strerror (file.ts:LINE ERRNO); without a location when where is null. */
+export function formatError(message: string, errno: number, where: string | null, pid = process.pid): string {
   const text = errno ? `: ${strerror(errno)}` : "";
-  return `${program}[${pid}]: ${message}${text} (${where} ${errno})`;
+  const loc = where === null ? "" : ` (${where} ${errno})`;
+  return `${program}[${pid}]: error: ${message}${text}${loc}`;
 }
 
 export function describe(e: ChError): string {
-  return formatError(e.message, e.errno, sourceLocation(e.at));
+  return formatError(e.message, e.errno, e.usage && !e.errno ? null : sourceLocation(e.at));
 }
 
 export function warn(message: string): void {

@@ -43,7 +43,7 @@ describe("one executable", () => {
     for (const p of ["ch-fromhost", "ch-checkns"]) {
       const r = run(join(DIST, p), []);
       assert.equal(r.status, 1);
-      assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: ${p} is not built yet`));
+      assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: error: ${p} is not built yet`));
     }
   });
 
@@ -65,7 +65,7 @@ describe("one executable", () => {
     assert.equal(r.status, 31);
     assert.match(
       r.stderr,
-      /^ch-run\[\d+\]: can't load the native FFI module: no private directory .*writable by others \(mode 777\).*set XDG_CACHE_HOME/,
+      /^ch-run\[\d+\]: error: can't load the native FFI module: no private directory .*writable by others \(mode 777\).*set XDG_CACHE_HOME/,
     );
   });
 

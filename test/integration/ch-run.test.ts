@@ -162,7 +162,7 @@ describe("file systems", () => {
   it("names a missing bind source", () => {
     const r = chRun(["-b", "/no/such/source:/mnt/0", img, "--", "true"]);
     assert.equal(r.status, 31);
-    assert.match(r.stderr, /^ch-run\[\d+\]: can't bind: source not found: \/no\/such\/source: No such file or directory/);
+    assert.match(r.stderr, /^ch-run\[\d+\]: error: can't bind: source not found: \/no\/such\/source: No such file or directory/);
   });
 
   it("reports a failed setup step from the container with errno", () => {
@@ -254,7 +254,7 @@ describe("exit status and errors", () => {
     assert.equal(r.status, 49);
     assert.match(
       r.stderr,
-      /^ch-run\[\d+\]: can't execve\(2\): no-such-command: No such file or directory \(execute\.ts:\d+ 2\)\n$/,
+      /^ch-run\[\d+\]: error: can't execve\(2\): no-such-command: No such file or directory \(execute\.ts:\d+ 2\)\n$/,
     );
   });
 
@@ -274,7 +274,7 @@ describe("exit status and errors", () => {
   it("reproduces the FAQ's first example", () => {
     const r = chRun(["foo", "--", "echo", "hello"], { cwd: dir });
     assert.equal(r.status, 31);
-    assert.match(r.stderr, /^ch-run\[\d+\]: can't find image: foo: No such file or directory \(ch-run\.ts:\d+ 2\)\n$/);
+    assert.match(r.stderr, /^ch-run\[\d+\]: error: can't find image: foo: No such file or directory \(ch-run\.ts:\d+ 2\)\n$/);
   });
 
   for (const [args, what] of [

@@ -24,7 +24,7 @@ import { imageMembers, type Member, tarBytes, writeTar } from "../tarballs.ts";
 const CONVERT = join(DIST, "ch-convert");
 const TAR2DIR = join(DIST, "ch-tar2dir");
 const IMAGE = join(DIST, "ch-image");
-const ERROR = (prog: string) => new RegExp(`^${prog}\\[\\d+\\]: .+ \\([a-z0-9-]+\\.ts:\\d+ \\d+\\)\\n$`);
+const ERROR = (prog: string) => new RegExp(`^${prog}\\[\\d+\\]: error: .+ \\([a-z0-9-]+\\.ts:\\d+ \\d+\\)\\n$`);
 
 let dir: string;
 let n = 0;
@@ -392,14 +392,17 @@ describe("ch-convert", () => {
     }
   });
 
-  it("dir → squash → dir when squashfs-tools are there; clear error when not", () => {
+  it("dir → squash → dir when squashfs-tools are there; clear error when not", (t) => {
     const a = fresh();
     assert.equal(convert(writeTar(fresh(".tar"), imageMembers()), a).status, 0);
     const sq = fresh(".sqfs");
     const noTools = run(CONVERT, [a, sq], { env: { ...process.env, PATH: "/nonexistent" } });
     assert.equal(noTools.status, 1);
     assert.match(noTools.stderr, /mksquashfs not found in \$PATH; it is needed to make SquashFS images/);
-    if (spawnSync("sh", ["-c", "command -v mksquashfs"]).status !== 0) return;
+    if (spawnSync("sh", ["-c", "command -v mksquashfs"]).status !== 0) {
+      t.skip("mksquashfs not found (squashfs-tools): the round trip did not run");
+      return;
+    }
     const s = convert(a, sq);
     assert.equal(s.status, 0, s.stderr);
     const b = fresh();

@@ -163,7 +163,10 @@ describe("--xattrs", () => {
     const without = fresh(".tar");
     assert.equal(convert(src, without).status, 0);
     assert.ok(!readFileSync(without).includes("SCHILY.xattr"));
-    if (!hasTar) return;
+    if (!hasTar) {
+      t.skip("GNU tar with --xattrs not found: its half of this test did not run");
+      return;
+    }
     const gnu = fresh();
     mkdirSync(gnu);
     const x = spawnSync("tar", ["--xattrs", "--xattrs-include=*", "-xf", plain, "-C", gnu], { encoding: "utf8" });

@@ -1,13 +1,16 @@
 // The sys layer's pure parts: option parsing, program layout, descriptors, error format.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { parseArgs, parseId } from "../../src/cli/getopt.ts";
+import { programFor } from "../../src/dispatch.ts";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
-import { ChError, describe as describeError, formatError, setProgram } from "../../src/sys/errors.ts";
+import { ChError, describe as describeError, formatError, setProgram, usageError } from "../../src/sys/errors.ts";
 import { pickInherited } from "../../src/sys/fds.ts";
 import { forwardedMask } from "../../src/sys/launch.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
+import { atSecure, privilegeProblem } from "../../src/sys/secure.ts";
 import { lineTable, mapPosition, tablePosition } from "../../src/sys/sourcemap.ts";
 
 const SPECS = [
@@ -114,11 +117,27 @@ describe("errors", () => {
     setProgram("ch-run");
     assert.match(
       formatError("can't find image: foo", 2, "ch-run.ts:10", 42),
-      /^ch-run\[42\]: can't find image: foo: .+ \(ch-run\.ts:10 2\)$/,
+      /^ch-run\[42\]: error: can't find image: foo: .+ \(ch-run\.ts:10 2\)$/,
     );
-    assert.equal(formatError("bad", 0, "x.ts:1", 7), "ch-run[7]: bad (x.ts:1 0)");
+    assert.equal(formatError("bad", 0, "x.ts:1", 7), "ch-run[7]: error: bad (x.ts:1 0)");
     const line = describeError(new ChError("oops"));
-    assert.match(line, /^ch-run\[\d+\]: oops \(sys\.test\.ts:\d+ 0\)$/);
+    assert.match(line, /^ch-run\[\d+\]: error: oops \(sys\.test\.ts:\d+ 0\)$/);
+  });
+
+  it("tells usage errors without a source location", () => {
+    setProgram("ch-run");
+    assert.match(
+      describeError(usageError("--uid: not a non-negative integer: x")),
+      /^ch-run\[\d+\]: error: --uid: not a non-negative integer: x$/,
+    );
+    assert.throws(
+      () => parseArgs(["-b"], [{ name: "bind", short: "b", arg: "required", help: "" }]),
+      (e: ChError) => {
+        assert.equal(e.usage, true);
+        assert.doesNotMatch(describeError(e), /getopt\.ts/);
+        return true;
+      },
+    );
   });
 
   it("maps bundle positions back to TypeScript lines", () => {
@@ -132,5 +151,70 @@ describe("errors", () => {
     assert.equal(tablePosition(t, 2), "a.ts:2");
     assert.equal(tablePosition(t, 3), "b.ts:3");
     assert.equal(tablePosition(t, 9), null);
+  });
+});
+
+describe("privilege", () => {
+  const ids = { uid: 1000, euid: 1000, gid: 1000, egid: 1000, secure: false };
+  it("refuses setuid, setgid and AT_SECURE", () => {
+    assert.equal(privilegeProblem(ids), null);
+    assert.match(privilegeProblem({ ...ids, euid: 0 }) ?? "", /^setuid not allowed: real UID 1000, effective UID 0$/);
+    assert.match(privilegeProblem({ ...ids, egid: 27 }) ?? "", /^setgid not allowed: real GID 1000, effective GID 27$/);
+    assert.match(privilegeProblem({ ...ids, secure: true }) ?? "", /AT_SECURE/);
+  });
+
+  it("reads AT_SECURE from an auxiliary vector", () => {
+    const auxv = (pairs: [number, number][]) => {
+      const b = Buffer.alloc(pairs.length * 16);
+      pairs.forEach(([t, v], i) => {
+        b.writeBigUInt64LE(BigInt(t), i * 16);
+        b.writeBigUInt64LE(BigInt(v), i * 16 + 8);
+      });
+      return b;
+    };
+    assert.equal(
+      atSecure(
+        auxv([
+          [6, 4096],
+          [23, 1],
+          [0, 0],
+        ]),
+      ),
+      true,
+    );
+    assert.equal(
+      atSecure(
+        auxv([
+          [6, 4096],
+          [23, 0],
+          [0, 0],
+        ]),
+      ),
+      false,
+    );
+    assert.equal(
+      atSecure(
+        auxv([
+          [6, 4096],
+          [0, 0],
+          [23, 1],
+        ]),
+      ),
+      null,
+    ); // after AT_NULL: not read
+    assert.equal(atSecure(readFileSync("/proc/self/auxv")), false);
+  });
+});
+
+describe("program names", () => {
+  it("picks a program by its name, or its name and a suffix", () => {
+    assert.equal(programFor("ch-run"), "ch-run");
+    assert.equal(programFor("ch-run.setgid"), "ch-run");
+    assert.equal(programFor("ch-run-0.39"), "ch-run");
+    assert.equal(programFor("ch-image-2"), "ch-image");
+    assert.equal(programFor("ch-tar2dir.old"), "ch-tar2dir");
+    assert.equal(programFor("ch-runner"), null);
+    assert.equal(programFor("charliecloud"), null);
+    assert.equal(programFor("ch"), null);
   });
 });
