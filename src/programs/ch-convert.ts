@@ -5,7 +5,7 @@ import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { convert, type Endpoint } from "../image/convert.ts";
 import { FORMATS, type Format, inferFormat, isFormat } from "../image/formats.ts";
-import { Storage, storageDir } from "../image/storage.ts";
+import { imageName, Storage, storageDir } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
 
 const SPECS: OptSpec[] = [
@@ -108,12 +108,14 @@ export async function main(argv: string[]): Promise<number> {
   info(`input:   ${src.fmt.padEnd(10)}${src.desc}`);
   info(`output:  ${dst.fmt.padEnd(10)}${dst.desc}`);
   if (src.fmt === dst.fmt) throw new ChError(`input and output formats must be different: ${src.fmt}`);
+  for (const e of [src, dst]) if (e.fmt === "ch-image") imageName(e.desc);
   if (o.dryRun) {
     info("dry run: not converting");
     return 0;
   }
   const usesStorage = src.fmt === "ch-image" || dst.fmt === "ch-image";
-  if (usesStorage) {
+  // Storage is made only to write an image in it; reading one needs it there already.
+  if (dst.fmt === "ch-image" || (src.fmt === "ch-image" && storage.exists())) {
     storage.init();
     storage.lock();
   }

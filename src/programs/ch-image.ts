@@ -4,7 +4,7 @@ import { userInfo } from "node:os";
 import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { copyImage } from "../image/convert.ts";
-import { Storage, storageDir, validImageName } from "../image/storage.ts";
+import { imageName, imagePath, Storage, storageDir } from "../image/storage.ts";
 import { unpackImage } from "../image/unpack.ts";
 import { authFromEnv, listLong, listOne, pull, push } from "../registry/commands.ts";
 import { ChError } from "../sys/errors.ts";
@@ -41,8 +41,10 @@ const SUBCOMMANDS = `Subcommands:
   reset                         delete everything in storage
 
 References: [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST]; default registry Docker Hub
-(registry-1.docker.io, "library/" added to one-component names), tag "latest". An image is
-stored under the reference as written. Registries are reached over HTTPS, trusting Node's
+(registry-1.docker.io, "library/" added to one-component names), tag "latest". In storage an
+image is named with tag "latest" added and Docker Hub's defaults left out: busybox,
+busybox:latest and docker.io/library/busybox are all busybox:latest (img/busybox+latest).
+The storage directory must be yours and writable by no one else; it is made when first needed. Registries are reached over HTTPS, trusting Node's
 roots, the system's (SSL_CERT_FILE, SSL_CERT_DIR) and NODE_EXTRA_CA_CERTS; plain HTTP is used
 for a registry on localhost/127.0.0.0/8 that doesn't speak TLS, and with --tls-no-verify for any.
 Credentials go only to the registry's own origin and its token server, never in clear off
@@ -61,21 +63,20 @@ function want(args: string[], n: number, usage: string): void {
   if (args.length !== n) throw new ChError(`usage: ch-image ${usage}`);
 }
 
-function checkName(name: string): void {
-  if (!validImageName(name)) throw new ChError(`invalid image name: ${name}`);
-}
-
-async function importImage(storage: Storage, path: string, name: string, xattrs: boolean): Promise<void> {
-  checkName(name);
+async function importImage(storage: Storage, path: string, text: string, xattrs: boolean): Promise<void> {
+  const name = imageName(text);
   let dir: boolean;
   try {
     dir = statSync(path).isDirectory();
   } catch {
     throw new ChError(`can't import, no such file or directory: ${path}`, { errno: 2 });
   }
+  storage.init();
+  storage.lock();
   info(`importing: ${path}`);
-  if (dir) await copyImage(path, storage.imagePath(name), { xattrs });
-  else await unpackImage(path, storage.imagePath(name), { xattrs });
+  const target = imagePath(storage.root, name);
+  if (dir) await copyImage(path, target, { xattrs });
+  else await unpackImage(path, target, { xattrs });
   info(`imported: ${name}`);
 }
 
@@ -106,21 +107,16 @@ async function run(storage: Storage, sub: string, args: string[], f: Flags): Pro
         process.stdout.write(await listOne(storage, args[0], client));
         return 0;
       }
-      storage.init();
       if (f.long) process.stdout.write(listLong(storage));
       else for (const name of storage.list()) process.stdout.write(`${name}\n`);
       return 0;
     case "import":
       want(args, 2, "import PATH NAME");
-      storage.init();
-      storage.lock();
       await importImage(storage, args[0], args[1], f.xattrs);
       return 0;
     case "delete":
       want(args, 1, "delete NAME");
-      checkName(args[0]);
-      storage.init();
-      storage.lock();
+      imageName(args[0]);
       storage.delete(args[0]);
       info(`deleted image: ${args[0]}`);
       return 0;

@@ -16,7 +16,7 @@ import {
   type RunOptions,
 } from "../container/plan.ts";
 import { MAGIC, mountSquash, prepareSquash } from "../container/squash.ts";
-import { imagePath, storageDir } from "../image/storage.ts";
+import { imageName, imagePath, Storage, storageDir, validImageName } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
@@ -204,10 +204,21 @@ function parse(argv: string[]): Parsed | number {
 
 type Image = { kind: "dir"; root: string } | { kind: "squash"; file: string };
 
-/** Finds the image: a name in storage first, then a path. */
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Finds the image: a name in storage first (any spelling of its reference: busybox is
+ * busybox:latest), then a path. An image is run from a storage directory only if that is safe,
+ * i.e. no other user could have put it there. */
 function findImage(image: string, storage: string, write: boolean, unsafe: boolean): Image {
-  const byName = imagePath(storage, image);
-  if (statSync(byName, { throwIfNoEntry: false })?.isDirectory()) {
+  const byName = validImageName(image) ? imagePath(storage, imageName(image)) : null;
+  if (byName !== null && isDirectory(byName)) {
+    new Storage(storage).safe();
     if (write && !unsafe) throw new ChError(`--write invalid when running by name: ${image}`);
     return { kind: "dir", root: realpathSync(byName) };
   }

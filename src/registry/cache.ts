@@ -2,12 +2,26 @@
 // HEX.partial, hashed while it streams, and renamed to its name only once its digest matches, so
 // nothing unverified is ever used; a partial left by an interrupted run is resumed (HTTP Range)
 // and still verified whole. A mismatch deletes the partial and is an error naming the blob.
+// A cached blob is not trusted by its name either: its size and digest are checked again before
+// each use, and one that doesn't match is removed (with a warning) and downloaded again.
 import { createHash, type Hash } from "node:crypto";
-import { closeSync, createReadStream, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  createReadStream,
+  fsyncSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  type Stats,
+  statSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { verbose } from "../cli/log.ts";
 import type { Bar } from "../cli/progress.ts";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
 import { drain, type Registry, retrying, TransientError } from "./http.ts";
 import type { Descriptor } from "./manifest.ts";
 
@@ -103,12 +117,41 @@ export class BlobCache {
     return `${this.path(digest)}.partial`;
   }
 
+  /** Whether a blob of this name is there (not whether it is right: see cachedOk()). */
   has(digest: string): boolean {
     try {
-      return statSync(this.path(digest)).isFile();
+      return lstatSync(this.path(digest)).isFile();
     } catch {
       return false;
     }
+  }
+
+  /** Whether the cached blob of desc is there and is what desc says: a regular file of its size
+   * (when known) and digest. One that isn't is removed, with a warning, so that it is downloaded
+   * again. */
+  async cachedOk(desc: Descriptor, what: string): Promise<boolean> {
+    const path = this.path(desc.digest);
+    let st: Stats;
+    try {
+      st = lstatSync(path);
+    } catch {
+      return false;
+    }
+    let bad: string | null = null;
+    if (!st.isFile()) bad = "not a regular file";
+    else if (typeof desc.size === "number" && st.size !== desc.size) bad = `${st.size} bytes, expected ${desc.size}`;
+    else {
+      const got = `sha256:${(await hashFile(path)).digest("hex")}`;
+      if (got !== desc.digest) bad = `digest ${got}`;
+    }
+    if (bad === null) return true;
+    warn(`${what}: cached download is wrong (${bad}); downloading it again`);
+    try {
+      rmSync(path, { force: true, recursive: st.isDirectory() });
+    } catch (e) {
+      throw sysError(`can't remove from download cache: ${path}`, e);
+    }
+    return false;
   }
 
   /** Removes a verified blob (--always-download). */
@@ -132,15 +175,16 @@ export class BlobCache {
 
   private async download(reg: Registry, desc: Descriptor, what: string, bar: Bar | null): Promise<string> {
     const final = this.path(desc.digest);
-    if (this.has(desc.digest)) {
+    if (await this.cachedOk(desc, what)) {
       verbose(`${what}: using cached download`);
       bar?.done();
       return final;
     }
     try {
-      mkdirSync(this.root, { recursive: true, mode: 0o755 });
+      // Not recursive: the storage directory is made (and checked) by its owner, Storage.
+      mkdirSync(this.root, { mode: 0o755 });
     } catch (e) {
-      throw sysError(`can't create download cache: ${this.root}`, e);
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw sysError(`can't create download cache: ${this.root}`, e);
     }
     const partial = this.partial(desc.digest);
     const size = typeof desc.size === "number" ? desc.size : null;

@@ -1,15 +1,14 @@
 // The registry subcommands of ch-image (pull, push, list REF), from parsed arguments.
 import { readdirSync, statSync } from "node:fs";
-import { resolve } from "node:path";
+import { posix, resolve } from "node:path";
 import { info } from "../cli/log.ts";
-import type { Storage } from "../image/storage.ts";
-import { validImageName } from "../image/storage.ts";
+import { imageName, imagePath, nameToDir, type Storage } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
 import { describeImage, localArch } from "./list.ts";
 import { hostArch } from "./manifest.ts";
 import { type ClientOptions, type PullOptions, pullImage } from "./pull.ts";
 import { pushImage } from "./push.ts";
-import { parseRef, refString, storageName } from "./reference.ts";
+import { parseRef } from "./reference.ts";
 
 /** A DEST that is a directory rather than a name in storage. */
 function isPath(dest: string): boolean {
@@ -27,14 +26,13 @@ export async function pull(storage: Storage, refText: string, dest: string | nul
   let name: string | null = null;
   if (dest !== null && isPath(dest)) target = resolve(dest);
   else {
-    name = dest === null ? storageName(ref) : storageName(parseRef(dest));
-    if (!validImageName(name)) throw new ChError(`invalid image name: ${name}`);
-    target = storage.imagePath(name);
+    name = imageName(dest ?? refText);
+    target = imagePath(storage.root, name);
   }
-  storage.init();
-  storage.lock();
-  if (name !== null && name !== refString(ref)) info(`destination:      ${name}`);
-  else if (name === null) info(`destination:      ${target}`);
+  // A storage directory that is there must be usable before anything is fetched; one that isn't
+  // is made only once there is something to write (pullImage).
+  storage.exists();
+  if (dest !== null) info(`destination:      ${name ?? target}`);
   await pullImage(storage, ref, target, opts, hostArch());
 }
 
@@ -56,12 +54,12 @@ export async function push(
     }
     if (!ok) throw new ChError(`can't push: not an image directory: ${dir}`, { errno: 2 });
   } else {
-    if (!validImageName(refText)) throw new ChError(`invalid image name: ${refText}`);
-    storage.init();
-    if (!storage.has(refText)) throw new ChError(`can't push: no image in storage: ${refText}`);
-    dir = storage.imagePath(refText);
+    const name = imageName(refText);
+    if (!storage.has(name)) throw new ChError(`can't push: no image in storage: ${refText}`);
+    dir = imagePath(storage.root, name);
   }
   const destRef = parseRef(dest ?? refText);
+  // The layer tarball is made in STORAGE/tmp.
   storage.init();
   storage.lock();
   info(`pushing image:   ${refText}`);
@@ -73,15 +71,8 @@ export async function push(
 
 /** list REF: local and remote details. */
 export async function listOne(storage: Storage, refText: string, opts: ClientOptions): Promise<string> {
-  storage.init();
-  const local = validImageName(refText) && storage.has(refText) ? storage.imagePath(refText) : null;
-  let ref: ReturnType<typeof parseRef>;
-  try {
-    ref = parseRef(refText);
-  } catch (e) {
-    if (!local) throw e;
-    return `details of image:    ${refText}\nin local storage:    yes${localArch(local) ? ` (${localArch(local)})` : ""}\n`;
-  }
+  const ref = parseRef(refText);
+  const local = storage.has(refText) ? storage.imagePath(refText) : null;
   return describeImage(ref, local, opts, hostArch());
 }
 
@@ -91,7 +82,7 @@ export function listLong(storage: Storage): string {
   const width = Math.max(0, ...names.map((n) => n.length));
   return names
     .map((n) => {
-      const dir = storage.imagePath(n);
+      const dir = posix.join(storage.imgDir, nameToDir(n));
       let when = "";
       try {
         when = statSync(dir)

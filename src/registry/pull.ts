@@ -173,7 +173,8 @@ export function readMetadata(dir: string): Record<string, unknown> | null {
   }
 }
 
-/** Pulls ref into target (an image directory, usually in storage). */
+/** Pulls ref into target (an image directory, usually in storage); the storage directory
+ * (download cache) is created and locked once the manifest is there. */
 export async function pullImage(
   storage: Storage,
   ref: ImageRef,
@@ -190,6 +191,9 @@ export async function pullImage(
     info(`pulling image:    ${reg.refText}`);
     if (arch !== "yolo") info(`requesting arch:  ${arch}`);
     const { manifest, index } = await fetchManifest(reg, ref, arch);
+    // Only now, with something to write, is the storage directory made (if need be) and locked.
+    storage.init();
+    storage.lock();
     // Config.
     if (opts.alwaysDownload) cache.forget(manifest.config.digest);
     const tooBig = (n: number) =>

@@ -1,8 +1,11 @@
 // Image references, Charliecloud's syntax: [HOST[:PORT]/][PATH/]NAME[:TAG][@sha256:DIGEST].
-// The first component is a host when it has a "." or a ":" or is "localhost"; the defaults
-// (Docker Hub, "library/" for Docker Hub names without a path, tag "latest") are added only to
-// talk to the registry: in storage an image is named as it was written (`alpine` stays `alpine`),
-// so that `ch-run alpine` finds what `ch-image pull alpine` stored.
+// The first component is a host when it has a "." or a ":" or is "localhost". The defaults
+// (Docker Hub, "library/" for Docker Hub names without a path, tag "latest", port 443) are added
+// in full to talk to the registry; in storage an image is named by storageName(), which adds the
+// tag and leaves the other defaults out, so that every spelling of one image is one name:
+// `busybox`, `busybox:latest` and `docker.io/library/busybox:latest` are all `busybox:latest`
+// (directory img/busybox+latest), and `ch-run busybox` finds what `ch-image pull busybox:latest`
+// stored.
 import { ChError } from "../sys/errors.ts";
 
 export const DOCKER_HUB = "registry-1.docker.io";
@@ -85,15 +88,27 @@ export function refString(r: ImageRef): string {
   return s;
 }
 
-/** The name an image pulled by this reference gets in storage. */
+/** Docker Hub's names, all meaning DOCKER_HUB. */
+const DOCKER_HUB_ALIASES = new Set([DOCKER_HUB, "docker.io", "index.docker.io"]);
+
+/** The name of the image of this reference in storage (see the top of this file): host in lower
+ * case, without port 443 (unless the host would then read as a path component) and without
+ * Docker Hub's own name; no "library/" for Docker Hub; tag "latest" when there is neither tag nor
+ * digest. Equivalent references give the same name, and the name parses back to itself. */
 export function storageName(r: ImageRef): string {
-  return refString(r);
+  let host = r.host === null ? null : r.host.toLowerCase();
+  let port = r.port;
+  if (host !== null && port === 443 && (host.includes(".") || host === "localhost")) port = null;
+  if (host !== null && port === null && DOCKER_HUB_ALIASES.has(host)) host = null;
+  const path = host === null && r.path.length === 1 && r.path[0] === "library" ? [] : r.path;
+  const tag = r.tag === null && r.digest === null ? "latest" : r.tag;
+  return refString({ host, port, path, name: r.name, tag, digest: r.digest });
 }
 
 /** The reference with every default filled in. */
 export function canonical(r: ImageRef): ImageRef {
-  let host = r.host ?? DOCKER_HUB;
-  if (host === "docker.io" || host === "index.docker.io") host = DOCKER_HUB;
+  let host = (r.host ?? DOCKER_HUB).toLowerCase();
+  if (DOCKER_HUB_ALIASES.has(host)) host = DOCKER_HUB;
   const path = host === DOCKER_HUB && r.path.length === 0 ? ["library"] : r.path;
   const tag = r.tag === null && r.digest === null ? "latest" : r.tag;
   return { host, port: r.port ?? 443, path, name: r.name, tag, digest: r.digest };

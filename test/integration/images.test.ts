@@ -446,11 +446,11 @@ describe("ch-image storage", () => {
     const src = join(storage, "img", "alpine+3.17");
     const i2 = run(IMAGE, ["import", src, "copy/of/alpine"], { env: { ...process.env, CH_IMAGE_STORAGE: storage } });
     assert.equal(i2.status, 0, i2.stderr);
-    assert.equal(image(storage, "list").stdout, "alpine:3.17\ncopy/of/alpine\n");
+    assert.equal(image(storage, "list").stdout, "alpine:3.17\ncopy/of/alpine:latest\n");
     assert.ok(!existsSync(join(storage, "lock")), "lock released");
     const d = image(storage, "delete", "alpine:3.17");
     assert.equal(d.status, 0, d.stderr);
-    assert.equal(image(storage, "list").stdout, "copy/of/alpine\n");
+    assert.equal(image(storage, "list").stdout, "copy/of/alpine:latest\n");
     const missing = image(storage, "delete", "nope");
     assert.equal(missing.status, 1);
     assert.match(missing.stderr, /no image to delete: nope/);
@@ -462,7 +462,7 @@ describe("ch-image storage", () => {
     const storage = fresh("-storage");
     const tarball = writeTar(fresh(".tar"), imageMembers());
     assert.match(image(storage, "import", tarball, "../x").stderr, /invalid image name: \.\.\/x/);
-    assert.equal(image(storage, "list").status, 0);
+    assert.equal(image(storage, "import", tarball, "w").status, 0); // a storage directory to lock
     writeFileSync(join(storage, "lock"), `${hostname()} ${process.pid}\n`);
     const locked = image(storage, "import", tarball, "x");
     assert.equal(locked.status, 1);

@@ -98,6 +98,11 @@ async function listed(st: string): Promise<string[]> {
   return r.stdout.split("\n").filter(Boolean);
 }
 
+/** Makes storage directory st, as a ch-image that writes does (a directory of busybox imported). */
+async function madeStorage(st: string): Promise<void> {
+  ok(await chImage(["-s", st, "import", busyboxImage(fresh()), "seed"], env()), "import");
+}
+
 /** dlcache entries: verified blobs and partials. */
 function dlcache(st: string): string[] {
   const d = join(st, "dlcache");
@@ -561,8 +566,8 @@ describe("pull: interrupted", () => {
     px.clear();
     const st = fresh();
     const ref = `${px.host}/bb:docker`;
-    ok(await chImage(["-s", st, "list"], env()));
-    mkdirSync(join(st, "dlcache"), { recursive: true });
+    await madeStorage(st);
+    mkdirSync(join(st, "dlcache"), { recursive: true, mode: 0o755 });
     writeFileSync(join(st, "dlcache", `sha256-${hex(bb.digest)}.partial`), "not a prefix of the layer");
     px.add({ method: "GET", path: bb.digest, action: { kind: "status", status: 416 }, times: 1 });
     const r = await pull(st, ["-v", ref]);
@@ -576,8 +581,8 @@ describe("pull: interrupted", () => {
     px.clear();
     const st = fresh();
     const ref = `${px.host}/bb:docker`;
-    ok(await chImage(["-s", st, "list"], env()));
-    mkdirSync(join(st, "dlcache"), { recursive: true });
+    await madeStorage(st);
+    mkdirSync(join(st, "dlcache"), { recursive: true, mode: 0o755 });
     writeFileSync(join(st, "dlcache", `sha256-${hex(bb.digest)}.partial`), "not a prefix of the layer");
     const r = await pull(st, ["-v", ref]);
     ok(r);

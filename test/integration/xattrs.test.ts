@@ -189,16 +189,16 @@ describe("--xattrs", () => {
     const storage = fresh("-storage");
     const i1 = run(IMAGE, ["-s", storage, "import", "--xattrs", tarball, "a"]);
     assert.equal(i1.status, 0, i1.stderr);
-    assertKept(join(storage, "img/a"));
+    assertKept(join(storage, "img/a+latest"));
     const i2 = run(IMAGE, ["-s", storage, "--xattrs", "import", src, "b"]);
     assert.equal(i2.status, 0, i2.stderr);
-    assertKept(join(storage, "img/b"));
+    assertKept(join(storage, "img/b+latest"));
     const i3 = run(IMAGE, ["-s", storage, "import", src, "c"]);
     assert.equal(i3.status, 0, i3.stderr);
-    assertNone(join(storage, "img/c"));
+    assertNone(join(storage, "img/c+latest"));
     const c = convert("--xattrs", src, "from-dir");
     assert.equal(c.status, 0, c.stderr);
-    assertKept(join(dir, "storage/img/from-dir"));
+    assertKept(join(dir, "storage/img/from-dir+latest"));
   });
 
   it("dir → squash → dir keeps user xattrs with --xattrs", (t) => {

@@ -109,8 +109,8 @@ describe("image references", () => {
     assert.equal(version(parseRef(`a:7@sha256:${HEX}`)), `sha256:${HEX}`);
   });
 
-  it("stores an image under the reference as written, so ch-run finds it by the same name", () => {
-    assert.equal(storageName(parseRef("alpine")), "alpine");
+  it("stores an image under its reference with tag latest added, so ch-run finds it by any spelling", () => {
+    assert.equal(storageName(parseRef("alpine")), "alpine:latest");
     assert.equal(storageName(parseRef("alpine:3.19")), "alpine:3.19");
     assert.equal(storageName(parseRef("127.0.0.1:5000/busybox:1")), "127.0.0.1:5000/busybox:1");
   });
