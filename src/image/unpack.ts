@@ -4,7 +4,9 @@
 //     only to members already inside it: any of these refuses the whole archive;
 //   - device files and FIFOs are dropped, setuid/setgid bits stripped, directories made u+rwx
 //     and files u+rw, ownership left to the invoking user;
-//   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied.
+//   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied, to what lower layers
+//     left only, and a whiteout of "", "." or ".." is refused;
+//   - removals only ever touch paths inside the image, found without following symlinks.
 // Decompression happens off the main thread: zlib in a worker (gzip, zstd) or a child process
 // (xz, bzip2).
 import { spawn } from "node:child_process";
@@ -16,6 +18,7 @@ import {
   futimesSync,
   linkSync,
   lstatSync,
+  lutimesSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -26,7 +29,6 @@ import {
   type Stats,
   statSync,
   symlinkSync,
-  utimesSync,
   writeSync,
 } from "node:fs";
 import { basename, join } from "node:path";
@@ -68,6 +70,8 @@ export interface ExtractStats {
 
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
+/** Prefix of whiteout names reserved for metadata (aufs writes .wh..wh.plnk and the like). */
+const WHITEOUT_META = ".wh..wh.";
 const MAX_SYMLINK_HOPS = 40;
 /** Size of the read buffers, and the least the parser is given at once. */
 const CHUNK = 1 << 20;
@@ -101,6 +105,12 @@ export function sniffCompression(head: Buffer): Compression {
   if (starts(0x28, 0xb5, 0x2f, 0xfd)) return "zstd";
   if (starts(0x42, 0x5a, 0x68)) return "bzip2";
   return "none";
+}
+
+/** Whether rel (from the image root) names something inside the image other than the root:
+ * no absolute path, no empty, "." or ".." component. Every removal checks it. */
+export function isInsideRel(rel: string): boolean {
+  return rel !== "" && !rel.startsWith("/") && rel.split("/").every((p) => p !== "" && p !== "." && p !== "..");
 }
 
 function readHead(path: string): Buffer {
@@ -296,6 +306,7 @@ class Extractor {
   }
 
   private remove(rel: string, dir: boolean): void {
+    if (!isInsideRel(rel)) throw unsafeMember(this.current, `would remove ${JSON.stringify(rel)}, which is not inside the image`);
     if (dir) {
       rmSync(join(this.root, rel), { recursive: true, force: true });
       for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
@@ -382,11 +393,17 @@ class Extractor {
     linkSync(join(this.root, targetRel), join(this.root, rel));
   }
 
+  /** Applies a whiteout: .wh..wh..opq empties its directory, .wh.NAME removes NAME, of what
+   * lower layers left (this layer's own files stay). */
   private whiteout(parts: string[]): void {
     this.stats.whiteouts++;
+    const name = parts[parts.length - 1];
+    const target = name.slice(WHITEOUT.length);
+    if (target === "" || target === "." || target === "..")
+      throw unsafeMember(this.current, `whiteout of ${JSON.stringify(target)}`);
+    if (name !== OPAQUE && name.startsWith(WHITEOUT_META)) return; // reserved, nothing to remove
     const dir = this.resolveDir(parts.slice(0, -1), false);
     if (dir === null) return;
-    const name = parts[parts.length - 1];
     if (name === OPAQUE) {
       for (const child of readdirSync(join(this.root, dir))) {
         const rel = dir ? `${dir}/${child}` : child;
@@ -394,20 +411,29 @@ class Extractor {
       }
       return;
     }
-    const rel = dir ? `${dir}/${name.slice(WHITEOUT.length)}` : name.slice(WHITEOUT.length);
+    const rel = dir ? `${dir}/${target}` : target;
+    if (this.created.has(rel)) return;
     const st = lstatOrNull(join(this.root, rel));
     if (st) this.remove(rel, st.isDirectory());
   }
 
-  /** Sets directory times last, deepest first, since unpacking into them changed them. */
+  /** Sets directory times last, deepest first, since unpacking into them changed them; only on
+   * directories still there, reached through directories only (a later member may have put a
+   * symlink in the way). */
   finish(): void {
+    const real = new Map<string, boolean>([["", true]]);
+    const isRealDir = (rel: string): boolean => {
+      let r = real.get(rel);
+      if (r === undefined) {
+        const slash = rel.lastIndexOf("/");
+        r = isRealDir(slash < 0 ? "" : rel.slice(0, slash)) && !!lstatOrNull(join(this.root, rel))?.isDirectory();
+        real.set(rel, r);
+      }
+      return r;
+    };
     for (let i = this.dirTimes.length - 1; i >= 0; i--) {
       const [rel, mtime] = this.dirTimes[i];
-      try {
-        utimesSync(join(this.root, rel), mtime, mtime);
-      } catch {
-        // removed by a later member or whiteout
-      }
+      if (isRealDir(rel)) lutimesSync(join(this.root, rel), mtime, mtime);
     }
   }
 }
