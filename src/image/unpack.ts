@@ -6,6 +6,7 @@
 //     and files u+rw, ownership left to the invoking user;
 //   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied, to what lower layers
 //     left only, and a whiteout of "", "." or ".." is refused;
+//   - GNU sparse members (old GNU, pax 0.0, 0.1, 1.0) become sparse files (see sparse.ts);
 //   - removals only ever touch paths inside the image, found without following symlinks.
 // Decompression happens off the main thread: zlib in a worker (gzip, zstd) or a child process
 // (xz, bzip2).
@@ -38,9 +39,11 @@ import { info } from "../cli/log.ts";
 import { type Progress, startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
+import { MAX_META, type MemberExtra, MemberScanner } from "./headers.ts";
 import { type InstallOptions, installImage } from "./install.ts";
+import { badSparse, type SparseInfo, SparseSink } from "./sparse.ts";
 import { commandPath } from "./tools.ts";
-import { applyXattrs, HeaderScanner, loadXattrs, MAX_META, XattrReport } from "./xattrs.ts";
+import { applyXattrs, loadXattrs, XattrReport } from "./xattrs.ts";
 
 export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2";
 
@@ -61,7 +64,7 @@ export interface ExtractStats {
   members: number;
   /** Device files and FIFOs, which an unprivileged image can't have. */
   dropped: number;
-  /** Members of types we don't unpack (sparse files, tape headers, ...). */
+  /** Members of types we don't unpack (tape headers, ...). */
   ignored: number;
   whiteouts: number;
   /** With --xattrs: attributes set, and those that couldn't be. */
@@ -149,8 +152,9 @@ class Extractor {
   readonly root: string;
   readonly layer: boolean;
   readonly stats: ExtractStats;
-  /** With --xattrs: the attributes of the members, from the same stream. */
-  readonly scanner: HeaderScanner | null;
+  /** What the parser drops (attributes with --xattrs, sparse maps), from the same stream, which
+   * it also edits on its way to the parser (see headers.ts). */
+  readonly scanner: MemberScanner;
   /** Members (not meta headers) seen so far, ignored ones included: the scanner's ordinals. */
   ordinal = 0;
   /** Where the current member was written, if it was. */
@@ -170,7 +174,7 @@ class Extractor {
   constructor(root: string, layer: boolean, xattrs: boolean) {
     this.root = root;
     this.layer = layer;
-    this.scanner = xattrs ? new HeaderScanner() : null;
+    this.scanner = new MemberScanner(xattrs);
     this.stats = { members: 0, dropped: 0, ignored: 0, whiteouts: 0, xattrs: xattrs ? new XattrReport() : null };
     if (readdirSync(root).length === 0) this.fresh.add("");
   }
@@ -190,19 +194,21 @@ class Extractor {
     this.ordinal++;
     this.written = null;
     try {
-      this.member(e);
-      if (this.scanner) {
-        const x = this.scanner.take(this.ordinal, e.header.cksum);
-        if (x && this.written !== null && this.stats.xattrs) applyXattrs(join(this.root, this.written), x, this.stats.xattrs);
-      }
+      const extra = this.scanner.take(this.ordinal, e.header.cksum);
+      this.member(e, extra);
+      if (extra?.xattrs && this.written !== null && this.stats.xattrs)
+        applyXattrs(join(this.root, this.written), extra.xattrs, this.stats.xattrs);
     } catch (err) {
       this.fail(err);
       e.resume();
     }
   }
 
-  private member(e: ReadEntry): void {
-    const parts = memberParts(e.path);
+  private member(e: ReadEntry, extra: MemberExtra | null): void {
+    // A sparse file's real name, if its header has another (GNUSparseFile.PID/NAME).
+    const sparse = FILE_TYPES.has(e.type) ? (extra?.sparse ?? null) : null;
+    if (sparse?.name !== null && sparse?.name !== undefined) this.current = sparse.name;
+    const parts = memberParts(this.current);
     if (parts.length === 0) {
       e.resume(); // the top-level "." directory
       return;
@@ -221,7 +227,7 @@ class Extractor {
       case "File":
       case "OldFile":
       case "ContiguousFile":
-        this.file(parts, e);
+        this.file(parts, e, sparse);
         return;
       case "SymbolicLink":
         this.symlink(parts, e.linkpath ?? "");
@@ -331,13 +337,21 @@ class Extractor {
     if (e.mtime) this.dirTimes.push([rel, e.mtime]);
   }
 
-  private file(parts: string[], e: ReadEntry): void {
+  private file(parts: string[], e: ReadEntry, sparse: SparseInfo | null): void {
+    if (sparse?.error) throw badSparse(this.current, sparse.kind, sparse.error);
     const { rel, absent } = this.destination(parts);
     const abs = join(this.root, rel);
     this.clear(rel, absent, false);
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     const fd = openSync(abs, flags, memberMode(e.mode, false));
     this.written = rel;
+    let sink: SparseSink | null;
+    try {
+      sink = sparse ? new SparseSink(fd, sparse, e.size ?? 0, this.current) : null;
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     let open = true;
     const close = () => {
       if (!open) return;
@@ -347,7 +361,8 @@ class Extractor {
     e.on("data", (chunk: Buffer) => {
       if (!open) return;
       try {
-        writeAll(fd, chunk);
+        if (sink) sink.write(chunk);
+        else writeAll(fd, chunk);
       } catch (err) {
         this.fail(err);
         close();
@@ -356,6 +371,7 @@ class Extractor {
     e.on("end", () => {
       if (!open) return;
       try {
+        sink?.end();
         if (e.mtime) futimesSync(fd, e.mtime, e.mtime);
         close();
       } catch (err) {
@@ -437,6 +453,9 @@ class Extractor {
     }
   }
 }
+
+/** Types of the members that are regular files. */
+const FILE_TYPES = new Set(["File", "OldFile", "ContiguousFile"]);
 
 function writeAll(fd: number, chunk: Buffer): void {
   let off = 0;
@@ -774,8 +793,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   const progress = (opts.progress ?? startProgress)(`unpacking ${basename(path)}`, size > 0 ? size : null);
   const write = (chunk: Buffer): boolean => {
     offset += chunk.length;
-    ex.scanner?.write(chunk);
-    parser.write(chunk);
+    for (const piece of ex.scanner.write(chunk)) parser.write(piece);
     progress.update(source.read(), ex.stats.members);
     return ex.failure === null && parseError === null;
   };
@@ -801,12 +819,14 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
       for await (const chunk of source.chunks) if (!write(chunk)) break;
     }
     await source.done();
-    if (!ex.failure && parseError === null)
+    if (!ex.failure && parseError === null) {
+      for (const piece of ex.scanner.end()) parser.write(piece);
       await new Promise<void>((resolve) => {
         parser.once("end", resolve);
         parser.once("error", () => resolve());
         parser.end();
       });
+    }
   } catch (e) {
     await source.done().catch(() => {});
     if (!ex.failure) throw corrupt(path, offset, ex.current, (e as Error).message);
