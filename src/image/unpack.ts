@@ -9,7 +9,7 @@
 //   - GNU sparse members (old GNU, pax 0.0, 0.1, 1.0) become sparse files (see sparse.ts);
 //   - removals only ever touch paths inside the image, found without following symlinks.
 // Decompression happens off the main thread: zlib in a worker (gzip, zstd) or a child process
-// (xz, bzip2).
+// (xz, bzip2, and the rarer compress, lzip, lz4, lzop).
 import { spawn } from "node:child_process";
 import {
   chmodSync,
@@ -40,12 +40,14 @@ import { type Progress, startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
 import { MAX_META, type MemberExtra, MemberScanner } from "./headers.ts";
-import { type InstallOptions, installImage } from "./install.ts";
+import { forceRemove, type InstallOptions, installImage } from "./install.ts";
 import { badSparse, type SparseInfo, SparseSink } from "./sparse.ts";
 import { commandPath } from "./tools.ts";
 import { applyXattrs, loadXattrs, XattrReport } from "./xattrs.ts";
 
-export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2";
+export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2" | "compress" | "lzip" | "lz4" | "lzop";
+/** Compressions undone by a program (zlib does gzip and zstd). */
+type ToolCompression = Exclude<Compression, "none" | "gzip" | "zstd">;
 
 export interface ExtractOptions {
   /** Apply OCI whiteouts (unpacking image layers one over another). */
@@ -107,6 +109,10 @@ export function sniffCompression(head: Buffer): Compression {
   if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00)) return "xz";
   if (starts(0x28, 0xb5, 0x2f, 0xfd)) return "zstd";
   if (starts(0x42, 0x5a, 0x68)) return "bzip2";
+  if (starts(0x1f, 0x9d)) return "compress";
+  if (starts(0x4c, 0x5a, 0x49, 0x50)) return "lzip";
+  if (starts(0x04, 0x22, 0x4d, 0x18)) return "lz4";
+  if (starts(0x89, 0x4c, 0x5a, 0x4f, 0x00, 0x0d, 0x0a, 0x1a)) return "lzop";
   return "none";
 }
 
@@ -480,8 +486,9 @@ function filePosition(fd: number): number {
   }
 }
 
-function childSource(tool: string, path: string): Source {
-  const exe = commandPath(tool);
+function childSource(compression: ToolCompression, path: string): Source {
+  const exe = TOOLS[compression].map((t) => commandPath(t)).find((p) => p !== null);
+  const tool = TOOLS[compression][0];
   if (!exe) throw new ChError(`can't decompress ${path}: ${tool} not found (install it, or decompress first)`);
   const fd = openSync(path, "r");
   const child = spawn(exe, ["-dc"], { stdio: [fd, "pipe", "pipe"] });
@@ -639,16 +646,20 @@ interface SyncSource {
 
 const O_CLOEXEC = 0o2000000;
 
-/** Decompressor programs, fastest first, by compression. */
-const TOOLS: Record<"xz" | "bzip2", string[]> = {
+/** Decompressor programs, fastest first, by compression (gzip reads compress(1)'s .Z). */
+const TOOLS: Record<ToolCompression, string[]> = {
   xz: ["xz"],
   bzip2: ["lbzip2", "bzip2"],
+  compress: ["gzip"],
+  lzip: ["lzip", "plzip"],
+  lz4: ["lz4"],
+  lzop: ["lzop"],
 };
 
 /** The decompressor as a child process writing into a pipe that we read with blocking reads,
  * as GNU tar does: it runs on another core while we write files, with no buffer allocated per
  * chunk. Null if there's no such program, or no libc to make the pipe with. */
-async function pipeSource(compression: "xz" | "bzip2", path: string): Promise<SyncSource | null> {
+async function pipeSource(compression: ToolCompression, path: string): Promise<SyncSource | null> {
   const exe = TOOLS[compression].map((t) => commandPath(t)).find((p) => p !== null);
   if (!exe) return null;
   let fds: [number, number];
@@ -748,11 +759,7 @@ function openSource(path: string): Source {
     case "gzip":
     case "zstd":
       return workerSource(compression, path);
-    case "xz":
-      return childSource("xz", path);
-    case "bzip2":
-      return childSource("bzip2", path);
-    default: {
+    case "none": {
       const stream = createReadStream(path, { highWaterMark: 1 << 20 });
       return {
         chunks: stream,
@@ -762,6 +769,8 @@ function openSource(path: string): Source {
         },
       };
     }
+    default:
+      return childSource(compression, path);
   }
 }
 
@@ -862,6 +871,14 @@ export function imageRoot(partial: string, what: string): string {
   return only;
 }
 
+/** Empties the image's /dev (if a directory), as Charliecloud does with tarballs: ch-run binds
+ * the host's /dev over it, and `docker export` leaves files and directories there. */
+export function emptyDev(root: string): void {
+  const dev = join(root, "dev");
+  if (!lstatOrNull(dev)?.isDirectory()) return;
+  for (const e of readdirSync(dev)) forceRemove(join(dev, e));
+}
+
 /** Unpacks an image tarball into the directory target, atomically (see install.ts). */
 export async function unpackImage(tarball: string, target: string, opts: UnpackOptions = {}): Promise<void> {
   await installImage(
@@ -869,6 +886,7 @@ export async function unpackImage(tarball: string, target: string, opts: UnpackO
     async (partial) => {
       reportStats(tarball, await extractTar(tarball, partial, { xattrs: opts.xattrs }));
       const root = imageRoot(partial, tarball);
+      emptyDev(root);
       checkImageShape(root, tarball);
       return root;
     },
