@@ -7,7 +7,7 @@ import { info } from "../cli/log.ts";
 import { ChError } from "../sys/errors.ts";
 import type { Format } from "./formats.ts";
 import { cleanLeftovers, forceRemove, installImage, partialPath } from "./install.ts";
-import { packImage } from "./pack.ts";
+import { checkTarOutput, packImage } from "./pack.ts";
 import type { Storage } from "./storage.ts";
 import { requireCommand, runCommand } from "./tools.ts";
 import { type UnpackOptions, unpackImage } from "./unpack.ts";
@@ -195,6 +195,7 @@ export async function convert(src: Endpoint, dst: Endpoint, ctx: ConvertContext)
         await toDirectory(src, storageOf(ctx).imagePath(dst.desc), ctx, scratch, opts);
         break;
       case "tar":
+        checkTarOutput(dst.desc);
         checkFileOut(resolve(dst.desc), ctx);
         await packImage(await asDir(src, ctx, scratch), dst.desc, { xattrs: ctx.xattrs });
         break;

@@ -1,7 +1,10 @@
 // What every image needs for ch-run, created if missing after unpacking: /etc/passwd and
 // /etc/group (ch-run binds the host's over them), mount points, and the files ch-run binds.
-// The image is untrusted: nothing is created through a symlink.
-import { lstatSync, mkdirSync, rmSync, type Stats, writeFileSync } from "node:fs";
+// As Charliecloud does, only what is missing is created: whatever the image has at one of these
+// paths, a symlink included (dangling, e.g. to systemd's resolver, or not), is left as it is
+// (ch-run resolves it inside the image). The image is untrusted: nothing is created through a
+// symlink.
+import { lstatSync, mkdirSync, type Stats, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { warn } from "../sys/errors.ts";
 
@@ -9,7 +12,7 @@ const PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/none
 const GROUP = "root:x:0:\nnogroup:x:65534:\n";
 
 export const MOUNT_DIRS = ["dev", "proc", "sys", "tmp", "home", "etc", "mnt", ...[...Array(10).keys()].map((i) => `mnt/${i}`)];
-/** Files ch-run binds host files over; a symlink there (e.g. to systemd's resolver) is replaced. */
+/** Files ch-run binds host files over. */
 export const BIND_FILES = ["etc/hosts", "etc/resolv.conf"];
 
 function lstatOrNull(path: string): Stats | null {
@@ -38,11 +41,8 @@ function ensureDir(root: string, rel: string): void {
   mkdirSync(join(root, rel), rel === "tmp" ? 0o1777 : 0o755);
 }
 
-function ensureFile(root: string, rel: string, content: string, replaceSymlink: boolean): void {
-  const st = lstatOrNull(join(root, rel));
-  if (st && !(replaceSymlink && st.isSymbolicLink())) return;
-  if (!parentsReal(root, rel)) return;
-  if (st) rmSync(join(root, rel));
+function ensureFile(root: string, rel: string, content: string): void {
+  if (lstatOrNull(join(root, rel)) || !parentsReal(root, rel)) return;
   writeFileSync(join(root, rel), content, { mode: 0o644, flag: "wx" });
 }
 
@@ -51,9 +51,9 @@ export function fixupImage(root: string): void {
   const umask = process.umask(0);
   try {
     for (const d of MOUNT_DIRS) ensureDir(root, d);
-    for (const f of BIND_FILES) ensureFile(root, f, "", true);
-    ensureFile(root, "etc/passwd", PASSWD, false);
-    ensureFile(root, "etc/group", GROUP, false);
+    for (const f of BIND_FILES) ensureFile(root, f, "");
+    ensureFile(root, "etc/passwd", PASSWD);
+    ensureFile(root, "etc/group", GROUP);
   } finally {
     process.umask(umask);
   }

@@ -87,9 +87,16 @@ export function cleanLeftovers(target: string): void {
   }
 }
 
-/** Whether dir looks like an image we may replace: Charliecloud's fix-ups leave /dev and /etc. */
+/** Whether dir looks like an image we may replace (and so remove): one with Charliecloud's
+ * sentinel file; or with /bin, /dev and /usr, as Charliecloud's ch-convert checks; or with the
+ * mount points our fix-ups make (/dev, /proc, /sys, /mnt/0). Not just /dev and /etc: a home
+ * directory may well have ~/dev and ~/etc. */
 export function looksLikeImage(dir: string): boolean {
-  return ["dev", "etc"].every((d) => lstatOrNull(join(dir, d))?.isDirectory()) || !!lstatOrNull(join(dir, "WEIRD_AL_YANKOVIC"));
+  const has = (d: string) => lstatOrNull(join(dir, d)) !== null;
+  const isDir = (d: string) => !!lstatOrNull(join(dir, d))?.isDirectory();
+  if (has("WEIRD_AL_YANKOVIC")) return true;
+  if (!isDir("dev")) return false;
+  return (has("bin") && has("usr")) || (isDir("proc") && isDir("sys") && isDir("mnt/0"));
 }
 
 /** Errors unless target may be written: absent, an empty directory, or a replaceable image. */

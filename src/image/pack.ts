@@ -14,9 +14,12 @@ import { requireCommand } from "./tools.ts";
 import type { Compression } from "./unpack.ts";
 import { loadXattrs, withXattrs } from "./xattrs.ts";
 
-/** Compression implied by a tarball's name, or null if the name isn't a tarball's. */
-export function tarCompression(name: string): Compression | null {
-  const rules: [RegExp, Compression][] = [
+/** Compressions we write tarballs in. */
+export type WritableCompression = Extract<Compression, "none" | "gzip" | "xz" | "zstd" | "bzip2">;
+
+/** Compression implied by a tarball's name, if it is one we write; else null. */
+export function tarCompression(name: string): WritableCompression | null {
+  const rules: [RegExp, WritableCompression][] = [
     [/\.(tar\.gz|tgz|tar\.gzip)$/, "gzip"],
     [/\.(tar\.xz|txz)$/, "xz"],
     [/\.(tar\.zst|tzst|tar\.zstd)$/, "zstd"],
@@ -25,6 +28,20 @@ export function tarCompression(name: string): Compression | null {
   ];
   for (const [re, c] of rules) if (re.test(name)) return c;
   return null;
+}
+
+/** Whether name is a tarball's: one we write, or any Charliecloud infers as a tarball (*.tar,
+ * *.t?z, *.tar.?, *.tar.??, e.g. .tar.Z, .tar.lz). */
+export function isTarName(name: string): boolean {
+  return tarCompression(name) !== null || /\.(tar|t[^/]z|tar\.[^/]{1,2})$/.test(name);
+}
+
+/** Errors if out names a tarball in a compression we can't write (before any work is done). */
+export function checkTarOutput(out: string): void {
+  if (isTarName(out) && tarCompression(out) === null)
+    throw new ChError(
+      `can't write tarball ${out}: unsupported compression for output; use .tar, .tar.gz, .tgz, .tar.xz, .tar.zst or .tar.bz2`,
+    );
 }
 
 async function compressChild(tool: string, pack: AsyncIterable<Buffer>, partial: string): Promise<void> {
@@ -49,6 +66,7 @@ export interface PackOptions {
 /** Writes the image directory dir as the tarball out. */
 export async function packImage(dir: string, out: string, opts: PackOptions = {}): Promise<void> {
   out = resolve(out);
+  checkTarOutput(out);
   const compression = tarCompression(out) ?? "gzip";
   let names: string[];
   try {

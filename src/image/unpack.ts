@@ -4,9 +4,12 @@
 //     only to members already inside it: any of these refuses the whole archive;
 //   - device files and FIFOs are dropped, setuid/setgid bits stripped, directories made u+rwx
 //     and files u+rw, ownership left to the invoking user;
-//   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied.
+//   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied, to what lower layers
+//     left only, and a whiteout of "", "." or ".." is refused;
+//   - GNU sparse members (old GNU, pax 0.0, 0.1, 1.0) become sparse files (see sparse.ts);
+//   - removals only ever touch paths inside the image, found without following symlinks.
 // Decompression happens off the main thread: zlib in a worker (gzip, zstd) or a child process
-// (xz, bzip2).
+// (xz, bzip2, and the rarer compress, lzip, lz4, lzop).
 import { spawn } from "node:child_process";
 import {
   chmodSync,
@@ -16,6 +19,7 @@ import {
   futimesSync,
   linkSync,
   lstatSync,
+  lutimesSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -26,7 +30,6 @@ import {
   type Stats,
   statSync,
   symlinkSync,
-  utimesSync,
   writeSync,
 } from "node:fs";
 import { basename, join } from "node:path";
@@ -36,11 +39,15 @@ import { info } from "../cli/log.ts";
 import { type Progress, startProgress } from "../cli/progress.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { checkImageShape } from "./fixup.ts";
-import { type InstallOptions, installImage } from "./install.ts";
+import { MAX_META, type MemberExtra, MemberScanner } from "./headers.ts";
+import { forceRemove, type InstallOptions, installImage } from "./install.ts";
+import { badSparse, type SparseInfo, SparseSink } from "./sparse.ts";
 import { commandPath } from "./tools.ts";
-import { applyXattrs, HeaderScanner, loadXattrs, MAX_META, XattrReport } from "./xattrs.ts";
+import { applyXattrs, loadXattrs, XattrReport } from "./xattrs.ts";
 
-export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2";
+export type Compression = "none" | "gzip" | "xz" | "zstd" | "bzip2" | "compress" | "lzip" | "lz4" | "lzop";
+/** Compressions undone by a program (zlib does gzip and zstd). */
+type ToolCompression = Exclude<Compression, "none" | "gzip" | "zstd">;
 
 export interface ExtractOptions {
   /** Apply OCI whiteouts (unpacking image layers one over another). */
@@ -59,7 +66,7 @@ export interface ExtractStats {
   members: number;
   /** Device files and FIFOs, which an unprivileged image can't have. */
   dropped: number;
-  /** Members of types we don't unpack (sparse files, tape headers, ...). */
+  /** Members of types we don't unpack (tape headers, ...). */
   ignored: number;
   whiteouts: number;
   /** With --xattrs: attributes set, and those that couldn't be. */
@@ -68,6 +75,8 @@ export interface ExtractStats {
 
 const WHITEOUT = ".wh.";
 const OPAQUE = ".wh..wh..opq";
+/** Prefix of whiteout names reserved for metadata (aufs writes .wh..wh.plnk and the like). */
+const WHITEOUT_META = ".wh..wh.";
 const MAX_SYMLINK_HOPS = 40;
 /** Size of the read buffers, and the least the parser is given at once. */
 const CHUNK = 1 << 20;
@@ -100,7 +109,17 @@ export function sniffCompression(head: Buffer): Compression {
   if (starts(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00)) return "xz";
   if (starts(0x28, 0xb5, 0x2f, 0xfd)) return "zstd";
   if (starts(0x42, 0x5a, 0x68)) return "bzip2";
+  if (starts(0x1f, 0x9d)) return "compress";
+  if (starts(0x4c, 0x5a, 0x49, 0x50)) return "lzip";
+  if (starts(0x04, 0x22, 0x4d, 0x18)) return "lz4";
+  if (starts(0x89, 0x4c, 0x5a, 0x4f, 0x00, 0x0d, 0x0a, 0x1a)) return "lzop";
   return "none";
+}
+
+/** Whether rel (from the image root) names something inside the image other than the root:
+ * no absolute path, no empty, "." or ".." component. Every removal checks it. */
+export function isInsideRel(rel: string): boolean {
+  return rel !== "" && !rel.startsWith("/") && rel.split("/").every((p) => p !== "" && p !== "." && p !== "..");
 }
 
 function readHead(path: string): Buffer {
@@ -139,8 +158,9 @@ class Extractor {
   readonly root: string;
   readonly layer: boolean;
   readonly stats: ExtractStats;
-  /** With --xattrs: the attributes of the members, from the same stream. */
-  readonly scanner: HeaderScanner | null;
+  /** What the parser drops (attributes with --xattrs, sparse maps), from the same stream, which
+   * it also edits on its way to the parser (see headers.ts). */
+  readonly scanner: MemberScanner;
   /** Members (not meta headers) seen so far, ignored ones included: the scanner's ordinals. */
   ordinal = 0;
   /** Where the current member was written, if it was. */
@@ -160,7 +180,7 @@ class Extractor {
   constructor(root: string, layer: boolean, xattrs: boolean) {
     this.root = root;
     this.layer = layer;
-    this.scanner = xattrs ? new HeaderScanner() : null;
+    this.scanner = new MemberScanner(xattrs);
     this.stats = { members: 0, dropped: 0, ignored: 0, whiteouts: 0, xattrs: xattrs ? new XattrReport() : null };
     if (readdirSync(root).length === 0) this.fresh.add("");
   }
@@ -180,19 +200,21 @@ class Extractor {
     this.ordinal++;
     this.written = null;
     try {
-      this.member(e);
-      if (this.scanner) {
-        const x = this.scanner.take(this.ordinal, e.header.cksum);
-        if (x && this.written !== null && this.stats.xattrs) applyXattrs(join(this.root, this.written), x, this.stats.xattrs);
-      }
+      const extra = this.scanner.take(this.ordinal, e.header.cksum);
+      this.member(e, extra);
+      if (extra?.xattrs && this.written !== null && this.stats.xattrs)
+        applyXattrs(join(this.root, this.written), extra.xattrs, this.stats.xattrs);
     } catch (err) {
       this.fail(err);
       e.resume();
     }
   }
 
-  private member(e: ReadEntry): void {
-    const parts = memberParts(e.path);
+  private member(e: ReadEntry, extra: MemberExtra | null): void {
+    // A sparse file's real name, if its header has another (GNUSparseFile.PID/NAME).
+    const sparse = FILE_TYPES.has(e.type) ? (extra?.sparse ?? null) : null;
+    if (sparse?.name !== null && sparse?.name !== undefined) this.current = sparse.name;
+    const parts = memberParts(this.current);
     if (parts.length === 0) {
       e.resume(); // the top-level "." directory
       return;
@@ -211,7 +233,7 @@ class Extractor {
       case "File":
       case "OldFile":
       case "ContiguousFile":
-        this.file(parts, e);
+        this.file(parts, e, sparse);
         return;
       case "SymbolicLink":
         this.symlink(parts, e.linkpath ?? "");
@@ -296,6 +318,7 @@ class Extractor {
   }
 
   private remove(rel: string, dir: boolean): void {
+    if (!isInsideRel(rel)) throw unsafeMember(this.current, `would remove ${JSON.stringify(rel)}, which is not inside the image`);
     if (dir) {
       rmSync(join(this.root, rel), { recursive: true, force: true });
       for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
@@ -320,13 +343,21 @@ class Extractor {
     if (e.mtime) this.dirTimes.push([rel, e.mtime]);
   }
 
-  private file(parts: string[], e: ReadEntry): void {
+  private file(parts: string[], e: ReadEntry, sparse: SparseInfo | null): void {
+    if (sparse?.error) throw badSparse(this.current, sparse.kind, sparse.error);
     const { rel, absent } = this.destination(parts);
     const abs = join(this.root, rel);
     this.clear(rel, absent, false);
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     const fd = openSync(abs, flags, memberMode(e.mode, false));
     this.written = rel;
+    let sink: SparseSink | null;
+    try {
+      sink = sparse ? new SparseSink(fd, sparse, e.size ?? 0, this.current) : null;
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     let open = true;
     const close = () => {
       if (!open) return;
@@ -336,7 +367,8 @@ class Extractor {
     e.on("data", (chunk: Buffer) => {
       if (!open) return;
       try {
-        writeAll(fd, chunk);
+        if (sink) sink.write(chunk);
+        else writeAll(fd, chunk);
       } catch (err) {
         this.fail(err);
         close();
@@ -345,6 +377,7 @@ class Extractor {
     e.on("end", () => {
       if (!open) return;
       try {
+        sink?.end();
         if (e.mtime) futimesSync(fd, e.mtime, e.mtime);
         close();
       } catch (err) {
@@ -382,11 +415,17 @@ class Extractor {
     linkSync(join(this.root, targetRel), join(this.root, rel));
   }
 
+  /** Applies a whiteout: .wh..wh..opq empties its directory, .wh.NAME removes NAME, of what
+   * lower layers left (this layer's own files stay). */
   private whiteout(parts: string[]): void {
     this.stats.whiteouts++;
+    const name = parts[parts.length - 1];
+    const target = name.slice(WHITEOUT.length);
+    if (target === "" || target === "." || target === "..")
+      throw unsafeMember(this.current, `whiteout of ${JSON.stringify(target)}`);
+    if (name !== OPAQUE && name.startsWith(WHITEOUT_META)) return; // reserved, nothing to remove
     const dir = this.resolveDir(parts.slice(0, -1), false);
     if (dir === null) return;
-    const name = parts[parts.length - 1];
     if (name === OPAQUE) {
       for (const child of readdirSync(join(this.root, dir))) {
         const rel = dir ? `${dir}/${child}` : child;
@@ -394,23 +433,35 @@ class Extractor {
       }
       return;
     }
-    const rel = dir ? `${dir}/${name.slice(WHITEOUT.length)}` : name.slice(WHITEOUT.length);
+    const rel = dir ? `${dir}/${target}` : target;
+    if (this.created.has(rel)) return;
     const st = lstatOrNull(join(this.root, rel));
     if (st) this.remove(rel, st.isDirectory());
   }
 
-  /** Sets directory times last, deepest first, since unpacking into them changed them. */
+  /** Sets directory times last, deepest first, since unpacking into them changed them; only on
+   * directories still there, reached through directories only (a later member may have put a
+   * symlink in the way). */
   finish(): void {
+    const real = new Map<string, boolean>([["", true]]);
+    const isRealDir = (rel: string): boolean => {
+      let r = real.get(rel);
+      if (r === undefined) {
+        const slash = rel.lastIndexOf("/");
+        r = isRealDir(slash < 0 ? "" : rel.slice(0, slash)) && !!lstatOrNull(join(this.root, rel))?.isDirectory();
+        real.set(rel, r);
+      }
+      return r;
+    };
     for (let i = this.dirTimes.length - 1; i >= 0; i--) {
       const [rel, mtime] = this.dirTimes[i];
-      try {
-        utimesSync(join(this.root, rel), mtime, mtime);
-      } catch {
-        // removed by a later member or whiteout
-      }
+      if (isRealDir(rel)) lutimesSync(join(this.root, rel), mtime, mtime);
     }
   }
 }
+
+/** Types of the members that are regular files. */
+const FILE_TYPES = new Set(["File", "OldFile", "ContiguousFile"]);
 
 function writeAll(fd: number, chunk: Buffer): void {
   let off = 0;
@@ -435,8 +486,9 @@ function filePosition(fd: number): number {
   }
 }
 
-function childSource(tool: string, path: string): Source {
-  const exe = commandPath(tool);
+function childSource(compression: ToolCompression, path: string): Source {
+  const exe = TOOLS[compression].map((t) => commandPath(t)).find((p) => p !== null);
+  const tool = TOOLS[compression][0];
   if (!exe) throw new ChError(`can't decompress ${path}: ${tool} not found (install it, or decompress first)`);
   const fd = openSync(path, "r");
   const child = spawn(exe, ["-dc"], { stdio: [fd, "pipe", "pipe"] });
@@ -594,16 +646,20 @@ interface SyncSource {
 
 const O_CLOEXEC = 0o2000000;
 
-/** Decompressor programs, fastest first, by compression. */
-const TOOLS: Record<"xz" | "bzip2", string[]> = {
+/** Decompressor programs, fastest first, by compression (gzip reads compress(1)'s .Z). */
+const TOOLS: Record<ToolCompression, string[]> = {
   xz: ["xz"],
   bzip2: ["lbzip2", "bzip2"],
+  compress: ["gzip"],
+  lzip: ["lzip", "plzip"],
+  lz4: ["lz4"],
+  lzop: ["lzop"],
 };
 
 /** The decompressor as a child process writing into a pipe that we read with blocking reads,
  * as GNU tar does: it runs on another core while we write files, with no buffer allocated per
  * chunk. Null if there's no such program, or no libc to make the pipe with. */
-async function pipeSource(compression: "xz" | "bzip2", path: string): Promise<SyncSource | null> {
+async function pipeSource(compression: ToolCompression, path: string): Promise<SyncSource | null> {
   const exe = TOOLS[compression].map((t) => commandPath(t)).find((p) => p !== null);
   if (!exe) return null;
   let fds: [number, number];
@@ -703,11 +759,7 @@ function openSource(path: string): Source {
     case "gzip":
     case "zstd":
       return workerSource(compression, path);
-    case "xz":
-      return childSource("xz", path);
-    case "bzip2":
-      return childSource("bzip2", path);
-    default: {
+    case "none": {
       const stream = createReadStream(path, { highWaterMark: 1 << 20 });
       return {
         chunks: stream,
@@ -717,6 +769,8 @@ function openSource(path: string): Source {
         },
       };
     }
+    default:
+      return childSource(compression, path);
   }
 }
 
@@ -748,8 +802,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   const progress = (opts.progress ?? startProgress)(`unpacking ${basename(path)}`, size > 0 ? size : null);
   const write = (chunk: Buffer): boolean => {
     offset += chunk.length;
-    ex.scanner?.write(chunk);
-    parser.write(chunk);
+    for (const piece of ex.scanner.write(chunk)) parser.write(piece);
     progress.update(source.read(), ex.stats.members);
     return ex.failure === null && parseError === null;
   };
@@ -775,12 +828,14 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
       for await (const chunk of source.chunks) if (!write(chunk)) break;
     }
     await source.done();
-    if (!ex.failure && parseError === null)
+    if (!ex.failure && parseError === null) {
+      for (const piece of ex.scanner.end()) parser.write(piece);
       await new Promise<void>((resolve) => {
         parser.once("end", resolve);
         parser.once("error", () => resolve());
         parser.end();
       });
+    }
   } catch (e) {
     await source.done().catch(() => {});
     if (!ex.failure) throw corrupt(path, offset, ex.current, (e as Error).message);
@@ -816,6 +871,14 @@ export function imageRoot(partial: string, what: string): string {
   return only;
 }
 
+/** Empties the image's /dev (if a directory), as Charliecloud does with tarballs: ch-run binds
+ * the host's /dev over it, and `docker export` leaves files and directories there. */
+export function emptyDev(root: string): void {
+  const dev = join(root, "dev");
+  if (!lstatOrNull(dev)?.isDirectory()) return;
+  for (const e of readdirSync(dev)) forceRemove(join(dev, e));
+}
+
 /** Unpacks an image tarball into the directory target, atomically (see install.ts). */
 export async function unpackImage(tarball: string, target: string, opts: UnpackOptions = {}): Promise<void> {
   await installImage(
@@ -823,6 +886,7 @@ export async function unpackImage(tarball: string, target: string, opts: UnpackO
     async (partial) => {
       reportStats(tarball, await extractTar(tarball, partial, { xattrs: opts.xattrs }));
       const root = imageRoot(partial, tarball);
+      emptyDev(root);
       checkImageShape(root, tarball);
       return root;
     },

@@ -1,31 +1,19 @@
 // Extended attributes in tarballs (--xattrs). Unpacking: node-tar's parser drops the pax
 // records GNU tar and bsdtar write for them (SCHILY.xattr.NAME=VALUE, raw bytes;
-// LIBARCHIVE.xattr.NAME=BASE64, the name %-escaped), so a HeaderScanner follows the same
-// stream's headers, by node-tar's own rules for sizes, and queues each member's attributes by
-// its ordinal (checked against its header checksum) for the extractor. Packing: withXattrs
+// LIBARCHIVE.xattr.NAME=BASE64, the name %-escaped), so headers.ts's MemberScanner follows the
+// same stream's headers and queues each member's attributes, parsed here, for the extractor. Packing: withXattrs
 // rewrites node-tar's output, adding a pax header with the user.* attributes of each member
 // (merged with node-tar's own pax header, if any). Copying a directory: copyXattrs.
 import { lstatSync, readdirSync } from "node:fs";
 import { basename, join } from "node:path";
-import { Header, type HeaderData, Pax } from "tar";
+import { Header, Pax } from "tar";
 import { info } from "../cli/log.ts";
-import { ChError } from "../sys/errors.ts";
 import { type Libc, LibcError, libc, loadLibc } from "../sys/libc.ts";
 
 export type Xattrs = Map<string, Buffer>;
 
 /** Never set: file capabilities are setuid bits by another name. */
 const CAPABILITY = "security.capability";
-/** node-tar's Parser ignores meta members (pax and long-name headers) bigger than this. */
-export const MAX_META = 1024 * 1024;
-const META_TYPES = new Set([
-  "NextFileHasLongLinkpath",
-  "NextFileHasLongPath",
-  "OldGnuLongPath",
-  "GlobalExtendedHeader",
-  "ExtendedHeader",
-  "OldExtendedHeader",
-]);
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
   7: "E2BIG",
@@ -79,135 +67,6 @@ export function paxRecord(key: string, value: Buffer): Buffer {
   let len = rest + String(rest).length;
   if (String(len).length !== String(rest).length) len = rest + String(len).length;
   return Buffer.concat([Buffer.from(`${len} ${key}=`), value, Buffer.from("\n")]);
-}
-
-interface Queued {
-  ordinal: number;
-  cksum: number | undefined;
-  xattrs: Xattrs;
-}
-
-/** Follows the headers of a tar stream fed to it in pieces of any size, as node-tar's Parser
- * does, and queues the extended attributes of each member that has any. */
-export class HeaderScanner {
-  private readonly head = Buffer.alloc(512);
-  private headFill = 0;
-  /** Bytes of a member's body (with padding) still to pass over. */
-  private skip = 0;
-  private meta: { type: string; size: number; left: number; parts: Buffer[] } | null = null;
-  private ex: HeaderData | undefined;
-  private gex: HeaderData | undefined;
-  private pending: Xattrs | null = null;
-  private sawNull = false;
-  private done = false;
-  private ordinal = 0;
-  private readonly queue: Queued[] = [];
-  private next = 0;
-
-  write(chunk: Buffer): void {
-    let pos = 0;
-    const len = chunk.length;
-    while (pos < len && !this.done) {
-      if (this.skip > 0) {
-        const k = Math.min(this.skip, len - pos);
-        this.skip -= k;
-        pos += k;
-      } else if (this.meta) {
-        const m = this.meta;
-        const k = Math.min(m.left, len - pos);
-        // Copied: the caller reuses its buffers.
-        m.parts.push(Buffer.from(chunk.subarray(pos, pos + k)));
-        m.left -= k;
-        pos += k;
-        if (m.left === 0) this.endMeta(m.type, Buffer.concat(m.parts).subarray(0, m.size));
-      } else if (this.headFill === 0 && len - pos >= 512) {
-        this.header(chunk, pos);
-        pos += 512;
-      } else {
-        const k = Math.min(512 - this.headFill, len - pos);
-        chunk.copy(this.head, this.headFill, pos, pos + k);
-        this.headFill += k;
-        pos += k;
-        if (this.headFill === 512) {
-          this.headFill = 0;
-          this.header(this.head, 0);
-        }
-      }
-    }
-  }
-
-  private header(buf: Buffer, off: number): void {
-    let h: Header;
-    try {
-      h = new Header(buf, off, this.ex, this.gex);
-    } catch {
-      this.done = true; // the parser fails here too
-      return;
-    }
-    if (h.nullBlock) {
-      if (this.sawNull) this.done = true;
-      this.sawNull = true;
-      return;
-    }
-    this.sawNull = false;
-    if (!h.cksumValid || !h.path) {
-      this.done = true;
-      return;
-    }
-    const size = h.size ?? 0;
-    const padded = 512 * Math.ceil(size / 512);
-    if (META_TYPES.has(h.type ?? "")) {
-      this.meta = null;
-      if (size > MAX_META) this.skip = padded;
-      else if (size > 0) this.meta = { type: h.type as string, size, left: padded, parts: [] };
-      return;
-    }
-    this.ordinal++;
-    if (this.pending && this.pending.size > 0) this.queue.push({ ordinal: this.ordinal, cksum: h.cksum, xattrs: this.pending });
-    this.pending = null;
-    this.ex = undefined;
-    this.skip = padded;
-  }
-
-  private endMeta(type: string, body: Buffer): void {
-    this.meta = null;
-    const str = body.toString();
-    switch (type) {
-      case "ExtendedHeader":
-      case "OldExtendedHeader":
-        this.ex = Pax.parse(str, this.ex, false);
-        this.pending ??= new Map();
-        parsePaxXattrs(body, this.pending);
-        break;
-      case "GlobalExtendedHeader":
-        this.gex = Pax.parse(str, this.gex, true);
-        break;
-      case "NextFileHasLongPath":
-      case "OldGnuLongPath":
-        this.ex ??= Object.create(null) as HeaderData;
-        this.ex.path = str.replace(/\0.*/, "");
-        break;
-      case "NextFileHasLongLinkpath":
-        this.ex ??= Object.create(null) as HeaderData;
-        this.ex.linkpath = str.replace(/\0.*/, "");
-        break;
-    }
-  }
-
-  /** The attributes of the ordinal-th member (counting from 1, meta headers not counted), or
-   * null; earlier members' are dropped. The checksum is that of its header, as parsed. */
-  take(ordinal: number, cksum: number | undefined): Xattrs | null {
-    while (this.next < this.queue.length && this.queue[this.next].ordinal < ordinal) this.next++;
-    if (this.next > 1024) {
-      this.queue.splice(0, this.next);
-      this.next = 0;
-    }
-    const q = this.queue[this.next];
-    if (!q || q.ordinal !== ordinal) return null;
-    if (q.cksum !== cksum) throw new ChError("internal error: lost track of extended attributes");
-    this.next++;
-    return q.xattrs;
-  }
 }
 
 /** Attributes set, and those that couldn't be, for one summary line. */

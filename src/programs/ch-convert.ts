@@ -25,7 +25,8 @@ const SPECS: OptSpec[] = [
 const TRAILER = `Formats: ${FORMATS.join(", ")}.
 
 Inferred from IN and OUT when -i/-o are omitted: *.sqfs, *.squash, *.squashfs: squash;
-*.tar, *.tar.gz, *.tgz, *.tar.xz, *.tar.zst, *.tar.bz2: tar; an absolute path, one starting
+*.tar, *.t?z, *.tar.?, *.tar.?? (e.g. .tar.gz, .tgz, .tar.Z), *.tar.zst, *.tar.bz2: tar
+(written: .tar, .tar.gz, .tgz, .tar.xz, .tar.zst, .tar.bz2); an absolute path, one starting
 with ./ or ../, ending in /, or an existing directory: dir; otherwise an image reference:
 ch-image (an input must be in storage).`;
 

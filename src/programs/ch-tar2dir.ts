@@ -1,7 +1,7 @@
 // ch-tar2dir: unpack an image tarball into DIR/NAME, NAME being the tarball's name without
 // its extensions. Superseded by ch-convert, kept for scripts that use it.
 import { basename, join } from "node:path";
-import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { helpOrVersion, helpText, type OptSpec, type ProgramInfo, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { unpackImage } from "../image/unpack.ts";
 import { ChError } from "../sys/errors.ts";
@@ -19,17 +19,24 @@ export function tarballImageName(tarball: string): string {
   return basename(tarball).replace(/\.(tar(\.[a-z0-9]+)?|t[a-z0-9]z2?|tzst)$/i, "");
 }
 
+const PROGRAM: ProgramInfo = {
+  name: "ch-tar2dir",
+  usage: "[OPTION...] TARBALL DIR",
+  summary: "Unpack image TARBALL into directory DIR/NAME (NAME: TARBALL's name without extensions).",
+  specs: SPECS,
+};
+
 export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   let verbosity = 0;
   let xattrs = false;
-  const hv = helpOrVersion(p, {
-    name: "ch-tar2dir",
-    usage: "[OPTION...] TARBALL DIR",
-    summary: "Unpack image TARBALL into directory DIR/NAME (NAME: TARBALL's name without extensions).",
-    specs: SPECS,
-  });
+  const hv = helpOrVersion(p, PROGRAM);
   if (hv !== null) return hv;
+  if (argv.length === 0) {
+    // As Charliecloud's: no arguments at all, the usage, on stderr.
+    process.stderr.write(helpText(`${PROGRAM.name} ${PROGRAM.usage}`, PROGRAM.summary, PROGRAM.specs));
+    return 1;
+  }
   for (const { name } of p.opts) {
     if (name === "help" || name === "version") continue;
     if (name === "xattrs") xattrs = true;

@@ -1,14 +1,21 @@
 // Pure parts of image handling: names, formats, member path safety, modes.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { closeSync, ftruncateSync, mkdirSync, openSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
+import { Parser, type ReadEntry } from "tar";
 import { setVerbosity } from "../../src/cli/log.ts";
 import { humanBytes, progressLine, startProgress } from "../../src/cli/progress.ts";
 import { type InferFacts, inferFormat } from "../../src/image/formats.ts";
+import { MemberScanner } from "../../src/image/headers.ts";
 import { isPartialName, parsePartial } from "../../src/image/install.ts";
-import { tarCompression } from "../../src/image/pack.ts";
+import { isTarName, tarCompression } from "../../src/image/pack.ts";
 import { dirToName, imagePath, nameToDir, storageDir, validImageName } from "../../src/image/storage.ts";
 import { memberMode, memberParts, sniffCompression } from "../../src/image/unpack.ts";
 import { tarballImageName } from "../../src/programs/ch-tar2dir.ts";
+import { cleanup, tmp } from "../helpers.ts";
+import { tarBytes } from "../tarballs.ts";
 
 describe("image names in storage", () => {
   it("maps / to % and : to + and back", () => {
@@ -60,6 +67,8 @@ describe("tar member paths", () => {
     assert.equal(sniffCompression(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0])), "xz");
     assert.equal(sniffCompression(Buffer.from([0x28, 0xb5, 0x2f, 0xfd])), "zstd");
     assert.equal(sniffCompression(Buffer.from("BZh91AY")), "bzip2");
+    assert.equal(sniffCompression(Buffer.from([0x1f, 0x9d, 0x90])), "compress");
+    assert.equal(sniffCompression(Buffer.from("LZIP\x01")), "lzip");
     assert.equal(sniffCompression(Buffer.from("bin/\0\0\0")), "none");
   });
 });
@@ -95,6 +104,13 @@ describe("format inference", () => {
     assert.equal(tarCompression("x.tar.zst"), "zstd");
     assert.equal(tarCompression("x.txz"), "xz");
     assert.equal(tarCompression("x.zip"), null);
+    assert.equal(tarCompression("x.tar.Z"), null, "read, not written");
+  });
+
+  it("knows tarballs by Charliecloud's globs: *.tar, *.t?z, *.tar.?, *.tar.??", () => {
+    for (const t of ["x.tar", "x.tgz", "x.tlz", "x.tar.Z", "x.tar.lz", "x.tar.gz", "x.tar.zst", "x.tar.bz2"])
+      assert.ok(isTarName(t), t);
+    for (const t of ["x.tar.lzma1", "x.tarx", "x.zip", "tar", "x.tar/", "x.t/z"]) assert.ok(!isTarName(t), t);
   });
 
   it("names ch-tar2dir images after the tarball without extensions", () => {
@@ -169,4 +185,69 @@ describe("progress line", () => {
     }
     setVerbosity(0);
   });
+});
+
+describe("MemberScanner: old GNU sparse members, whatever the chunk sizes", () => {
+  // GNU tar --format=gnu --sparse of a file with 30 data segments: 4 in the header, 26 in two
+  // extension blocks, which the parser would take for data.
+  const dir = tmp("ch-scanner-");
+  const src = join(dir, "src");
+  mkdirSync(src);
+  const fd = openSync(join(src, "sp"), "w");
+  for (let i = 0; i < 30; i++) writeSync(fd, Buffer.alloc(4096, 65 + (i % 26)), 0, 4096, i * 65536);
+  ftruncateSync(fd, 30 * 65536);
+  closeSync(fd);
+  writeFileSync(join(src, "zz-after"), "after\n");
+  const tar = Buffer.concat([
+    execFileSync("tar", ["--sparse", "--format=gnu", "-b1", "--sort=name", "-C", src, "-cf", "-", "sp", "zz-after"]).subarray(
+      0,
+      -1024,
+    ),
+    tarBytes([{ path: "plain", body: "p" }]),
+  ]);
+  cleanup(dir);
+
+  for (const size of [1, 100, 511, 512, 513, 4096, tar.length]) {
+    it(`chunks of ${size}`, async () => {
+      const s = new MemberScanner(false);
+      const parser = new Parser({ strict: true });
+      const seen: { path: string; type: string; size: number; body: string; cksum: number | undefined }[] = [];
+      parser.on("entry", (e: ReadEntry) => {
+        const m = { path: e.path, type: e.type, size: e.size ?? 0, body: "", cksum: e.header.cksum };
+        seen.push(m);
+        e.on("data", (c: Buffer) => {
+          if (m.body.length < 20) m.body += c.toString("latin1");
+        });
+      });
+      const out: Buffer[] = [];
+      for (let off = 0; off < tar.length; off += size) {
+        const pieces = s.write(Buffer.from(tar.subarray(off, off + size)));
+        out.push(...pieces);
+        for (const p of pieces) parser.write(p);
+      }
+      out.push(...s.end());
+      await new Promise<void>((resolve, reject) => {
+        parser.on("error", reject);
+        parser.end(resolve);
+      });
+      assert.equal(Buffer.concat(out).length, tar.length - 2 * 512, "two extension blocks cut out");
+      assert.deepEqual(
+        seen.map((e) => [e.path, e.type, e.size]),
+        [
+          ["sp", "File", 30 * 4096],
+          ["zz-after", "File", 6],
+          ["plain", "File", 1],
+        ],
+      );
+      assert.equal(seen[0].body.slice(0, 3), "AAA");
+      assert.equal(seen[1].body, "after\n");
+      const extra = s.take(1, seen[0].cksum);
+      assert.equal(extra?.sparse?.kind, "old GNU");
+      assert.equal(extra?.sparse?.error, null);
+      assert.equal(extra?.sparse?.realSize, 30 * 65536);
+      // GNU tar ends the map with an empty segment at the real size.
+      const map = [...Array.from({ length: 30 }, (_, i) => [i * 65536, 4096]).flat(), 30 * 65536, 0];
+      assert.deepEqual(extra?.sparse?.map, map);
+    });
+  }
 });
