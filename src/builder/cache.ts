@@ -23,6 +23,10 @@
 // An image in storage stays a plain directory that ch-run -w may change: it is materialized
 // from its layers (copy, whiteouts applied) when the build ends, never hard-linked to the cache.
 //
+// Limits to plan for: the mount option string holds one page (4 KiB), ~50 layer paths of this
+// layout (Linux 6.8+ adds lowerdir+ through fsconfig(2), one layer per call, up to 500); an upper
+// directory must be on a local filesystem (not NFS or Lustre), like the storage directory.
+//
 // Layout (under STORAGE/cache/): states/ID.json (the record below, written aside then renamed),
 // layers/ID/ (the upper directory, only once complete: built in layers/.ID.tmp, renamed).
 //
