@@ -1,7 +1,8 @@
 // ch-image: manage images in storage and registries: pull, push, import, list, delete, reset.
 import { statSync } from "node:fs";
 import { userInfo } from "node:os";
-import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
+import { BUILD_SPECS, build, buildOptions, isBuildOption } from "../builder/cli.ts";
+import { helpOrVersion, type OptSpec, type ParsedOpt, parseArgs } from "../cli/getopt.ts";
 import { info, setVerbosity } from "../cli/log.ts";
 import { copyImage } from "../image/convert.ts";
 import { imageName, imagePath, Storage, storageDir } from "../image/storage.ts";
@@ -26,11 +27,15 @@ const SPECS: OptSpec[] = [
   { name: "quiet", short: "q", arg: "none", help: "be quieter (can be repeated)" },
   { name: "verbose", short: "v", arg: "none", help: "print extra chatter (can be repeated)" },
   { name: "xattrs", arg: "none", help: "import: keep extended attributes (user.* when unprivileged)" },
+  ...BUILD_SPECS,
   { name: "help", short: "h", arg: "none", help: "give this help list" },
   { name: "version", short: "V", arg: "none", help: "print version and exit" },
 ];
 
 const SUBCOMMANDS = `Subcommands:
+  build [-t TAG] [-f DOCKERFILE] [--build-arg KEY[=VALUE]] [--parse-only] CONTEXT
+                                parse a Dockerfile (--parse-only: print its instructions as
+                                JSON lines); building images is not available yet
   pull [-a ARCH] REF [DEST]     pull image REF from its registry into storage (as REF, or DEST;
                                 DEST starting with / ./ ../ is a directory to unpack into)
   push [--image DIR] NAME [REF] push image NAME (or directory DIR) to REF (default NAME)
@@ -51,6 +56,8 @@ Credentials go only to the registry's own origin and its token server, never in 
 loopback unless --tls-no-verify.
 
 Environment:
+  CH_IMAGE_CACHE                build cache: enabled, disabled or rebuild (like --cache,
+                                --no-cache, --rebuild)
   CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
   CH_IMAGE_USERNAME, CH_IMAGE_PASSWORD
                                 registry credentials (else asked for on a terminal when needed
@@ -88,11 +95,14 @@ interface Flags {
   alwaysDownload: boolean;
   image: string | null;
   long: boolean;
+  build: ParsedOpt[];
 }
 
 async function run(storage: Storage, sub: string, args: string[], f: Flags): Promise<number> {
   const client = { tlsVerify: f.tlsVerify, auth: f.auth };
   switch (sub) {
+    case "build":
+      return build(args, buildOptions(f.build, process.env), process.env);
     case "pull":
       if (args.length < 1 || args.length > 2) throw new ChError("usage: ch-image pull [-a ARCH] REF [DEST]");
       await pull(storage, args[0], args[1] ?? null, { ...client, arch: f.arch, alwaysDownload: f.alwaysDownload });
@@ -141,6 +151,7 @@ export async function main(argv: string[]): Promise<number> {
     alwaysDownload: false,
     image: null,
     long: false,
+    build: [],
   };
   const hv = helpOrVersion(p, {
     name: "ch-image",
@@ -160,6 +171,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (name === "always-download") f.alwaysDownload = true;
     else if (name === "image") f.image = value;
     else if (name === "long") f.long = true;
+    else if (isBuildOption(name)) f.build.push({ name, value });
     else verbosity += name === "quiet" ? -1 : 1;
   }
   setVerbosity(verbosity);

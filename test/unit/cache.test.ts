@@ -1,0 +1,170 @@
+// biome-ignore-all lint/suspicious/noTemplateCurlyInString: the strings are Dockerfile text, not templates
+// Build cache keys and state records (src/builder/cache.ts): what makes a state miss, what
+// doesn't.
+import assert from "node:assert/strict";
+import {
+  chmodSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  renameSync,
+  symlinkSync,
+  unlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fromState, hashSources, instructionText, ROOT_STATE, StateStore, scopeArgs, stateId } from "../../src/builder/cache.ts";
+import { parseDockerfile } from "../../src/builder/dockerfile.ts";
+import { BuildArgs, StageScope } from "../../src/builder/vars.ts";
+import { cleanup, tmp } from "../helpers.ts";
+
+let dir: string;
+before(() => {
+  dir = tmp("ch-cache-");
+});
+after(() => cleanup(dir));
+
+/** State IDs of each instruction after FROM, chained from the root. */
+function chain(text: string, buildArgs: string[] = [], host: Record<string, string> = {}): string[] {
+  const df = parseDockerfile(text, "Dockerfile");
+  const scope = new StageScope(new Map(), new BuildArgs(buildArgs, host));
+  let parent = ROOT_STATE;
+  return df.instructions.slice(1).map((inst) => {
+    const e = scope.apply(inst);
+    parent = stateId({ parent, instruction: instructionText(e), args: scopeArgs(scope), sources: null });
+    return parent;
+  });
+}
+
+describe("state IDs", () => {
+  it("are stable, and chain: a change misses from there on, not before", () => {
+    const a = chain("FROM x\nRUN a\nRUN b\nRUN c\n");
+    assert.deepEqual(chain("FROM x\nRUN a\nRUN b\nRUN c\n"), a);
+    const b = chain("FROM x\nRUN a\nRUN B\nRUN c\n");
+    assert.equal(b[0], a[0]);
+    assert.notEqual(b[1], a[1]);
+    assert.notEqual(b[2], a[2]);
+    assert.match(a[0], /^[0-9a-f]{64}$/);
+  });
+  it("depend on the instruction after substitution, not on how it was written", () => {
+    const [, a] = chain("FROM x\nENV D=/a\nWORKDIR $D\n");
+    const [, b] = chain("FROM x\nENV D=/a\nworkdir   ${D}\n");
+    const [, c] = chain("FROM x\nENV D=/b\nWORKDIR $D\n");
+    assert.equal(a, b);
+    assert.notEqual(a, c);
+  });
+  it("RUN misses when an ARG it sees changes (--build-arg), not when a proxy variable does", () => {
+    const text = "FROM x\nARG V=1\nARG HTTP_PROXY\nRUN echo $V\n";
+    const base = chain(text);
+    assert.notEqual(chain(text, ["V=2"])[2], base[2]);
+    assert.deepEqual(chain(text, ["HTTP_PROXY=http://p:1"]), base);
+    assert.deepEqual(chain(text, [], { HTTP_PROXY: "http://q:2" }), base);
+  });
+  it("heredoc contents, flags and exec form count", () => {
+    const one = (t: string) => chain(`FROM x\n${t}\n`)[0];
+    assert.notEqual(one("RUN <<E\na\nE"), one("RUN <<E\nb\nE"));
+    assert.notEqual(one("COPY --chmod=600 a b"), one("COPY --chmod=644 a b"));
+    assert.equal(one("COPY --chmod=600 --link a b"), one("COPY --link --chmod=600 a b"));
+    assert.notEqual(one('CMD ["a b"]'), one("CMD a b"));
+  });
+  it("sources and parents count; FROM keys on the image digest", () => {
+    const i = { parent: ROOT_STATE, instruction: "x", args: [] as [string, string | null][], sources: null };
+    assert.notEqual(stateId(i), stateId({ ...i, sources: "0".repeat(64) }));
+    assert.notEqual(stateId(i), stateId({ ...i, parent: fromState("sha256:1", "amd64") }));
+    assert.notEqual(fromState("sha256:1", "amd64"), fromState("sha256:1", "arm64"));
+    assert.equal(
+      stateId({
+        ...i,
+        args: [
+          ["A", "1"],
+          ["B", null],
+        ],
+      }),
+      stateId({
+        ...i,
+        args: [
+          ["B", null],
+          ["A", "1"],
+        ],
+      }),
+    );
+  });
+});
+
+describe("source digests", () => {
+  let n = 0;
+  /** A fresh tree: a/f (file), a/l (link), a/d/ (empty dir). */
+  const tree = (): string => {
+    const t = join(dir, `t${++n}`);
+    mkdirSync(join(t, "a/d"), { recursive: true });
+    writeFileSync(join(t, "a/f"), "content\n");
+    symlinkSync("f", join(t, "a/l"));
+    return join(t, "a");
+  };
+  /** The digest of source "a" (and more) of the tree that `a` is in. */
+  const digest = (a: string, ...more: string[]) => hashSources(join(a, ".."), ["a", ...more]);
+  it("same content, other times, owner-independent hard links: same digest", () => {
+    const a = tree();
+    const b = tree();
+    utimesSync(join(b, "f"), 1, 1);
+    assert.equal(digest(a), digest(b));
+    const c = tree();
+    writeFileSync(join(c, "g"), "x");
+    const d = tree();
+    linkSync(join(c, "g"), join(d, "g"));
+    assert.equal(digest(c), digest(d));
+  });
+  it("content, permission bits, link target, names, empty dirs and order count", () => {
+    const base = digest(tree());
+    const changes: [string, (t: string) => void][] = [
+      ["content", (t) => writeFileSync(join(t, "f"), "contenT\n")],
+      ["mode", (t) => chmodSync(join(t, "f"), 0o600)],
+      [
+        "link target",
+        (t) => {
+          unlinkSync(join(t, "l"));
+          symlinkSync("d", join(t, "l"));
+        },
+      ],
+      ["name", (t) => renameSync(join(t, "f"), join(t, "g"))],
+      ["new empty dir", (t) => mkdirSync(join(t, "e"))],
+      ["same size, other content", (t) => writeFileSync(join(t, "f"), "CONTENT\n")],
+    ];
+    for (const [what, change] of changes) {
+      const t = tree();
+      change(t);
+      assert.notEqual(digest(t), base, what);
+    }
+    const x = tree();
+    assert.notEqual(digest(x, "a/f"), hashSources(join(x, ".."), ["a/f", "a"]));
+    assert.notEqual(digest(x), hashSources(x, ["."]));
+    assert.deepEqual(readdirSync(x).sort(), ["d", "f", "l"]);
+  });
+  it("a single file source", () => {
+    const t = tree();
+    assert.equal(hashSources(t, ["f"]).length, 64);
+    assert.notEqual(hashSources(t, ["f"]), hashSources(t, ["l"]));
+    assert.throws(() => hashSources(t, ["missing"]), /ENOENT/);
+    for (const s of ["..", "../a", "d/../../x", "/etc"]) assert.throws(() => hashSources(t, [s]), /source outside/, s);
+  });
+});
+
+describe("state store", () => {
+  it("round-trips a record; absent, corrupt or mismatched ones are misses", () => {
+    const store = new StateStore(join(dir, "cache"));
+    const id = stateId({ parent: ROOT_STATE, instruction: "RUN x", args: [], sources: null });
+    assert.equal(store.get(id), null);
+    const rec = { id, parent: ROOT_STATE, text: "RUN x", config: { env: ["A=1"] }, created: "2024-01-01T00:00:00Z" };
+    store.put(rec);
+    assert.deepEqual(store.get(id), rec);
+    assert.deepEqual(readdirSync(join(dir, "cache/states")), [`${id}.json`]); // nothing left aside
+    writeFileSync(join(dir, "cache/states", `${ROOT_STATE}.json`), "{trunc");
+    assert.equal(store.get(ROOT_STATE), null);
+    const other = "f".repeat(64);
+    writeFileSync(join(dir, "cache/states", `${other}.json`), JSON.stringify({ ...rec }));
+    assert.equal(store.get(other), null);
+    assert.throws(() => store.get("../x"), /not a state ID/);
+  });
+});
