@@ -9,7 +9,7 @@ import { info, verbose } from "../cli/log.ts";
 import { startBars } from "../cli/progress.ts";
 import { installImage } from "../image/install.ts";
 import type { Storage } from "../image/storage.ts";
-import { extractTar, reportStats } from "../image/unpack.ts";
+import { emptyDev, extractTar, reportStats } from "../image/unpack.ts";
 import { ChError, warn } from "../sys/errors.ts";
 import { BlobCache, checkDigest, shortDigest } from "./cache.ts";
 import { Registry, type RegistryOptions, readBody, retrying, Transport } from "./http.ts";
@@ -248,6 +248,7 @@ export async function pullImage(
         reportStats(what, stats);
       }
       bars.end();
+      emptyDev(partial); // as Charliecloud does: /dev is ch-run's, never the image's
       writeMetadata(partial, config, rawConfig);
       return partial;
     });
