@@ -88,8 +88,6 @@ export interface Plan {
   log: string[];
 }
 
-export { OPTIONAL_FILES } from "./mounts.ts";
-
 export const DEFAULT_WRITE_FAKE_SIZE = "12%";
 
 // statvfs f_flag bits and the mount(2) flags a read-only bind remount must keep.
