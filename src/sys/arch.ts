@@ -24,6 +24,7 @@ export interface SyscallNumbers {
   mmap: number;
   ioctl: number;
   getppid: number;
+  setxattr: number;
 }
 
 export const SYSCALLS: Record<Arch, SyscallNumbers> = {
@@ -49,6 +50,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     mmap: 9,
     ioctl: 16,
     getppid: 110,
+    setxattr: 188,
   },
   arm64: {
     read: 63,
@@ -72,6 +74,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     mmap: 222,
     ioctl: 29,
     getppid: 173,
+    setxattr: 5,
   },
 };
 

@@ -52,7 +52,7 @@ export interface LaunchSpec {
 const STAGE2_MAX = 16 << 20;
 
 /** Maps the launcher's code, a program and a stack; returns the entry and the addresses. */
-function mapProgram(b: ProgramBuilder) {
+export function mapProgram(b: ProgramBuilder) {
   const c = libc();
   const native = blobs[b.arch];
   const code = Buffer.from(native.launcher, "base64");

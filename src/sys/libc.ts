@@ -81,6 +81,9 @@ function bind() {
     lsetxattr: lib.func("int lsetxattr(const char *, const char *, const uint8_t *, size_t, int)"),
     lgetxattr: lib.func("intptr_t lgetxattr(const char *, const char *, _Out_ uint8_t *, size_t)"),
     llistxattr: lib.func("intptr_t llistxattr(const char *, _Out_ uint8_t *, size_t)"),
+    socket: lib.func("int socket(int, int, int)"),
+    connect: lib.func("int connect(int, const uint8_t *, uint32_t)"),
+    send: lib.func("intptr_t send(int, const uint8_t *, size_t, int)"),
   };
   return { koffi, f, passwd, group };
 }
@@ -263,6 +266,33 @@ export function libc() {
         const e = errno();
         if (e !== 34 /* ERANGE: it grew meanwhile */) throw new LibcError("lgetxattr", e);
       }
+    },
+    /** Sends one message to a syslog socket as syslog(3) does: a datagram, or on a stream socket
+     * the message and a NUL. False if there is no one listening there (then nothing is logged,
+     * as with syslog(3)). */
+    sendLog(path: string, message: string): boolean {
+      const AF_UNIX = 1;
+      const SOCK_STREAM = 1;
+      const SOCK_DGRAM = 2;
+      const SOCK_CLOEXEC = 0o2000000;
+      const MSG_NOSIGNAL = 0x4000;
+      const name = Buffer.from(path);
+      if (name.length >= 108) return false;
+      const addr = new Uint8Array(2 + name.length + 1);
+      new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+      addr.set(name, 2);
+      for (const type of [SOCK_DGRAM, SOCK_STREAM]) {
+        const fd = f.socket(AF_UNIX, type | SOCK_CLOEXEC, 0) as number;
+        if (fd < 0) return false;
+        try {
+          if ((f.connect(fd, addr, addr.length) as number) !== 0) continue; // EPROTOTYPE: the other type
+          const bytes = Buffer.from(type === SOCK_STREAM ? `${message}\0` : message);
+          return Number(f.send(fd, bytes, bytes.length, MSG_NOSIGNAL)) === bytes.length;
+        } finally {
+          f.close(fd);
+        }
+      }
+      return false;
     },
     /** llistxattr(2): the names of the extended attributes of path (of a symlink itself). */
     llistxattr(path: string): string[] {

@@ -18,7 +18,9 @@ describe("one executable", () => {
     for (const p of PROGRAMS) {
       const v = run(join(DIST, p), ["--version"]);
       assert.equal(v.status, 0, p);
-      assert.match(v.stdout, new RegExp(`^${p} \\(Charliecloud\\) \\d+\\.\\d+\\.\\d+\\n$`));
+      // ch-run's as Charliecloud's: the version alone, on stderr.
+      if (p === "ch-run") assert.match(v.stderr, /^\d+\.\d+\.\d+\n$/);
+      else assert.match(v.stdout, new RegExp(`^${p} \\(Charliecloud\\) \\d+\\.\\d+\\.\\d+\\n$`));
       const h = run(join(DIST, p), ["--help"]);
       assert.equal(h.status, 0, p);
       assert.match(h.stdout, new RegExp(`^Usage: ${p} `));
@@ -26,17 +28,18 @@ describe("one executable", () => {
   });
 
   it("runs a program named as its first argument", () => {
-    const r = run(join(DIST, "charliecloud"), ["ch-run", "--version"]);
-    assert.match(r.stdout, /^ch-run \(Charliecloud\)/);
+    const r = run(join(DIST, "charliecloud"), ["ch-image", "--version"]);
+    assert.match(r.stdout, /^ch-image \(Charliecloud\)/);
+    assert.match(run(join(DIST, "charliecloud"), ["ch-run", "--help"]).stdout, /^Usage: ch-run /);
     const u = run(join(DIST, "charliecloud"), ["no-such-program"]);
     assert.equal(u.status, 1);
     assert.match(u.stderr, /unknown program: no-such-program/);
   });
 
   it("ignores NODE_OPTIONS meant for the user's own Node programs", () => {
-    const r = run(join(DIST, "ch-run"), ["--version"], { env: { ...process.env, NODE_OPTIONS: "--require /nonexistent.js" } });
+    const r = run(join(DIST, "ch-run"), ["--help"], { env: { ...process.env, NODE_OPTIONS: "--require /nonexistent.js" } });
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /^ch-run \(Charliecloud\)/);
+    assert.match(r.stdout, /^Usage: ch-run /);
   });
 
   it("says plainly that a program is not built yet", () => {
