@@ -18,6 +18,7 @@ import {
   runProgram,
 } from "./host.ts";
 import { findTarget, imageLd, imageLdconfig, runInImage, type TargetImage } from "./image.ts";
+import { resolveInImage } from "./imagepath.ts";
 import { inject } from "./inject.ts";
 import {
   type HostFacts,
@@ -192,13 +193,15 @@ export function fromhost(o: FromhostOptions, env: Record<string, string | undefi
   };
 
   if (o.print.length) {
+    // Where files go: the directories as the container sees them, symlinks resolved.
+    const out = (dir: string) => process.stdout.write(`${resolveInImage(target.root, dir, realFs).path}\n`);
     for (const p of o.print) {
-      if (p === "lib") process.stdout.write(`${imageLibDir(img.ld())}\n`);
-      else if (p === "fi") process.stdout.write(`${providerDir(img.ld())}\n`);
+      if (p === "lib") out(imageLibDir(img.ld()));
+      else if (p === "fi") out(providerDir(img.ld()));
       else {
         const d = imageLibfabricDir(img.ld());
         if (!d) throw new ChError("--print-cray-fi: the image has no libfabric (its ldconfig finds none)");
-        process.stdout.write(`${d}\n`);
+        out(d);
       }
     }
     return 0;
