@@ -39,12 +39,13 @@ describe("one executable", () => {
     assert.match(r.stdout, /^ch-run \(Charliecloud\)/);
   });
 
-  it("says plainly that a program is not built yet", () => {
-    for (const p of ["ch-fromhost", "ch-checkns"]) {
-      const r = run(join(DIST, p), []);
-      assert.equal(r.status, 1);
-      assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: ${p} is not built yet`));
-    }
+  it("every program is built: misuse gets an error line in Charliecloud's format", () => {
+    const r = run(join(DIST, "ch-fromhost"), []);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^ch-fromhost\[\d+\]: no image specified \(usage: .*\) \([a-z-]+\.ts:\d+ 0\)\n$/);
+    const c = run(join(DIST, "ch-checkns"), ["extra"]);
+    assert.equal(c.status, 1);
+    assert.match(c.stderr, /^ch-checkns\[\d+\]: no arguments expected: extra \([a-z-]+\.ts:\d+ 0\)\n$/);
   });
 
   it("loads its native module only from a private directory, and re-verifies it", () => {
