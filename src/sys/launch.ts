@@ -111,7 +111,13 @@ export function launch(spec: LaunchSpec): never {
   const m = mapProgram(b1);
 
   holdSignals(m.handler);
-  const pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
+  let pid: number;
+  try {
+    pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    throw new ChError("can't create the container's user namespace (ch-checkns says what blocks it)", { errno: e.errno });
+  }
   c.close(syncR);
   c.close(repW);
   c.close(gateR);

@@ -42,12 +42,13 @@ describe("one executable", () => {
     assert.match(r.stdout, /^Usage: ch-run /);
   });
 
-  it("says plainly that a program is not built yet", () => {
-    for (const p of ["ch-fromhost", "ch-checkns"]) {
-      const r = run(join(DIST, p), []);
-      assert.equal(r.status, 1);
-      assert.match(r.stderr, new RegExp(`^${p}\\[\\d+\\]: error: ${p} is not built yet`));
-    }
+  it("every program is built: misuse gets an error line in Charliecloud's format", () => {
+    const r = run(join(DIST, "ch-fromhost"), []);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^ch-fromhost\[\d+\]: error: no image specified \(usage: .*\)\n$/);
+    const c = run(join(DIST, "ch-checkns"), ["extra"]);
+    assert.equal(c.status, 1);
+    assert.match(c.stderr, /^ch-checkns\[\d+\]: error: no arguments expected: extra\n$/);
   });
 
   it("loads its native module only from a private directory, and re-verifies it", () => {
