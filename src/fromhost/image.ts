@@ -3,7 +3,7 @@
 import { closeSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import type { HostFs } from "../container/hostfs.ts";
 import { MAGIC } from "../container/squash.ts";
-import { imagePath } from "../image/storage.ts";
+import { imageName, imagePath, Storage, validImageName } from "../image/storage.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { selfCommand } from "../sys/self.ts";
 import { type LdDir, lastLine, parseLdconfigV, type Ran, runProgram } from "./host.ts";
@@ -16,10 +16,14 @@ export interface TargetImage {
   storage: string | null;
 }
 
-/** Finds IMAGE: a name in storage first (as ch-run does), then a directory. */
+/** Finds IMAGE: a name in storage first (as ch-run does: any spelling of its reference, and
+ * only from a storage directory no one else could have written), then a directory. */
 export function findTarget(image: string, storage: string): TargetImage {
-  const byName = imagePath(storage, image);
-  if (statSync(byName, { throwIfNoEntry: false })?.isDirectory()) return { root: realpathSync(byName), storage };
+  const byName = validImageName(image) ? imagePath(storage, imageName(image)) : null;
+  if (byName !== null && statSync(byName, { throwIfNoEntry: false })?.isDirectory()) {
+    new Storage(storage).safe();
+    return { root: realpathSync(byName), storage };
+  }
   const st = statSync(image, { throwIfNoEntry: false });
   if (!st) throw new ChError(`can't find image: ${image} (not a directory, nor an image in storage ${storage})`, { errno: 2 });
   if (!st.isDirectory()) {

@@ -215,7 +215,7 @@ describe("ch-fromhost", () => {
     const env = { CH_IMAGE_STORAGE: storage };
     const r = fromhost(["-f", join(host, "list"), "-p", join(host, "bin/hello"), "local/small"], env);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stderr, new RegExp(`injected 3 files into ${realpathSync(storage)}/img/local%small; ran ldconfig`));
+    assert.match(r.stderr, new RegExp(`injected 3 files into ${realpathSync(storage)}/img/local%small\\+latest; ran ldconfig`));
     const h = run(CH_RUN, ["-s", storage, "local/small", "--", "hello"]);
     assert.equal(h.stdout, "hello from the host\n", h.stderr);
   });
