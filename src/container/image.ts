@@ -1,9 +1,9 @@
 // Which image ch-run runs: a name in storage first, then a path (a directory, or a SquashFS
 // file by its magic number), with Charliecloud's refusals.
-import { closeSync, openSync, readSync, realpathSync, statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { imageName, imagePath, Storage, validImageName } from "../image/storage.ts";
-import { ChError, sysError } from "../sys/errors.ts";
-import { MAGIC } from "./squash.ts";
+import { ChError } from "../sys/errors.ts";
+import { isSquashFile } from "./squash.ts";
 
 export type Image = { kind: "dir"; root: string } | { kind: "squash"; file: string };
 
@@ -33,14 +33,6 @@ export function findImage(image: string, storage: string, write: boolean, unsafe
     if (!unsafe && `${root}/`.startsWith(img)) throw new ChError("can't run directory images from storage (hint: run by name)");
     return { kind: "dir", root };
   }
-  const magic = Buffer.alloc(4);
-  try {
-    const fd = openSync(image, "r");
-    readSync(fd, magic, 0, 4, 0);
-    closeSync(fd);
-  } catch (e) {
-    throw sysError(`can't read image: ${image}`, e);
-  }
-  if (magic.toString("latin1") === MAGIC) return { kind: "squash", file: image };
+  if (isSquashFile(image)) return { kind: "squash", file: image };
   throw new ChError(`unknown image type: ${image}`);
 }

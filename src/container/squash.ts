@@ -2,11 +2,12 @@
 // setuid helper (fusermount is not used: there we are root of a user namespace), and the
 // container's root is that mount. It lives in the container's private mount namespace only, so
 // it is gone when the container is, however ch-run ends.
-import { accessSync, constants, mkdirSync, realpathSync, statSync } from "node:fs";
+import { accessSync, closeSync, constants, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { posix } from "node:path";
 import { ChError, sysError } from "../sys/errors.ts";
 import { spawnInNamespaces } from "../sys/launch.ts";
 import { libc } from "../sys/libc.ts";
+import { findExecutable } from "../sys/which.ts";
 
 export interface SquashMount {
   /** The image file (real path). */
@@ -19,20 +20,24 @@ export interface SquashMount {
 
 export const MAGIC = "hsqs";
 
-function findExecutable(name: string, path: string | undefined): string | null {
-  for (const dir of [...(path ?? "").split(":"), "/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]) {
-    if (!dir.startsWith("/")) continue;
-    const p = posix.join(dir, name);
+/** Whether a file is a SquashFS image, by its magic number. */
+export function isSquashFile(path: string): boolean {
+  const magic = Buffer.alloc(4);
+  try {
+    const fd = openSync(path, "r");
     try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {}
+      readSync(fd, magic, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    throw sysError(`can't read image: ${path}`, e);
   }
-  return null;
+  return magic.toString("latin1") === MAGIC;
 }
 
 function squashfuse(): string | null {
-  return findExecutable("squashfuse", process.env.PATH);
+  return findExecutable("squashfuse", process.env.PATH, ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]);
 }
 
 /** Whether this ch-run can run SquashFS images here (ch-run --feature=squash): squashfuse is

@@ -2,9 +2,9 @@
 // ldconfig -p, ldconfig -Nv and ldd, parsed here (pure functions), and the programs that print
 // them, run through a small interface that tests replace.
 import { spawnSync } from "node:child_process";
-import { accessSync, constants } from "node:fs";
 import { posix } from "node:path";
 import { ChError } from "../sys/errors.ts";
+import { findExecutable } from "../sys/which.ts";
 
 export interface CacheEntry {
   /** The name the dynamic linker looks up (a soname, or a development link's name). */
@@ -179,13 +179,5 @@ export function lastLine(text: string): string {
 
 /** An executable found in PATH (and the sbin directories, where ldconfig lives), or null. */
 export function findProgram(name: string, path = process.env.PATH ?? ""): string | null {
-  for (const dir of [...path.split(":"), "/usr/sbin", "/sbin", "/usr/bin", "/bin"]) {
-    if (!dir.startsWith("/")) continue;
-    const p = posix.join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {}
-  }
-  return null;
+  return findExecutable(name, path, ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]);
 }

@@ -1,10 +1,10 @@
 // The image ch-fromhost injects into: a directory, or an image in storage by name (a SquashFS
 // file can't be written); and running its own programs (ldconfig) through our ch-run.
-import { closeSync, openSync, readSync, realpathSync, statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import type { HostFs } from "../container/hostfs.ts";
-import { MAGIC } from "../container/squash.ts";
+import { isSquashFile } from "../container/squash.ts";
 import { imageName, imagePath, Storage, validImageName } from "../image/storage.ts";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError } from "../sys/errors.ts";
 import { selfCommand } from "../sys/self.ts";
 import { type LdDir, lastLine, parseLdconfigV, type Ran, runProgram } from "./host.ts";
 import { resolveInImage } from "./imagepath.ts";
@@ -27,15 +27,7 @@ export function findTarget(image: string, storage: string): TargetImage {
   const st = statSync(image, { throwIfNoEntry: false });
   if (!st) throw new ChError(`can't find image: ${image} (not a directory, nor an image in storage ${storage})`, { errno: 2 });
   if (!st.isDirectory()) {
-    const magic = Buffer.alloc(4);
-    try {
-      const fd = openSync(image, "r");
-      readSync(fd, magic, 0, 4, 0);
-      closeSync(fd);
-    } catch (e) {
-      throw sysError(`can't read image: ${image}`, e);
-    }
-    if (magic.toString("latin1") === MAGIC)
+    if (isSquashFile(image))
       throw new ChError(
         `can't inject into SquashFS image ${image}: it is read-only; unpack it (ch-convert ${image} DIR), inject into DIR, and pack DIR again if need be`,
       );
