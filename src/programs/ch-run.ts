@@ -16,7 +16,7 @@ import {
   type RunOptions,
 } from "../container/plan.ts";
 import { MAGIC, mountSquash, prepareSquash } from "../container/squash.ts";
-import { imageName, imagePath, Storage, storageDir, validImageName } from "../image/storage.ts";
+import { Storage, storageDir, validImageName } from "../image/storage.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
@@ -216,9 +216,8 @@ function isDirectory(path: string): boolean {
  * busybox:latest), then a path. An image is run from a storage directory only if that is safe,
  * i.e. no other user could have put it there. */
 function findImage(image: string, storage: string, write: boolean, unsafe: boolean): Image {
-  const byName = validImageName(image) ? imagePath(storage, imageName(image)) : null;
+  const byName = validImageName(image) ? new Storage(storage).find(image) : null;
   if (byName !== null && isDirectory(byName)) {
-    new Storage(storage).safe();
     if (write && !unsafe) throw new ChError(`--write invalid when running by name: ${image}`);
     return { kind: "dir", root: realpathSync(byName) };
   }
