@@ -1,7 +1,7 @@
 // Which image ch-run runs: a name in storage first, then a path (a directory, or a SquashFS
 // file by its magic number), with Charliecloud's refusals.
 import { realpathSync, statSync } from "node:fs";
-import { imageName, imagePath, Storage, validImageName } from "../image/storage.ts";
+import { Storage, validImageName } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
 import { isSquashFile } from "./squash.ts";
 
@@ -19,9 +19,8 @@ function isDirectory(path: string): boolean {
  * busybox:latest), then a path. An image is run from a storage directory only if that is safe,
  * i.e. no other user could have put it there. */
 export function findImage(image: string, storage: string, write: boolean, unsafe: boolean): Image {
-  const byName = validImageName(image) ? imagePath(storage, imageName(image)) : null;
+  const byName = validImageName(image) ? new Storage(storage).find(image) : null;
   if (byName !== null && isDirectory(byName)) {
-    new Storage(storage).safe();
     if (write && !unsafe) throw new ChError(`--write invalid when running by name: ${image}`);
     return { kind: "dir", root: realpathSync(byName) };
   }

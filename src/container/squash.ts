@@ -2,8 +2,8 @@
 // setuid helper (fusermount is not used: there we are root of a user namespace), and the
 // container's root is that mount. It lives in the container's private mount namespace only, so
 // it is gone when the container is, however ch-run ends.
-import { accessSync, closeSync, constants, mkdirSync, openSync, readSync, realpathSync, statSync } from "node:fs";
-import { posix } from "node:path";
+import { accessSync, closeSync, constants, openSync, readSync, realpathSync, statSync } from "node:fs";
+import { Storage } from "../image/storage.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { spawnInNamespaces } from "../sys/launch.ts";
 import { libc } from "../sys/libc.ts";
@@ -68,12 +68,9 @@ export function prepareSquash(image: string, mountOption: string | null, storage
       throw new ChError(`--mount: mount point not found or not a directory: ${mountOption}`, { errno: 2 });
     mnt = mountOption;
   } else {
-    mnt = posix.join(storage, "mnt");
-    try {
-      mkdirSync(mnt, { recursive: true, mode: 0o700 });
-    } catch (e) {
-      throw sysError(`can't create SquashFS mount point: ${mnt}`, e);
-    }
+    // STORAGE/mnt: the storage directory is checked first (another user's, or one others can
+    // write, is refused), and made whole if absent, as Charliecloud's ch-image accepts it.
+    mnt = new Storage(storage).mountPoint();
   }
   return { file: realpathSync(image), mnt: realpathSync(mnt), fuse };
 }

@@ -3,7 +3,7 @@
 import { realpathSync, statSync } from "node:fs";
 import type { HostFs } from "../container/hostfs.ts";
 import { isSquashFile } from "../container/squash.ts";
-import { imageName, imagePath, Storage, validImageName } from "../image/storage.ts";
+import { Storage, validImageName } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
 import { selfCommand } from "../sys/self.ts";
 import { type LdDir, lastLine, parseLdconfigV, type Ran, runProgram } from "./host.ts";
@@ -19,9 +19,8 @@ export interface TargetImage {
 /** Finds IMAGE: a name in storage first (as ch-run does: any spelling of its reference, and
  * only from a storage directory no one else could have written), then a directory. */
 export function findTarget(image: string, storage: string): TargetImage {
-  const byName = validImageName(image) ? imagePath(storage, imageName(image)) : null;
+  const byName = validImageName(image) ? new Storage(storage).find(image) : null;
   if (byName !== null && statSync(byName, { throwIfNoEntry: false })?.isDirectory()) {
-    new Storage(storage).safe();
     return { root: realpathSync(byName), storage };
   }
   const st = statSync(image, { throwIfNoEntry: false });

@@ -73,6 +73,7 @@ function bind() {
     waitpid: lib.func("int waitpid(int, _Out_ int *, int)"),
     kill: lib.func("int kill(int, int)"),
     fcntl: lib.func("int fcntl(int, int, int)"),
+    fcntlLock: lib.func("int fcntl(int, int, ...)"),
     memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
     execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
@@ -201,6 +202,28 @@ export function libc() {
     /** Clears close-on-exec on a descriptor. */
     keepOnExec(fd: number): void {
       check("fcntl", f.fcntl(fd, 2 /* F_SETFD */, 0) as number);
+    },
+    /** Takes an exclusive lock on the whole file open for writing at fd without waiting:
+     * fcntl(2) F_OFD_SETLK (a lock of the open file description, released when it is closed or
+     * the process ends), or F_SETLK on kernels without OFD locks. Either conflicts with the other
+     * and with lockf(3)/Python's fcntl.lockf() on the same file, even over NFS. Returns false if
+     * another holds a lock on it. */
+    lockExclusive(fd: number): boolean {
+      const flock = new Uint8Array(32); // struct flock: type, whence, start, len, pid
+      const dv = new DataView(flock.buffer);
+      dv.setInt16(0, 1 /* F_WRLCK */, true);
+      dv.setInt16(2, 0 /* SEEK_SET */, true);
+      for (const cmd of [37 /* F_OFD_SETLK */, 6 /* F_SETLK */]) {
+        for (;;) {
+          if ((f.fcntlLock(fd, cmd, "uint8_t *", flock) as number) === 0) return true;
+          const e = errno();
+          if (e === 4 /* EINTR */) continue;
+          if (e === 11 /* EAGAIN */ || e === 13 /* EACCES */) return false;
+          if (e === 22 /* EINVAL: no OFD locks */ && cmd === 37) break;
+          throw new LibcError("fcntl", e);
+        }
+      }
+      throw new LibcError("fcntl", 22);
     },
     /** waitpid(pid, WNOHANG): the raw status if it ended, else null. */
     reaped(pid: number): number | null {
