@@ -4,6 +4,7 @@ import { helpOrVersion, type OptSpec, parseArgs } from "../cli/getopt.ts";
 import { setVerbosity } from "../cli/log.ts";
 import { fromhost, type PrintWhat, type Source } from "../fromhost/fromhost.ts";
 import { usageError } from "../sys/errors.ts";
+import { loadLibc } from "../sys/libc.ts";
 
 const SPECS: OptSpec[] = [
   { name: "cmd", short: "c", arg: "required", argName: "CMD", help: "inject the files listed in the standard output of CMD" },
@@ -41,7 +42,7 @@ Environment: CH_FROMHOST_OFI_CXI, CH_FROMHOST_OFI_GNI: Cray's libfabric files (p
 by colons or newlines); CH_FROMHOST_LD_CACHE: an ld.so cache to read instead of the host's
 (for --nvidia without nvidia-container-cli).`;
 
-export function main(argv: string[]): number {
+export async function main(argv: string[]): Promise<number> {
   const p = parseArgs(argv, SPECS);
   const hv = helpOrVersion(p, {
     name: "ch-fromhost",
@@ -106,5 +107,6 @@ export function main(argv: string[]): number {
   if (p.positionals.length === 0) throw usageError("no image specified (usage: ch-fromhost [OPTION...] [FILE_OPTION...] IMAGE)");
   if (p.positionals.length > 1) throw usageError(`one image only: ${p.positionals.join(" ")}`);
   const user = process.env.USER || userInfo().username;
+  await loadLibc(); // the storage lock, for an image in storage, is fcntl(2)'s
   return fromhost({ image: p.positionals[0], sources, print: [...new Set(print)], noLdconfig }, process.env, process.cwd(), user);
 }
