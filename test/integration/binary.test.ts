@@ -126,7 +126,7 @@ describe("one executable", () => {
     assert.equal(modules(join(xdg, "charliecloud")).length, 1);
   });
 
-  it("passes over a planted symlink and a parent anyone can rename things in", () => {
+  it("passes over a planted symlink, a parent anyone can rename things in, and another owner's directory", () => {
     const home = join(dir, "plant-home");
     const t = join(dir, "plant-tmp");
     const elsewhere = join(dir, "plant-elsewhere");
@@ -144,6 +144,20 @@ describe("one executable", () => {
     const r2 = run(CH_RUN, ["/nonexistent", "--", "true"], { env: { ...env, TMPDIR: open } });
     assert.match(r2.stderr, /can't find image: \/nonexistent/);
     assert.deepEqual(readdirSync(open), []);
+    // Another user's directory at that name (another user can't be made here: in a user
+    // namespace, a bind mount of /usr there shows as owned by an unmapped UID), and no other place.
+    const theirs = join(dir, "plant-theirs");
+    mkdirSync(theirs);
+    const script =
+      'mkdir "$TMPDIR/charliecloud-0" && mount --bind /usr "$TMPDIR/charliecloud-0" && exec "$0" /nonexistent -- true';
+    const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN], {
+      env: { PATH: "/usr/bin:/bin", USER: "u", TMPDIR: theirs },
+    });
+    assert.equal(r3.status, 31, r3.stderr);
+    assert.match(
+      r3.stderr,
+      /can't load the native FFI module: no private directory for the native module \(.*plant-theirs\/charliecloud-0: owned by UID 65534, not 0\)/,
+    );
   });
 
   it("200 first starts at once sharing one home directory, no node-local place usable (noexec): none fails, the module is written once or a few times, whole", async (t) => {
