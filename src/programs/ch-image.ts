@@ -90,7 +90,10 @@ Environment:
                                 registry (and port, default 443; and path components put first)
                                 of references without a host, instead of Docker Hub
   CH_IMAGE_RETRY_DELAY_MS       first delay between retries (1000; then doubled, 4 tries)
-  CH_IMAGE_TIMEOUT_S            seconds without data before a connection is given up (60)`;
+  CH_IMAGE_TIMEOUT_S            seconds without data before a connection is given up (60)
+  https_proxy, http_proxy, all_proxy, no_proxy (or uppercase)
+                                HTTP proxy http://[USER:PASSWORD@]HOST[:PORT] and the hosts
+                                reached without it, as curl reads them (loopback included)`;
 
 function want(args: string[], n: number, usage: string): void {
   if (args.length !== n) throw new ChError(`usage: ch-image ${usage}`);
