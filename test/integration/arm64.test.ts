@@ -67,6 +67,11 @@ describe("linux-arm64 build under qemu-user", { skip: missing }, () => {
     const results = await Promise.all(PROGRAMS.map((p) => arm(p, ["--version"])));
     results.forEach((v, i) => {
       assert.equal(v.status, 0, `${PROGRAMS[i]}: ${v.stderr}`);
+      if (PROGRAMS[i] === "ch-run") {
+        // As Charliecloud's ch-run: the bare version, on stderr.
+        assert.match(v.stderr, /^\d+\.\d+\.\d+\n$/, "no warning (a V8 code cache made on x86-64 would be rejected, saying so)");
+        return;
+      }
       assert.equal(v.stderr, "", "no warning (a V8 code cache made on x86-64 would be rejected, saying so)");
       assert.match(v.stdout, new RegExp(`^${PROGRAMS[i]} \\(Charliecloud\\) \\d+\\.\\d+\\.\\d+\\n$`));
     });
@@ -117,7 +122,7 @@ describe("linux-arm64 build under qemu-user", { skip: missing }, () => {
   it("launches a container, where qemu-user can", async (t) => {
     const img = busyboxImage(dir, "run-img");
     const r = await arm("ch-run", [img, "--", "/bin/echo", "hello from arm64"]);
-    if (r.status !== 0 && /clone failed: errno 22\b/.test(r.stderr)) {
+    if (r.status !== 0 && /can't create the container's user namespace .*: Invalid argument/.test(r.stderr)) {
       // qemu-user refuses clone(2) with namespace flags (EINVAL): no container under it.
       t.skip("qemu-user can't create user and mount namespaces (clone: EINVAL); run on aarch64 hardware");
       return;

@@ -193,7 +193,7 @@ describe("one executable", () => {
     watcher.close();
     for (const r of results) {
       assert.equal(r.status, 31, r.stderr);
-      assert.match(r.stderr, /^ch-run\[\d+\]: can't find image: \/nonexistent/, r.stderr);
+      assert.match(r.stderr, /^ch-run\[\d+\]: error: can't find image: \/nonexistent/, r.stderr);
     }
     t.diagnostic(`module written ${writes.size} time(s) by 200 starts`);
     assert.ok(writes.size >= 1 && writes.size <= 5, `module written ${writes.size} times: ${[...writes].join(" ")}`);
