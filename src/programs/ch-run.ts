@@ -5,7 +5,7 @@ import { helpOrVersion, type OptSpec, parseArgs, parseId } from "../cli/getopt.t
 import { type Assignment, type EnvOp, parseAssignment, parseEnvFile } from "../container/env.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { prefixedFs, realFs } from "../container/hostfs.ts";
-import { joinGroup, Peers } from "../container/join.ts";
+import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import {
   type Bind,
   DEFAULT_WRITE_FAKE_SIZE,
@@ -263,25 +263,38 @@ export async function main(argv: string[]): Promise<number> {
   };
   /** Runs the command in the container of process `target` (a --join peer). */
   const joinContainer = (target: number, peers: Peers | null): never => {
-    say(`join: joining the container of PID ${target}`);
-    return launchJoined({
-      target,
-      nullFds,
-      ready: peers ? () => peers.arrive() : undefined,
-      build: (b, beforeExec) =>
-        run(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
-    });
+    say(`joining namespaces of pid ${target}`);
+    try {
+      return launchJoined({
+        target,
+        nullFds,
+        ownFds: peers?.fds(),
+        ready: peers ? () => peers.leave() : undefined,
+        build: (b, beforeExec) =>
+          run(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
+      });
+    } catch (e) {
+      peers?.leave();
+      throw e;
+    }
   };
-  if (parsed.joinPid !== null) joinContainer(parsed.joinPid, null);
-  let peers: Peers | null = null;
-  if (parsed.join) {
-    const timeout = Number(process.env.CH_RUN_JOIN_TIMEOUT || 30) * 1000;
-    peers = new Peers(joinGroup(parsed.join, process.env, process.ppid), euid, timeout);
-    const first = peers.claim();
-    say(`join: ${first ? "first peer" : "peer"}: tag ${peers.group.tag}, ${peers.group.count} peers (${peers.group.countFrom})`);
-    if (!first) joinContainer(peers.waitForContainer(), peers);
+  const group = parsed.join ? joinGroup(parsed.join, process.env, process.ppid) : null;
+  if (group) for (const l of describeGroup(group)) say(l);
+  say(`join: ${group ? 1 : 0} ${group?.count ?? 0} ${group?.tag ?? "(null)"} ${parsed.joinPid ?? 0}`);
+  if (parsed.joinPid !== null) {
+    checkJoinable(parsed.joinPid);
+    joinContainer(parsed.joinPid, null);
   }
-  const group = peers;
+  let peers: Peers | null = null;
+  if (group) {
+    const seconds = process.env.CH_RUN_JOIN_TIMEOUT || "30";
+    if (!/^\d+(\.\d+)?$/.test(seconds) || !(Number(seconds) > 0))
+      throw new ChError(`CH_RUN_JOIN_TIMEOUT: not a positive number of seconds: ${seconds}`);
+    peers = new Peers(group, Number(seconds) * 1000, say);
+    const claim = peers.claim();
+    if (!claim.first) joinContainer(claim.pid, peers);
+  }
+  const first = peers;
   try {
     launch({
       euid,
@@ -310,10 +323,12 @@ export async function main(argv: string[]): Promise<number> {
         });
         run(p, b, beforeExec);
       },
-      ready: group ? (pid) => group.publishAndWait(pid) : undefined,
+      ownFds: first?.fds(),
+      // The first peer's command starts at once; its holder keeps the container for the others.
+      ready: first ? (pid) => first.publish(pid) : undefined,
     });
   } catch (e) {
-    group?.clear();
+    peers?.abort();
     throw e;
   }
 }
