@@ -8,7 +8,7 @@ import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
 import { prefixedFs, realFs } from "../container/hostfs.ts";
 import { findImage } from "../container/image.ts";
-import { joinGroup, Peers } from "../container/join.ts";
+import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import { RunLog } from "../container/log.ts";
 import { AFTER_OPTIONS, ARGS_DOC, parseRunArgs, type RunArgs, SPECS, SUMMARY } from "../container/options.ts";
 import { type Plan, plan, planJoin } from "../container/plan.ts";
@@ -106,28 +106,41 @@ function run(parsed: RunArgs, log: RunLog): never {
   };
   /** Runs the command in the container of process `target` (a --join peer). */
   const joinContainer = (target: number, peers: Peers | null): never => {
-    say(`join: joining the container of PID ${target}`);
-    return launchJoined({
-      target,
-      nullFds,
-      ready: () => {
-        log.commandStarted();
-        peers?.arrive();
-      },
-      build: (b, beforeExec) =>
-        build(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
-    });
+    say(`joining namespaces of pid ${target}`);
+    try {
+      return launchJoined({
+        target,
+        nullFds,
+        ownFds: peers?.fds(),
+        ready: () => {
+          log.commandStarted();
+          peers?.leave();
+        },
+        build: (b, beforeExec) =>
+          build(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
+      });
+    } catch (e) {
+      peers?.leave();
+      throw e;
+    }
   };
-  if (parsed.joinPid !== null) joinContainer(parsed.joinPid, null);
-  let peers: Peers | null = null;
-  if (parsed.join) {
-    const timeout = Number(process.env.CH_RUN_JOIN_TIMEOUT || 30) * 1000;
-    peers = new Peers(joinGroup(parsed.join, process.env, process.ppid), euid, timeout);
-    const first = peers.claim();
-    say(`join: ${first ? "first peer" : "peer"}: tag ${peers.group.tag}, ${peers.group.count} peers (${peers.group.countFrom})`);
-    if (!first) joinContainer(peers.waitForContainer(), peers);
+  const group = parsed.join ? joinGroup(parsed.join, process.env, process.ppid) : null;
+  if (group) for (const l of describeGroup(group)) say(l);
+  say(`join: ${group ? 1 : 0} ${group?.count ?? 0} ${group?.tag ?? "(null)"} ${parsed.joinPid ?? 0}`);
+  if (parsed.joinPid !== null) {
+    checkJoinable(parsed.joinPid);
+    joinContainer(parsed.joinPid, null);
   }
-  const group = peers;
+  let peers: Peers | null = null;
+  if (group) {
+    const seconds = process.env.CH_RUN_JOIN_TIMEOUT || "30";
+    if (!/^\d+(\.\d+)?$/.test(seconds) || !(Number(seconds) > 0))
+      throw new ChError(`CH_RUN_JOIN_TIMEOUT: not a positive number of seconds: ${seconds}`);
+    peers = new Peers(group, Number(seconds) * 1000, say);
+    const claim = peers.claim();
+    if (!claim.first) joinContainer(claim.pid, peers);
+  }
+  const first = peers;
   try {
     launch({
       euid,
@@ -156,13 +169,15 @@ function run(parsed: RunArgs, log: RunLog): never {
         });
         build(p, b, beforeExec);
       },
+      ownFds: first?.fds(),
+      // The first peer's command starts at once; its holder keeps the container for the others.
       ready: (pid) => {
         log.commandStarted();
-        group?.publishAndWait(pid);
+        first?.publish(pid);
       },
     });
   } catch (e) {
-    group?.clear();
+    peers?.abort();
     throw e;
   }
 }

@@ -17,6 +17,7 @@ export interface SyscallNumbers {
   unshare: number;
   setns: number;
   execve: number;
+  execveat: number;
   prctl: number;
   rt_sigaction: number;
   rt_sigprocmask: number;
@@ -43,6 +44,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     unshare: 272,
     setns: 308,
     execve: 59,
+    execveat: 322,
     prctl: 157,
     rt_sigaction: 13,
     rt_sigprocmask: 14,
@@ -67,6 +69,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     unshare: 97,
     setns: 268,
     execve: 221,
+    execveat: 281,
     prctl: 167,
     rt_sigaction: 134,
     rt_sigprocmask: 135,

@@ -74,6 +74,7 @@ function bind() {
     kill: lib.func("int kill(int, int)"),
     fcntl: lib.func("int fcntl(int, int, int)"),
     fcntlLock: lib.func("int fcntl(int, int, ...)"),
+    flock: lib.func("int flock(int, int)"),
     memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
     execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
@@ -125,6 +126,10 @@ export interface Mapping {
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const PROT_EXEC = 4;
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
 
 export function libc() {
   const { koffi: k, f, passwd, group } = b();
@@ -224,6 +229,15 @@ export function libc() {
         }
       }
       throw new LibcError("fcntl", 22);
+    },
+    /** flock(2); with LOCK_NB, false if another open file description holds a conflicting lock. */
+    flock(fd: number, op: number): boolean {
+      for (;;) {
+        if ((f.flock(fd, op) as number) === 0) return true;
+        const e = errno();
+        if (e === 11 /* EWOULDBLOCK */ && op & LOCK_NB) return false;
+        if (e !== 4 /* EINTR */) throw new LibcError("flock", e);
+      }
     },
     /** waitpid(pid, WNOHANG): the raw status if it ended, else null. */
     reaped(pid: number): number | null {

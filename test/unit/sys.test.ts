@@ -88,12 +88,13 @@ describe("native launcher program", () => {
     assert.ok(b.ops[prctl].soft !== true, "a failure stops the command");
   });
 
-  it("has launcher and waiter code for x86-64 and aarch64", () => {
+  it("has launcher, waiter and join holder code for x86-64 and aarch64", () => {
     for (const a of ["x64", "arm64"] as const) {
       assert.ok(Buffer.from(blobs[a].launcher, "base64").length > 100);
-      const w = Buffer.from(blobs[a].waiter, "base64");
-      assert.equal(w.subarray(0, 4).toString("latin1"), "\x7fELF");
-      assert.equal(w.readUInt16LE(18), a === "x64" ? 62 : 183, "ELF machine");
+      for (const w of [blobs[a].waiter, blobs[a].holder].map((b) => Buffer.from(b, "base64"))) {
+        assert.equal(w.subarray(0, 4).toString("latin1"), "\x7fELF");
+        assert.equal(w.readUInt16LE(18), a === "x64" ? 62 : 183, "ELF machine");
+      }
     }
     assert.ok(["x64", "arm64"].includes(hostArch()));
   });
