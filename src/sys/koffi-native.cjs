@@ -7,7 +7,7 @@
 //
 // Where: the first of these that works, node-local ones first, so that a job starting on 1,000
 // nodes doesn't write 1,000 copies into one shared home directory: $XDG_RUNTIME_DIR/charliecloud;
-// ${TMPDIR:-/tmp}/charliecloud-UID (a directory anyone could have made first: made with mode 0700,
+// ${TMPDIR:-/tmp}/.charliecloud-UID (hidden: $TMPDIR is the container's /tmp; a directory anyone could have made first: made with mode 0700,
 // then checked with lstat, so a symlink, another owner or a mode others can write is refused; its
 // parent must be sticky if others can write it); ${XDG_CACHE_HOME:-~/.cache}/charliecloud. A
 // directory where the module won't load (a file system mounted noexec) passes to the next. Where
@@ -60,7 +60,7 @@ function candidates() {
   const abs = (p) => p && path.isAbsolute(p);
   const out = [];
   if (abs(env.XDG_RUNTIME_DIR)) out.push([path.join(env.XDG_RUNTIME_DIR, "charliecloud"), false]);
-  out.push([path.join(abs(env.TMPDIR) ? env.TMPDIR : "/tmp", `charliecloud-${process.geteuid()}`), false]);
+  out.push([path.join(abs(env.TMPDIR) ? env.TMPDIR : "/tmp", `.charliecloud-${process.geteuid()}`), false]);
   if (abs(env.XDG_CACHE_HOME)) out.push([path.join(env.XDG_CACHE_HOME, "charliecloud"), true]);
   else if (abs(env.HOME)) out.push([path.join(env.HOME, ".cache", "charliecloud"), true]);
   return out;

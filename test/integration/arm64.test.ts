@@ -92,7 +92,7 @@ describe("linux-arm64 build under qemu-user", { skip: missing }, () => {
     assert.ok(readFileSync(join(out, "bin/busybox")).equals(readFileSync(join(img, "bin/busybox"))));
     assert.equal(readFileSync(join(out, "ch/environment"), "utf8"), readFileSync(join(img, "ch/environment"), "utf8"));
     // The module it loaded: the arm64 one, written where node-local modules go.
-    const mods = readdirSync(join(dir, "tmp", `charliecloud-${process.geteuid?.()}`)).filter((f) => f.endsWith(".node"));
+    const mods = readdirSync(join(dir, "tmp", `.charliecloud-${process.geteuid?.()}`)).filter((f) => f.endsWith(".node"));
     assert.equal(mods.length, 1);
     assert.match(mods[0], /^koffi-[\d.]+-arm64-[0-9a-f]{16}\.node$/);
   });

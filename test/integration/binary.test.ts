@@ -102,13 +102,13 @@ describe("one executable", () => {
     assert.ok(readFileSync(file).equals(good));
     // A directory others can write is refused, with what to do, when every place is such.
     const tmpd = join(dir, "native-tmp");
-    mkdirSync(join(tmpd, `charliecloud-${UID}`), { recursive: true });
-    for (const d of [join(cache, "charliecloud"), join(tmpd, `charliecloud-${UID}`)]) chmodSync(d, 0o777);
+    mkdirSync(join(tmpd, `.charliecloud-${UID}`), { recursive: true });
+    for (const d of [join(cache, "charliecloud"), join(tmpd, `.charliecloud-${UID}`)]) chmodSync(d, 0o777);
     const r = run(join(DIST, "ch-run"), [img, "--", "true"], { env: { ...env, TMPDIR: tmpd } });
     assert.equal(r.status, 31);
     assert.match(
       r.stderr,
-      /^ch-run\[\d+\]: error: can't load the native FFI module: no private directory for the native module \(.*charliecloud: writable by others \(mode 777\); .*native-tmp\/charliecloud-\d+: writable by others \(mode 777\); .*cache\/charliecloud: writable by others \(mode 777\)\).*set XDG_CACHE_HOME/,
+      /^ch-run\[\d+\]: error: can't load the native FFI module: no private directory for the native module \(.*charliecloud: writable by others \(mode 777\); .*native-tmp\/\.charliecloud-\d+: writable by others \(mode 777\); .*cache\/charliecloud: writable by others \(mode 777\)\).*set XDG_CACHE_HOME/,
     );
   });
 
@@ -121,7 +121,7 @@ describe("one executable", () => {
       mkdirSync(t);
       const r = run(CH_RUN, ["/nonexistent", "--", "true"], { env: env(t) });
       assert.match(r.stderr, /can't find image: \/nonexistent/);
-      assert.equal(modules(join(t, `charliecloud-${UID}`)).length, 1);
+      assert.equal(modules(join(t, `.charliecloud-${UID}`)).length, 1);
     }
     assert.ok(!existsSync(join(home, ".cache")), "nothing written in the home directory");
     const xdg = join(dir, "local-xdg");
@@ -136,7 +136,7 @@ describe("one executable", () => {
     const elsewhere = join(dir, "plant-elsewhere");
     for (const d of [home, t, elsewhere]) mkdirSync(d);
     chmodSync(elsewhere, 0o700);
-    symlinkSync(elsewhere, join(t, `charliecloud-${UID}`));
+    symlinkSync(elsewhere, join(t, `.charliecloud-${UID}`));
     const env = { PATH: "/usr/bin:/bin", HOME: home, USER: "u", TMPDIR: t };
     const r = run(CH_RUN, ["/nonexistent", "--", "true"], { env });
     assert.match(r.stderr, /can't find image: \/nonexistent/);
@@ -153,14 +153,14 @@ describe("one executable", () => {
     const theirs = join(dir, "plant-theirs");
     mkdirSync(theirs);
     const script =
-      'mkdir "$TMPDIR/charliecloud-0" && mount --bind /usr "$TMPDIR/charliecloud-0" && exec "$0" /nonexistent -- true';
+      'mkdir "$TMPDIR/.charliecloud-0" && mount --bind /usr "$TMPDIR/.charliecloud-0" && exec "$0" /nonexistent -- true';
     const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN], {
       env: { PATH: "/usr/bin:/bin", USER: "u", TMPDIR: theirs },
     });
     assert.equal(r3.status, 31, r3.stderr);
     assert.match(
       r3.stderr,
-      /can't load the native FFI module: no private directory for the native module \(.*plant-theirs\/charliecloud-0: owned by UID 65534, not 0\)/,
+      /can't load the native FFI module: no private directory for the native module \(.*plant-theirs\/\.charliecloud-0: owned by UID 65534, not 0\)/,
     );
   });
 

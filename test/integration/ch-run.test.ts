@@ -417,7 +417,11 @@ describe("descriptors, signals, resources", () => {
     chRun([img, "--", "true"], { env });
     chRun([img, "--", "no-such-command"], { env });
     chRun(["-b", "/no/such", img, "--", "true"], { env });
-    assert.deepEqual(readdirSync(own), []);
+    // Only the native module's private cache (hidden, made once; see koffi-native.cjs).
+    assert.deepEqual(
+      readdirSync(own).filter((f) => f !== `.charliecloud-${process.geteuid?.()}`),
+      [],
+    );
     const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));
     assert.deepEqual(added, []);
   });

@@ -337,7 +337,12 @@ describe("a storage directory of Charliecloud's", () => {
       assert.ok(!existsSync(st), "no storage directory made");
       ok(await chImage(["-s", st, "push", "--image", bbDir, `${reg.host}/fromdir:1`], env), "push --image");
       assert.ok(!existsSync(st), "no storage directory made");
-      assert.deepEqual(readdirSync(scratch), [], "its temporary directory removed");
+      // Only the native module's private cache (hidden, made once) may stay.
+      assert.deepEqual(
+        readdirSync(scratch).filter((f) => f !== `.charliecloud-${process.geteuid?.()}`),
+        [],
+        "its temporary directory removed",
+      );
       ok(await chImage(["-s", st, "pull", `${reg.host}/fromdir:1`], chEnv()), "pull it back");
     });
   });
