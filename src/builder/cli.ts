@@ -1,13 +1,15 @@
 // `ch-image build`: its options (Charliecloud's names), the Dockerfile and context it reads, the
-// image name it infers, and --parse-only. Building itself is not in this version: without
-// --parse-only, build says so and fails.
+// image name it infers, --parse-only and --dry-run; building itself is build.ts's. There is no
+// build cache yet: every build runs every instruction (--cache, --no-cache, --rebuild and
+// $CH_IMAGE_CACHE are accepted and change nothing).
 import { readFileSync, statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import type { OptSpec, ParsedOpt } from "../cli/getopt.ts";
 import { info } from "../cli/log.ts";
-import { validImageName } from "../image/storage.ts";
+import { type Storage, validImageName } from "../image/storage.ts";
+import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, sysError, usageError, warn } from "../sys/errors.ts";
-import { VERSION } from "../version.ts";
+import { Builder } from "./build.ts";
 import { type Dockerfile, type Instruction, parseDockerfile } from "./dockerfile.ts";
 import { planStages } from "./stages.ts";
 import { BuildArgs } from "./vars.ts";
@@ -191,7 +193,13 @@ function readDockerfile(path: string): string {
 }
 
 /** ch-image build [-t TAG] [-f DOCKERFILE] [...] CONTEXT */
-export function build(args: string[], o: BuildOptions, env: Record<string, string | undefined>): number {
+export async function build(
+  args: string[],
+  o: BuildOptions,
+  env: Record<string, string | undefined>,
+  storage: Storage,
+  client: ClientOptions,
+): Promise<number> {
   if (args.length !== 1) throw usageError("usage: ch-image build [-t TAG] [-f DOCKERFILE] [...] CONTEXT");
   const context = args[0];
   if (context === "-") {
@@ -207,8 +215,6 @@ export function build(args: string[], o: BuildOptions, env: Record<string, strin
   }
   if (o.tag !== null && !validImageName(o.tag)) throw usageError(`invalid image name: ${o.tag}`);
   const buildArgs = new BuildArgs(o.buildArgs, env); // checked now: a bad one is a usage error
-  if (!o.parseOnly)
-    throw new ChError(`build: building images is not available yet in this version (${VERSION}); --parse-only is`);
   const path = context === "-" ? "-" : (o.file ?? `${context}/Dockerfile`);
   const df: Dockerfile = parseDockerfile(readDockerfile(path), path === "-" ? "<stdin>" : path);
   const plan = planStages(df, buildArgs);
@@ -216,6 +222,23 @@ export function build(args: string[], o: BuildOptions, env: Record<string, strin
   const tag = o.tag ?? (context === "-" ? null : inferTag(o.file, context));
   if (o.tag === null && tag !== null) info(`inferred image name: ${tag}`);
   for (const w of [...df.warnings, ...plan.warnings]) warn(w);
-  process.stdout.write(df.instructions.map((i) => `${instructionJson(i)}\n`).join(""));
+  if (o.parseOnly) {
+    process.stdout.write(df.instructions.map((i) => `${instructionJson(i)}\n`).join(""));
+    return 0;
+  }
+  if (tag === null) throw usageError("build: -t TAG needed when CONTEXT is - (no directory to name the image after)");
+  if (o.dryRun) {
+    for (const i of plan.order)
+      for (const inst of [plan.stages[i].from, ...plan.stages[i].instructions]) info(`${inst.file}:${inst.line}: ${inst.text}`);
+    info(`dry run: nothing executed, no image written: ${tag}`);
+    return 0;
+  }
+  const builder = new Builder(plan, buildArgs, {
+    storage,
+    client,
+    context: context === "-" ? null : resolve(context),
+    force: o.force,
+  });
+  await builder.build(tag);
   return 0;
 }

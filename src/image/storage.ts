@@ -249,6 +249,7 @@ export class Storage {
   /** Takes the storage lock (a file holding HOST PID); a lock left by a dead process on this
    * host is taken over. Released at exit. The storage directory must exist (init()). */
   lock(): void {
+    if (this.lockPath !== null) return; // held already (a build pulls its base images, then builds)
     const path = posix.join(this.root, "lock");
     for (let attempt = 0; attempt < 2; attempt++) {
       try {

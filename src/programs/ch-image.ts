@@ -34,8 +34,10 @@ const SPECS: OptSpec[] = [
 
 const SUBCOMMANDS = `Subcommands:
   build [-t TAG] [-f DOCKERFILE] [--build-arg KEY[=VALUE]] [--parse-only] CONTEXT
-                                parse a Dockerfile (--parse-only: print its instructions as
-                                JSON lines); building images is not available yet
+                                build image TAG from a Dockerfile (--parse-only: print its
+                                instructions as JSON lines); no build cache yet: every build
+                                runs every instruction; RUN without root emulation (as
+                                --force=none)
   pull [-a ARCH] REF [DEST]     pull image REF from its registry into storage (as REF, or DEST;
                                 DEST starting with / ./ ../ is a directory to unpack into)
   push [--image DIR] NAME [REF] push image NAME (or directory DIR) to REF (default NAME)
@@ -102,7 +104,7 @@ async function run(storage: Storage, sub: string, args: string[], f: Flags): Pro
   const client = { tlsVerify: f.tlsVerify, auth: f.auth };
   switch (sub) {
     case "build":
-      return build(args, buildOptions(f.build, process.env), process.env);
+      return await build(args, buildOptions(f.build, process.env), process.env, storage, client);
     case "pull":
       if (args.length < 1 || args.length > 2) throw new ChError("usage: ch-image pull [-a ARCH] REF [DEST]");
       await pull(storage, args[0], args[1] ?? null, { ...client, arch: f.arch, alwaysDownload: f.alwaysDownload });
