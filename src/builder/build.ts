@@ -343,6 +343,15 @@ export class Builder {
   /** RUN, through ch-run. */
   private run(inst: Instruction, state: StageState): void {
     const { meta, dir } = state;
+    if (Array.isArray(inst.flags.mount) && inst.flags.mount.length)
+      throw new ChError(`${where(inst)}: RUN --mount: not supported yet in this version`);
+    if (inst.flags.security === "insecure")
+      throw new ChError(
+        `${where(inst)}: RUN --security=insecure: not supported (an unprivileged build has no privilege to give)`,
+      );
+    const net = inst.flags.network;
+    if (typeof net === "string" && net !== "default" && net !== "host")
+      throw new ChError(`${where(inst)}: RUN --network=${net}: not supported yet (RUN shares the host's network)`);
     let argv: string[];
     let script: string | null = null;
     const line = inst.args[0] ?? "";

@@ -204,6 +204,13 @@ END
     assert.deepEqual(leftovers(), []);
   });
 
+  it("RUN --mount is refused, not ignored", () => {
+    const r = image(["build", "-t", "mount", "-f", "-", dir], { input: "FROM bb\nRUN --mount=type=cache,target=/c true\n" });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /error: <stdin>:2: RUN --mount: not supported yet in this version /);
+    assert.equal(existsSync(img("mount")), false);
+  });
+
   it("a syntax error runs nothing and writes nothing", () => {
     const r = image(["build", "-t", "syntax", "-f", "-", dir], {
       input: `FROM bb\nRUN touch ${witness}/syntax\nCOPY --form=x a b\n`,
