@@ -86,7 +86,7 @@ RUN echo "$GREETING $E1 $E2 $IMAGE_VAR" > out.txt && pwd > pwd.txt && touch ${wi
 COPY *.txt /files/
 COPY dir /d
 COPY dir/ /d2/
-COPY a.txt /renamed
+COPY --chown=0:0 a.txt /renamed
 COPY --chmod=600 b.txt a.txt /modes/
 WORKDIR sub
 RUN pwd > /work/sub.txt
@@ -100,6 +100,10 @@ USER nobody
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /warning: root emulation \(--force=seccomp\) is not available yet/);
     assert.match(r.stderr, /^ {2}1\. FROM bb$/m);
+    assert.match(
+      r.stderr,
+      /warning: \S*\/ctx1\/Dockerfile:9: COPY --chown=0:0 ignored: files belong to the user building the image/,
+    );
     assert.match(r.stderr, /grown in 16 instructions: built:latest/);
     // RUN: ARG from --build-arg, ENV, the base image's ch/environment, WORKDIR as cwd.
     assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
@@ -148,9 +152,10 @@ USER nobody
       "plain.gz": "",
       Dockerfile: `FROM bb AS one
 RUN mkdir -p /out && echo built > /out/x && busybox ln -s /etc/passwd /out/leak
+CMD ["from-one"]
 FROM scratch AS unused
 RUN false
-FROM bb
+FROM one
 COPY --from=one /out/x /x
 COPY --from=0 /out/leak /leak
 ADD t.tar /t/
@@ -166,6 +171,8 @@ EOF
 RUN cat > /lit <<'END'
 literal $V
 END
+ENTRYPOINT ["/bin/echo"]
+VOLUME /data /logs
 `,
     });
     writeFileSync(join(ctx, "plain.gz"), gzipSync("not a tarball\n"));
@@ -185,16 +192,20 @@ END
     assert.equal(text(img("multi", "heredoc.txt")), "value=arg\n");
     assert.equal(text(img("multi", "hr")), "heredoc run arg\n");
     assert.equal(text(img("multi", "lit")), "literal $V\n");
+    // FROM a stage: its metadata, and ENTRYPOINT resets the CMD it inherits.
+    const m = meta("multi");
+    assert.deepEqual([m.entrypoint, m.cmd, m.volumes], [["/bin/echo"], [], ["/data", "/logs"]]);
     assert.deepEqual(image(["list"]).stdout, "bb:latest\nbuilt:latest\nmulti:latest\n");
     assert.deepEqual(leftovers(), []);
   });
 
   it("a failing RUN names FILE:LINE and the exit status; the tag in storage is untouched", () => {
     const before = text(img("built", "ch/metadata.json"));
-    const r = image(["build", "-t", "built", "-f", "-", dir], {
+    const r = image(["build", "--force=none", "-t", "built", "-f", "-", dir], {
       input: "FROM bb\nRUN touch /new\nRUN exit 7\nRUN touch /never\n",
     });
     assert.equal(r.status, 1);
+    assert.doesNotMatch(r.stderr, /root emulation/);
     assert.match(r.stderr, ERROR);
     assert.match(r.stderr, /error: <stdin>:3: RUN: command exited with status 7: RUN exit 7 /);
     assert.doesNotMatch(r.stderr, /touch \/never/);
