@@ -19,6 +19,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
 import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { startRegistry } from "../registry/registry.ts";
 
 const IMAGE = join(DIST, "ch-image");
 const ERROR = /^ch-image\[\d+\]: error: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/m;
@@ -231,6 +232,25 @@ VOLUME /data /logs
     assert.doesNotMatch(r.stderr, /FROM bb/);
     assert.equal(existsSync(join(witness, "syntax")), false);
     assert.equal(existsSync(img("syntax")), false);
+  });
+});
+
+describe("ch-image build FROM an image not in storage", () => {
+  it("pulls it from its registry (loopback docker-registry), then builds", async () => {
+    const reg = await startRegistry(join(dir, "registry"));
+    try {
+      const ref = `${reg.host}/bb:1`;
+      const p = image(["push", "bb", ref]);
+      assert.equal(p.status, 0, p.stderr);
+      const r = image(["build", "-t", "pulled", "-f", "-", dir], { input: `FROM ${ref}\nRUN echo ok > /ok\n` });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /base image not in storage, pulling: 127\.0\.0\.1:\d+\/bb:1/);
+      assert.equal(text(img("pulled", "ok")), "ok\n");
+      assert.match(image(["list"]).stdout, /^127\.0\.0\.1:\d+\/bb:1$/m);
+      assert.deepEqual(leftovers(), []);
+    } finally {
+      await reg.stop();
+    }
   });
 });
 
