@@ -11,7 +11,18 @@
 // - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
 //   then the base image's, then ENV.
 import { spawnSync } from "node:child_process";
-import { cpSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { hostname } from "node:os";
 import { join, posix } from "node:path";
 import { isSea } from "node:sea";
@@ -175,6 +186,8 @@ export class Builder {
   private readonly states = new Map<number, StageState>();
   private readonly images = new Map<string, string>();
   private ignore: IgnoreMatcher | null = null;
+  /** The storage directory, real path (never copied from the context). */
+  private storageReal: string | null = null;
   private dir = "";
   private step = 0;
 
@@ -201,6 +214,7 @@ export class Builder {
     }
     storage.init();
     storage.lock();
+    this.storageReal = realpathSync(storage.root);
     if (this.ctx.context !== null) {
       const p = join(this.ctx.context, ".dockerignore");
       if (lstatOrNull(p)?.isFile()) this.ignore = new IgnoreMatcher(readFileSync(p, "utf8"));
@@ -326,18 +340,20 @@ export class Builder {
   /** Where COPY/ADD read: the context, or --from's stage or image. */
   private copySource(inst: Instruction, fromFlag: unknown) {
     if (typeof fromFlag !== "string" || fromFlag === "")
-      return this.ctx.context === null ? null : { root: this.ctx.context, isContext: true, ignore: this.ignore };
+      return this.ctx.context === null
+        ? null
+        : { root: this.ctx.context, isContext: true, ignore: this.ignore, skip: this.storageReal };
     let index = -1;
     if (/^[+-]?\d+$/.test(fromFlag)) index = Number(fromFlag);
     else for (const s of this.plan.stages) if (s.name === fromFlag.toLowerCase()) index = s.index;
     if (index >= 0) {
       const st = this.states.get(index);
       if (!st) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: stage not built`);
-      return { root: st.dir, isContext: false, ignore: null };
+      return { root: st.dir, isContext: false, ignore: null, skip: null };
     }
     const dir = this.images.get(fromFlag);
     if (!dir) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: image not found`);
-    return { root: dir, isContext: false, ignore: null };
+    return { root: dir, isContext: false, ignore: null, skip: null };
   }
 
   /** RUN, through ch-run. */

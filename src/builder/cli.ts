@@ -2,7 +2,7 @@
 // image name it infers, --parse-only and --dry-run; building itself is build.ts's. There is no
 // build cache yet: every build runs every instruction (--cache, --no-cache, --rebuild and
 // $CH_IMAGE_CACHE are accepted and change nothing).
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import type { OptSpec, ParsedOpt } from "../cli/getopt.ts";
 import { info } from "../cli/log.ts";
@@ -236,7 +236,7 @@ export async function build(
   const builder = new Builder(plan, buildArgs, {
     storage,
     client,
-    context: context === "-" ? null : resolve(context),
+    context: context === "-" ? null : realpathSync(resolve(context)),
     force: o.force,
   });
   await builder.build(tag);

@@ -43,6 +43,9 @@ export interface CopySource {
   /** The build context (sources may not leave it); false for an image. */
   isContext: boolean;
   ignore: IgnoreMatcher | null;
+  /** A directory never copied: the storage directory, when it is in the context (a build
+   * would copy itself, forever). */
+  skip: string | null;
 }
 
 export interface CopyRequest {
@@ -136,7 +139,16 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
       writeFile(req.dest, target, (p) => writeFileSync(p, item.content, { flag: "wx", mode: 0o644 }), mode ?? 0o644, null);
     } else if (item.st.isDirectory()) {
       const dir = mkdirsIn(req.dest, destPath);
-      copyTree(item.host, item.rel, req.dest, dir.rel, mode, req.from?.isContext ? req.from.ignore : null);
+      if (item.host === req.from?.skip) throw new ChError(`${where(inst)}: ${K}: can't copy the storage directory: ${item.rel}`);
+      copyTree(
+        item.host,
+        item.rel,
+        req.dest,
+        dir.rel,
+        mode,
+        req.from?.isContext ? req.from.ignore : null,
+        req.from?.skip ?? null,
+      );
     } else if (add && isTarball(item.host)) {
       const dir = mkdirsIn(req.dest, destPath);
       reportStats(item.host, await extractTar(item.host, dir.host));
@@ -186,6 +198,7 @@ function copyTree(
   destRel: string,
   mode: number | null,
   ignore: IgnoreMatcher | null,
+  skip: string | null,
 ): boolean {
   let any = false;
   let names: string[];
@@ -197,6 +210,10 @@ function copyTree(
   for (const name of names) {
     const s = join(src, name);
     const rel = srcRel === "" ? name : `${srcRel}/${name}`;
+    if (s === skip) {
+      warn(`not copying the storage directory: ${rel}`);
+      continue;
+    }
     const st = lstatSync(s);
     const excluded = ignore?.excluded(rel) ?? false;
     if (excluded && !(st.isDirectory() && ignore?.hasExceptions)) continue;
@@ -204,7 +221,7 @@ function copyTree(
     if (st.isDirectory()) {
       const created = resolveIn(root, d, true).st === null;
       const dir = mkdirsIn(root, d);
-      const copied = copyTree(s, rel, root, dir.rel, mode, ignore);
+      const copied = copyTree(s, rel, root, dir.rel, mode, ignore, skip);
       if (excluded && !copied) {
         if (created) rmdirSync(dir.host);
         continue;

@@ -295,6 +295,16 @@ COPY tree/ /
     assert.equal(text(img("confined", "evilfile")), "A\n");
   });
 
+  it("never copies the storage directory into the image when it is in the context", () => {
+    const ctx = context("ctx6", { "a.txt": "A\n" });
+    const env = { ...process.env, CH_IMAGE_STORAGE: join(ctx, "st") };
+    assert.equal(run(IMAGE, ["import", join(dir, "bb.tar"), "bb"], { env }).status, 0);
+    const r = run(IMAGE, ["build", "-t", "self", "-f", "-", ctx], { env, input: "FROM bb\nCOPY . /all/\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /warning: not copying the storage directory: st$/m);
+    assert.deepEqual(readdirSync(join(ctx, "st/img/self+latest/all")), ["a.txt"]);
+  });
+
   it("ADD refuses a tarball with a member outside the destination", () => {
     const ctx = context("ctx5", { "sub/f": "F\n" });
     const t = run("tar", ["-C", join(ctx, "sub"), "-cPf", join(ctx, "bad.tar"), "../sub/f"]);
