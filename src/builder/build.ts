@@ -36,7 +36,7 @@ import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
-import { IgnoreMatcher, lstatOrNull, mkdirsIn } from "./paths.ts";
+import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Plan, Stage } from "./stages.ts";
 import { type BuildArgs, StageScope } from "./vars.ts";
 
@@ -87,13 +87,19 @@ const record = (x: unknown): Record<string, string> => {
 export function baseMetadata(dir: string | null): BuildMetadata {
   let j: Record<string, unknown> = {};
   let envFile: Record<string, string> = {};
+  // The image is untrusted: its files are read inside it (a symlink to a host file isn't).
+  const read = (path: string) => {
+    const r = resolveIn(dir as string, path, true);
+    if (!r.st?.isFile()) throw new ChError(`not a file: ${path}`);
+    return readFileSync(r.host, "utf8");
+  };
   if (dir !== null) {
     try {
-      const parsed = JSON.parse(readFileSync(join(dir, "ch", "metadata.json"), "utf8"));
+      const parsed = JSON.parse(read("ch/metadata.json"));
       if (typeof parsed === "object" && parsed !== null) j = parsed;
     } catch {
       try {
-        for (const line of readFileSync(join(dir, "ch", "environment"), "utf8").split("\n")) {
+        for (const line of read("ch/environment").split("\n")) {
           const eq = line.indexOf("=");
           if (eq > 0) envFile[line.slice(0, eq)] = line.slice(eq + 1);
         }

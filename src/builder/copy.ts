@@ -149,7 +149,7 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
         req.from?.isContext ? req.from.ignore : null,
         req.from?.skip ?? null,
       );
-    } else if (add && isTarball(item.host)) {
+    } else if (add && item.st.isFile() && isTarball(item.host)) {
       const dir = mkdirsIn(req.dest, destPath);
       reportStats(item.host, await extractTar(item.host, dir.host));
     } else if (item.st.isFile()) {

@@ -13,6 +13,7 @@ import {
   readFileSync,
   readlinkSync,
   symlinkSync,
+  unlinkSync,
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
@@ -303,6 +304,22 @@ COPY tree/ /
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /warning: not copying the storage directory: st$/m);
     assert.deepEqual(readdirSync(join(ctx, "st/img/self+latest/all")), ["a.txt"]);
+  });
+
+  it("reads the base image's ch/ files inside it: a symlink to a host file is not followed out", () => {
+    const secret = join(dir, "hostsecret");
+    writeFileSync(secret, "SECRET=leak\n");
+    const evil = busyboxImage(dir, "evilbb");
+    unlinkSync(join(evil, "ch/environment"));
+    symlinkSync(secret, join(evil, "ch/environment"));
+    assert.equal(run("tar", ["-C", evil, "-cf", join(dir, "evilbb.tar"), "."]).status, 0);
+    assert.equal(image(["import", join(dir, "evilbb.tar"), "evilbb"]).status, 0);
+    const r = image(["build", "-t", "noleak", "-f", "-", dir], { input: "FROM evilbb\nENV X=1\n" });
+    assert.equal(r.status, 0, r.stderr);
+    const m = meta("noleak");
+    assert.equal(m.env.SECRET, undefined);
+    assert.equal(m.env.X, "1");
+    assert.doesNotMatch(text(img("noleak", "ch/environment")), /SECRET/);
   });
 
   it("ADD refuses a tarball with a member outside the destination", () => {
