@@ -173,6 +173,11 @@ EOF
 RUN cat > /lit <<'END'
 literal $V
 END
+RUN <<EOF
+#!/bin/sh
+echo "shebang $0" > /sb
+EOF
+RUN ["/bin/sh", "-c", "echo exec form > /ex"]
 ENTRYPOINT ["/bin/echo"]
 VOLUME /data /logs
 `,
@@ -194,6 +199,12 @@ VOLUME /data /logs
     assert.equal(text(img("multi", "heredoc.txt")), "value=arg\n");
     assert.equal(text(img("multi", "hr")), "heredoc run arg\n");
     assert.equal(text(img("multi", "lit")), "literal $V\n");
+    assert.match(text(img("multi", "sb")), /^shebang \/\.ch-run-heredoc\.\d+\n$/);
+    assert.deepEqual(
+      readdirSync(img("multi")).filter((n) => n.startsWith(".ch-run")),
+      [],
+    );
+    assert.equal(text(img("multi", "ex")), "exec form\n");
     // FROM a stage: its metadata, and ENTRYPOINT resets the CMD it inherits.
     const m = meta("multi");
     assert.deepEqual([m.entrypoint, m.cmd, m.volumes], [["/bin/echo"], [], ["/data", "/logs"]]);
