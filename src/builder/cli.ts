@@ -21,7 +21,7 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "KEY[=VALUE]",
     help: "build: set ARG KEY (to environment variable KEY if no VALUE)",
   },
-  { name: "cache", arg: "none", help: "build: use the build cache (default)" },
+  { name: "cache", arg: "none", help: "build: use the build cache (default; there is none yet in this version)" },
   { name: "dry-run", short: "n", arg: "none", help: "build: don't execute any instruction" },
   {
     name: "file",
@@ -30,16 +30,21 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "DOCKERFILE",
     help: "build: Dockerfile to use (default CONTEXT/Dockerfile; - for standard input)",
   },
-  { name: "force", arg: "optional", argName: "MODE", help: "build: root emulation MODE: seccomp (default) or none" },
+  {
+    name: "force",
+    arg: "optional",
+    argName: "MODE",
+    help: "build: root emulation MODE: seccomp (default; not available yet: as none) or none",
+  },
   {
     name: "force-cmd",
     arg: "required",
     argName: "CMD,ARG1[,ARG2...]",
-    help: "build: add ARGs to command CMD in RUN (repeatable)",
+    help: "build: add ARGs to command CMD in RUN (repeatable; needs seccomp mode: ignored yet)",
   },
-  { name: "no-cache", arg: "none", help: "build: don't use the build cache" },
+  { name: "no-cache", arg: "none", help: "build: don't use the build cache (every build runs every instruction yet)" },
   { name: "parse-only", arg: "none", help: "build: parse the Dockerfile, print its instructions (JSON lines), stop" },
-  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM, caching the results" },
+  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM (what every build does yet)" },
   { name: "tag", short: "t", arg: "required", argName: "TAG", help: "build: name of the image (default: inferred)" },
 ];
 

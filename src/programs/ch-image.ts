@@ -59,7 +59,7 @@ loopback unless --tls-no-verify.
 
 Environment:
   CH_IMAGE_CACHE                build cache: enabled, disabled or rebuild (like --cache,
-                                --no-cache, --rebuild)
+                                --no-cache, --rebuild; no build cache in this version yet)
   CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
   CH_IMAGE_USERNAME, CH_IMAGE_PASSWORD
                                 registry credentials (else asked for on a terminal when needed
@@ -158,7 +158,7 @@ export async function main(argv: string[]): Promise<number> {
   const hv = helpOrVersion(p, {
     name: "ch-image",
     usage: "[OPTION...] SUBCOMMAND [ARG...]",
-    summary: "Manage Charliecloud images: pull and push them, keep them in storage.",
+    summary: "Manage Charliecloud images: build, pull and push them, keep them in storage.",
     specs: SPECS,
     trailer: SUBCOMMANDS,
   });

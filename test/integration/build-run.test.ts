@@ -228,6 +228,15 @@ VOLUME /data /logs
     assert.deepEqual(leftovers(), []);
   });
 
+  it("COPY without a context (Dockerfile as CONTEXT -) says so", () => {
+    const r = image(["build", "-t", "nocontext", "-"], { input: "FROM bb\nCOPY a /a\n" });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /error: <stdin>:2: COPY: no build context \(the Dockerfile came from standard input\) /);
+    const t = image(["build", "-"], { input: "FROM bb\n" });
+    assert.equal(t.status, 1);
+    assert.match(t.stderr, /-t TAG needed when CONTEXT is -/);
+  });
+
   it("RUN --mount is refused, not ignored", () => {
     const r = image(["build", "-t", "mount", "-f", "-", dir], { input: "FROM bb\nRUN --mount=type=cache,target=/c true\n" });
     assert.equal(r.status, 1);
