@@ -105,7 +105,8 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
       const r = resolveIn(from.root, m, true);
       if (from.isContext && r.escaped)
         throw new ChError(`${where(inst)}: ${K}: can't copy from outside the build context: ${src}${m !== src ? ` (${m})` : ""}`);
-      const excluded = from.isContext && !!from.ignore?.excluded(r.rel);
+      // An excluded directory may still hold exceptions ("!dir/keep"): copyTree decides.
+      const excluded = from.isContext && !!from.ignore?.excluded(r.rel) && !(r.st?.isDirectory() && from.ignore?.hasExceptions);
       if (!r.st || excluded) {
         if (!hasMeta(src))
           throw new ChError(

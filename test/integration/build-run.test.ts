@@ -79,7 +79,9 @@ describe("ch-image build", () => {
       "dir/link": ["link", "sub/f"],
       "dir/secret.key": "no\n",
       "dir/keep.key": "yes\n",
-      ".dockerignore": "# comment\nignored.txt\n**/*.key\n!dir/keep.key\n",
+      "skipped/no": "no\n",
+      "skipped/yes": "yes\n",
+      ".dockerignore": "# comment\nignored.txt\n**/*.key\n!dir/keep.key\nskipped\n!skipped/yes\n",
       Dockerfile: `FROM bb
 ARG GREETING=hello
 ENV E1=one E2="two words"
@@ -88,6 +90,7 @@ RUN echo "$GREETING $E1 $E2 $IMAGE_VAR" > out.txt && pwd > pwd.txt && touch ${wi
 COPY *.txt /files/
 COPY dir /d
 COPY dir/ /d2/
+COPY skipped /skipped
 COPY --chown=0:0 a.txt /renamed
 COPY --chmod=600 b.txt a.txt /modes/
 WORKDIR sub
@@ -104,9 +107,9 @@ USER nobody
     assert.match(r.stderr, /^ {2}1\. FROM bb$/m);
     assert.match(
       r.stderr,
-      /warning: \S*\/ctx1\/Dockerfile:9: COPY --chown=0:0 ignored: files belong to the user building the image/,
+      /warning: \S*\/ctx1\/Dockerfile:10: COPY --chown=0:0 ignored: files belong to the user building the image/,
     );
-    assert.match(r.stderr, /grown in 16 instructions: built:latest/);
+    assert.match(r.stderr, /grown in 17 instructions: built:latest/);
     // RUN: ARG from --build-arg, ENV, the base image's ch/environment, WORKDIR as cwd.
     assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
     assert.equal(text(img("built", "work/pwd.txt")), "/work\n");
@@ -120,6 +123,7 @@ USER nobody
       assert.deepEqual(readdirSync(img("built", d)).sort(), ["keep.key", "link", "sub"]);
     }
     assert.equal(text(img("built", "renamed")), "A\n");
+    assert.deepEqual(readdirSync(img("built", "skipped")), ["yes"]);
     assert.equal(lstatSync(img("built", "modes/b.txt")).mode & 0o7777, 0o600);
     assert.equal(lstatSync(img("built", "modes/a.txt")).mode & 0o7777, 0o600);
     const m = meta("built");
@@ -134,7 +138,7 @@ USER nobody
     assert.deepEqual(m.shell, ["/bin/sh", "-ec"]);
     assert.deepEqual(m.cmd, ["/bin/sh", "-ec", "echo hi"]);
     assert.equal(m.user, "nobody");
-    assert.equal(m.history.length, 15);
+    assert.equal(m.history.length, 16);
     assert.equal(
       m.history[3].created_by,
       `RUN echo "$GREETING $E1 $E2 $IMAGE_VAR" > out.txt && pwd > pwd.txt && touch ${witness}/ran`,
