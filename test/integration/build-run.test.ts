@@ -16,6 +16,7 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
@@ -239,6 +240,17 @@ VOLUME /data /logs
     const t = image(["build", "-"], { input: "FROM bb\n" });
     assert.equal(t.status, 1);
     assert.match(t.stderr, /-t TAG needed when CONTEXT is -/);
+  });
+
+  it("removes the build directory a killed build left (dead PID, this host)", () => {
+    const dead = run("sh", ["-c", "echo $$"]).stdout.trim();
+    const left = join(storage, "tmp", `build.${hostname()}.${dead}`);
+    mkdirSync(join(left, "0/sub"), { recursive: true });
+    const r = image(["build", "-t", "after-kill", "-f", "-", dir], { input: "FROM bb\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /removing leftover of an earlier build: /);
+    assert.equal(existsSync(left), false);
+    assert.deepEqual(leftovers(), []);
   });
 
   it("RUN --mount is refused, not ignored", () => {
