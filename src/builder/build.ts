@@ -182,7 +182,19 @@ function buildDir(storage: Storage): string {
 /** Copies an image directory (stage or storage) to make a stage from it. */
 function copyImageDir(src: string, dst: string): void {
   try {
-    cpSync(src, dst, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+    cpSync(src, dst, {
+      recursive: true,
+      verbatimSymlinks: true,
+      preserveTimestamps: true,
+      // FIFOs, sockets and devices a RUN left: not copied (an unprivileged image can't have
+      // devices, and Node's cp refuses the others).
+      filter: (path) => {
+        const st = lstatOrNull(path);
+        if (!st || st.isFile() || st.isDirectory() || st.isSymbolicLink()) return true;
+        warn(`not copying special file: ${path.slice(src.length) || "/"}`);
+        return false;
+      },
+    });
   } catch (e) {
     throw sysError(`can't copy image: ${src}`, e);
   }

@@ -158,7 +158,7 @@ USER nobody
     const ctx = context("ctx2", {
       "plain.gz": "",
       Dockerfile: `FROM bb AS one
-RUN mkdir -p /out && echo built > /out/x && busybox ln -s /etc/passwd /out/leak
+RUN mkdir -p /out && echo built > /out/x && busybox ln -s /etc/passwd /out/leak && busybox mkfifo /fifo
 CMD ["from-one"]
 FROM scratch AS unused
 RUN false
@@ -193,6 +193,7 @@ VOLUME /data /logs
     const r = image(["build", "-t", "multi", ctx]);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stderr, /RUN false/); // stage "unused" isn't needed
+    assert.match(r.stderr, /warning: not copying special file: \/fifo$/m);
     assert.equal(text(img("multi", "x")), "built\n");
     // The stage's /out/leak -> /etc/passwd is the stage's own passwd, not the host's.
     assert.equal(text(img("multi", "leak")), "root:x:0:0:root:/root:/bin/sh\n");
