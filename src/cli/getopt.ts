@@ -3,7 +3,7 @@
 // attach (--set-env=FILE, -W4m), options may follow positionals until "--", and every option
 // is returned in command-line order so that order-dependent options (--set-env, --unset-env)
 // keep it. cac's parser cannot express these, and Charliecloud's users rely on them.
-import { usageError } from "../sys/errors.ts";
+import { ChError, usageError } from "../sys/errors.ts";
 import { VERSION } from "../version.ts";
 
 export type ArgKind = "none" | "required" | "optional";
@@ -24,24 +24,31 @@ export interface ParsedOpt {
 export interface Parsed {
   opts: ParsedOpt[];
   positionals: string[];
-  /** Everything after "--" (also included at the end of positionals). */
-  afterDashes: string[] | null;
 }
 
-/** Parses argv. Option parsing ends at "--", or at positional number `stopAfter` + 1 (ch-run's
- * COMMAND after IMAGE), whichever comes first. */
-export function parseArgs(argv: string[], specs: OptSpec[], stopAfter = Number.POSITIVE_INFINITY): Parsed {
+/** An option getopt_long(3) itself refuses (unknown, ambiguous, missing or extra argument), with
+ * getopt's own words. */
+export class GetoptError extends ChError {
+  constructor(message: string) {
+    super(message, { usage: true });
+  }
+}
+
+export type ArgItem = { kind: "opt"; name: string; value: string | null } | { kind: "pos"; value: string };
+
+/** Scans argv one item at a time, options and positionals in command-line order, so that a
+ * caller can act on an option (--help, --feature) before a later bad one is reached, as argp
+ * does. Option parsing ends at "--" (the rest are positionals), or at positional number
+ * `stopAfter` + 1 (ch-run's COMMAND after IMAGE), whichever comes first. Throws GetoptError. */
+export function* scanArgs(argv: string[], specs: OptSpec[], stopAfter = Number.POSITIVE_INFINITY): Generator<ArgItem> {
   const byLong = new Map(specs.map((s) => [s.name, s]));
   const byShort = new Map(specs.filter((s) => s.short).map((s) => [s.short as string, s]));
-  const opts: ParsedOpt[] = [];
-  const positionals: string[] = [];
-  let afterDashes: string[] | null = null;
+  let positionals = 0;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--") {
-      afterDashes = argv.slice(i + 1);
-      positionals.push(...afterDashes);
-      break;
+      for (const rest of argv.slice(i + 1)) yield { kind: "pos", value: rest };
+      return;
     }
     if (a.startsWith("--")) {
       const eq = a.indexOf("=");
@@ -51,46 +58,58 @@ export function parseArgs(argv: string[], specs: OptSpec[], stopAfter = Number.P
         // Unambiguous prefixes, as getopt_long allows.
         const hits = specs.filter((s) => s.name.startsWith(name));
         if (hits.length === 1 && name.length > 0) spec = hits[0];
-        else if (hits.length > 1) throw usageError(`option '--${name}' is ambiguous`);
+        else if (hits.length > 1)
+          throw new GetoptError(`option '--${name}' is ambiguous; possibilities:${hits.map((h) => ` '--${h.name}'`).join("")}`);
       }
-      if (!spec) throw usageError(`unrecognized option '--${name}'`);
+      if (!spec) throw new GetoptError(`unrecognized option '${a}'`);
       let value: string | null = eq < 0 ? null : a.slice(eq + 1);
-      if (spec.arg === "none" && value !== null) throw usageError(`option '--${spec.name}' doesn't allow an argument`);
+      if (spec.arg === "none" && value !== null) throw new GetoptError(`option '--${spec.name}' doesn't allow an argument`);
       if (spec.arg === "required" && value === null) {
-        if (i + 1 >= argv.length) throw usageError(`option '--${spec.name}' requires an argument`);
+        if (i + 1 >= argv.length) throw new GetoptError(`option '--${spec.name}' requires an argument`);
         value = argv[++i];
       }
-      opts.push({ name: spec.name, value });
+      yield { kind: "opt", name: spec.name, value };
       continue;
     }
     if (a.startsWith("-") && a.length > 1) {
       for (let k = 1; k < a.length; k++) {
         const spec = byShort.get(a[k]);
-        if (!spec) throw usageError(`invalid option -- '${a[k]}'`);
+        if (!spec) throw new GetoptError(`invalid option -- '${a[k]}'`);
         if (spec.arg === "none") {
-          opts.push({ name: spec.name, value: null });
+          yield { kind: "opt", name: spec.name, value: null };
           continue;
         }
         let value: string | null = a.slice(k + 1);
         if (value === "") {
           value = null;
           if (spec.arg === "required") {
-            if (i + 1 >= argv.length) throw usageError(`option requires an argument -- '${a[k]}'`);
+            if (i + 1 >= argv.length) throw new GetoptError(`option requires an argument -- '${a[k]}'`);
             value = argv[++i];
           }
         }
-        opts.push({ name: spec.name, value });
+        yield { kind: "opt", name: spec.name, value };
         break;
       }
       continue;
     }
-    if (positionals.length >= stopAfter) {
-      positionals.push(...argv.slice(i));
-      break;
+    if (positionals >= stopAfter) {
+      for (const rest of argv.slice(i)) yield { kind: "pos", value: rest };
+      return;
     }
-    positionals.push(a);
+    positionals++;
+    yield { kind: "pos", value: a };
   }
-  return { opts, positionals, afterDashes };
+}
+
+/** Parses argv all at once (see scanArgs()). */
+export function parseArgs(argv: string[], specs: OptSpec[], stopAfter = Number.POSITIVE_INFINITY): Parsed {
+  const opts: ParsedOpt[] = [];
+  const positionals: string[] = [];
+  for (const item of scanArgs(argv, specs, stopAfter)) {
+    if (item.kind === "opt") opts.push({ name: item.name, value: item.value });
+    else positionals.push(item.value);
+  }
+  return { opts, positionals };
 }
 
 /** GNU-style --help text. */

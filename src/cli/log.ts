@@ -1,4 +1,7 @@
-// Chatter for the image programs: info lines go to stderr unless -q, verbose ones need -v.
+// Chatter for the image programs: info lines go to stderr (or ch-image's $CH_LOG_FILE) unless
+// -q; verbose ones need -v, debug ones -vv, trace ones -vvv.
+import { chatter } from "../sys/errors.ts";
+
 let level = 0;
 
 /** Sets the verbosity: 0 normal, negative with each -q, positive with each -v. */
@@ -11,9 +14,17 @@ export function verbosity(): number {
 }
 
 export function info(message: string): void {
-  if (level >= 0) process.stderr.write(`${message}\n`);
+  if (level >= 0) chatter(`${message}\n`);
 }
 
 export function verbose(message: string): void {
-  if (level >= 1) process.stderr.write(`${message}\n`);
+  if (level >= 1) chatter(`${message}\n`);
+}
+
+export function debug(message: string): void {
+  if (level >= 2) chatter(`${message}\n`);
+}
+
+export function trace(message: string): void {
+  if (level >= 3) chatter(`${message}\n`);
 }

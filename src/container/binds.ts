@@ -10,6 +10,8 @@ export interface Mounted {
   dst: string;
   /** Host path of what is mounted there, or null for a file system of its own (tmpfs). */
   src: string | null;
+  /** With src null: what the mount point is (a tmpfs is a directory). */
+  type?: FileType;
 }
 
 export interface Resolved {
@@ -57,7 +59,7 @@ export class ContainerView {
   private stat(path: string): { type: FileType | null; host: string | null; under: Mounted | null } {
     const h = this.host(path);
     if (this.created.has(path)) return { type: "dir", ...h };
-    if (h.host === null) return { type: null, ...h };
+    if (h.host === null) return { type: h.under?.dst === path ? (h.under.type ?? null) : null, ...h };
     const st = this.fs.lstat(h.host);
     return { type: st ? st.type : null, ...h };
   }

@@ -1,7 +1,8 @@
 // The command's environment, as Charliecloud builds it: the host's, then HOME, PATH (with /bin
-// when missing), no TMPDIR, the user's --set-env and --unset-env in command-line order, and
-// CH_RUNNING last.
+// when missing), no TMPDIR, the user's --set-env and --unset-env (extended globs, as with
+// FNM_EXTMATCH) in command-line order, and CH_RUNNING last.
 import { ChError } from "../sys/errors.ts";
+import { fnmatch } from "./fnmatch.ts";
 
 export interface Assignment {
   name: string;
@@ -57,27 +58,6 @@ export function expand(value: string, env: Map<string, string>): string {
   return out.join(":");
 }
 
-/** fnmatch(3)-style glob on a variable name: * ? [...] [!...]. */
-export function globToRegExp(glob: string): RegExp {
-  let re = "";
-  for (let i = 0; i < glob.length; i++) {
-    const c = glob[i];
-    if (c === "*") re += ".*";
-    else if (c === "?") re += ".";
-    else if (c === "[") {
-      const end = glob.indexOf("]", i + 2);
-      if (end < 0) re += "\\[";
-      else {
-        let set = glob.slice(i + 1, end);
-        if (set.startsWith("!")) set = `^${set.slice(1)}`;
-        re += `[${set.replace(/\\/g, "\\\\")}]`;
-        i = end;
-      }
-    } else re += c.replace(/[.+^${}()|\\\]]/g, "\\$&");
-  }
-  return new RegExp(`^${re}$`, "s");
-}
-
 export interface EnvInput {
   host: Record<string, string | undefined>;
   home: string;
@@ -125,9 +105,8 @@ export function buildEnv(input: EnvInput): EnvResult {
       if (text === null) throw new ChError(`can't open: ${op.path}`, { errno: 2 });
       set(parseEnvFile(text, op.path, op.nul));
     } else {
-      const re = globToRegExp(op.glob);
       for (const k of [...env.keys()])
-        if (re.test(k)) {
+        if (fnmatch(op.glob, k)) {
           env.delete(k);
           log.push(`environment: unset ${k}`);
         }

@@ -1,6 +1,7 @@
 // What the planner may look at on the host: a read-only view of the file system. The real one
 // uses node:fs; tests use MemFs, a tree in memory.
-import { lstatSync, readFileSync, readlinkSync } from "node:fs";
+import { lstatSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { posix } from "node:path";
 
 export type FileType = "file" | "dir" | "link" | "other";
 
@@ -12,6 +13,8 @@ export interface Stat {
 
 export interface HostFs {
   lstat(path: string): Stat | null;
+  /** As lstat(), but a symlink is followed (null if it dangles). */
+  stat(path: string): Stat | null;
   readlink(path: string): string;
   /** The file's text, or null if it can't be read. */
   readFile(path: string): string | null;
@@ -28,6 +31,14 @@ export const realFs: HostFs = {
   lstat(path) {
     const st = lstatSync(path, { throwIfNoEntry: false });
     return st ? { type: typeOf(st), uid: st.uid, mode: st.mode } : null;
+  },
+  stat(path) {
+    try {
+      const st = statSync(path, { throwIfNoEntry: false });
+      return st ? { type: typeOf(st), uid: st.uid, mode: st.mode } : null;
+    } catch {
+      return null; // ELOOP, EACCES on the way: not there for us
+    }
   },
   readlink(path) {
     return readlinkSync(path);
@@ -68,6 +79,17 @@ export class MemFs implements HostFs {
     return { type: "dir", uid: 1000, mode: 0o40755 };
   }
 
+  stat(path: string): Stat | null {
+    let p = path;
+    for (let i = 0; i < 40; i++) {
+      const n = this.nodes.get(p);
+      if (n === undefined) return null;
+      if (typeof n === "object" && "link" in n) p = posix.resolve(posix.dirname(p), n.link);
+      else return this.lstat(p);
+    }
+    return null;
+  }
+
   readlink(path: string): string {
     const n = this.nodes.get(path);
     if (n && typeof n === "object" && "link" in n) return n.link;
@@ -86,6 +108,7 @@ export function prefixedFs(fs: HostFs, root: string, prefix: string): HostFs {
   const map = (p: string) => (p === root || p.startsWith(`${root}/`) ? `${prefix}${p}` : p);
   return {
     lstat: (p) => fs.lstat(map(p)),
+    stat: (p) => fs.stat(map(p)),
     readlink: (p) => fs.readlink(map(p)),
     readFile: (p) => fs.readFile(map(p)),
   };

@@ -3,11 +3,13 @@
 import { posix } from "node:path";
 import { ChError } from "../sys/errors.ts";
 import type { Group, Passwd } from "../sys/libc.ts";
-import { ContainerView, type Mounted, missingDirs } from "./binds.ts";
+import { ContainerView } from "./binds.ts";
 import { buildEnv, type EnvOp } from "./env.ts";
 import type { HostFs } from "./hostfs.ts";
+import { Mounts } from "./mounts.ts";
 import { groupFile, passwdFile } from "./passwd.ts";
 import { pmixHashEnv, pmixServerDir, pmixStep } from "./pmix.ts";
+import { argvToString } from "./syslog.ts";
 
 export interface Bind {
   src: string;
@@ -86,22 +88,6 @@ export interface Plan {
   log: string[];
 }
 
-/** Host files bound into the container when both sides have them. */
-export const OPTIONAL_FILES = [
-  "/etc/hosts",
-  "/etc/machine-id",
-  "/etc/resolv.conf",
-  "/var/lib/hugetlbfs",
-  "/etc/opt/cray/wlm_detect",
-  "/opt/cray/wlm_detect",
-  "/opt/cray/alps",
-  "/opt/cray/udreg",
-  "/opt/cray/ugni",
-  "/opt/cray/xpmem",
-  "/var/opt/cray/alps",
-  "/var/spool/slurmd",
-];
-
 export const DEFAULT_WRITE_FAKE_SIZE = "12%";
 
 // statvfs f_flag bits and the mount(2) flags a read-only bind remount must keep.
@@ -138,21 +124,10 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   const gid = o.gid ?? h.egid;
   const img = h.image.root;
   const view = new ContainerView(img, h.fs);
-  let newroot = img;
-  const at = (p: string) => posix.join(newroot, p);
-  const mounted = (m: Mounted) => view.mounts.push(m);
+  const m = new Mounts(ops, view, h.fs, img);
+  const hostTmp = posix.resolve(h.cwd, h.env.TMPDIR || "/tmp");
 
-  log.push(`image: ${img}`, `container uid: ${uid}`, `container gid: ${gid}`);
-  const need = (p: string, type: "dir" | "file") => {
-    const r = view.resolve(p);
-    if (r.type === null)
-      throw new ChError(`can't bind ${p}: not found in image ${img} (is it a complete image? ch-convert fixes up images)`, {
-        errno: 2,
-      });
-    if (type === "dir" && r.type !== "dir")
-      throw new ChError(`can't bind ${p}: not a directory in image: ${r.path}`, { errno: 20 });
-    return r.path;
-  };
+  log.push(`image: ${img}`, `container uid: ${uid}`, `container gid: ${gid}`, `host $TMPDIR: ${hostTmp}`);
 
   // Our own mount namespace, and the image as a mount of its own (pivot_root(2) needs one).
   ops.push({ op: "private" });
@@ -160,7 +135,9 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
 
   // A small private tmpfs, mounted where the host's /dev will go, holds the overlay's upper
   // layer for -W and the synthesized passwd and group files; nothing is written on the host.
-  const stage = posix.join(img, need("/dev", "dir"));
+  const dev = m.required("/dev");
+  if (dev.type !== "dir") throw new ChError(`can't bind /dev to ${m.at("/dev")}`, { errno: 20 });
+  const stage = posix.join(img, dev.path);
   const staging = !o.noPasswd || o.writeFake !== null;
   if (staging) {
     const size = o.writeFake ?? "1m";
@@ -170,10 +147,12 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
     const [upper, work, merged] = ["upper", "work", "merged"].map((d) => posix.join(stage, d));
     for (const d of [upper, work, merged]) ops.push({ op: "mkdir", path: d, what: `can't mkdir ${d}` });
     ops.push({ op: "overlay", lower: img, upper, work, dst: merged });
-    newroot = merged;
-    log.push(`overlaying tmpfs for --write-fake (${o.writeFake})`, `newroot updated: ${newroot}`);
+    m.newroot = merged;
+    log.push(`overlaying tmpfs for --write-fake (${o.writeFake})`, `newroot updated: ${merged}`);
   }
+  const newroot = m.newroot;
   const writable = o.write || o.writeFake !== null;
+  m.writable = writable;
 
   // HOME, then the ID files that use it.
   const homeDir = o.home ? `/home/${h.user}` : view.resolve("/root").type === "dir" ? "/root" : "/";
@@ -185,73 +164,25 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
       ["passwd", passwdFile(ids)],
       ["group", groupFile(ids)],
     ]) {
-      const dst = need(`/etc/${name}`, "file");
       const tmp = posix.join(stage, name);
+      const dst = m.required(`/etc/${name}`).path;
       ops.push({ op: "file", path: tmp, content, what: `can't write ${tmp}` });
-      ops.push({ op: "bind", src: tmp, dst: at(dst), what: `can't bind ${name} file to ${dst}` });
-      mounted({ dst, src: null });
+      ops.push({ op: "bind", src: tmp, dst: m.at(dst), what: `can't bind ${tmp} to ${m.at(dst)}` });
+      m.mounted({ dst, src: null, type: "file" });
     }
   }
   if (staging && o.writeFake === null) ops.push({ op: "umount", path: stage });
 
-  // Host directories and files.
-  const mkdirs = (dirs: string[]) => {
-    for (const d of dirs) {
-      view.created.add(d);
-      ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
-    }
-  };
-  const bindHost = (src: string, dst: string) => {
-    ops.push({ op: "bind", src, dst: at(dst), what: `can't bind ${src} to ${dst}` });
-    mounted({ dst, src });
-  };
-  for (const d of ["/dev", "/proc", "/sys"]) bindHost(d, need(d, "dir"));
-  for (const f of OPTIONAL_FILES) {
-    const hs = h.fs.lstat(f);
-    if (!hs || hs.type === "link" || hs.type === "other") continue;
-    const r = view.resolve(f);
-    if (r.type !== hs.type) continue;
-    bindHost(f, r.path);
-  }
-  const tmp = need("/tmp", "dir");
-  if (o.privateTmp) {
-    ops.push({ op: "tmpfs", dst: at(tmp), options: "mode=1777", what: `can't mount tmpfs at ${tmp}` });
-    mounted({ dst: tmp, src: null });
-  } else bindHost("/tmp", tmp);
-
+  // Host directories and files, /tmp, $HOME (made in the overlay --home implies if need be,
+  // beside the image's own /home), then the user's binds in order.
+  m.defaults();
+  m.tmp(o.privateTmp, hostTmp);
   if (o.home) {
     const hostHome = h.env.HOME;
     if (!hostHome) throw new ChError("--home failed: $HOME not set");
-    const r = view.resolve(homeDir);
-    if (r.type === "dir") bindHost(hostHome, r.path);
-    else {
-      const home = need("/home", "dir");
-      ops.push({ op: "tmpfs", dst: at(home), options: "size=4m,mode=0755", what: `can't mount tmpfs at ${home}` });
-      mounted({ dst: home, src: null });
-      const d = posix.join(home, h.user);
-      ops.push({ op: "mkdir", path: at(d), what: `can't mkdir ${d}` });
-      view.created.add(d);
-      bindHost(hostHome, d);
-    }
+    m.bindMakingDst(posix.resolve(h.cwd, hostHome), hostHome, homeDir);
   }
-
-  // The user's binds, in order.
-  for (const b of o.binds) {
-    const src = posix.resolve(h.cwd, b.src);
-    const hs = h.fs.lstat(src);
-    if (!hs) throw new ChError(`can't bind: source not found: ${b.src}`, { errno: 2 });
-    const r = view.resolve(b.dst);
-    if (r.type === null) {
-      if (!writable)
-        throw new ChError(
-          `can't bind ${b.src} to ${b.dst}: destination not found in image, which is read-only (use an existing directory such as /mnt/0, or -w or -W)`,
-          { errno: 2 },
-        );
-      if (r.under) throw new ChError(`can't mkdir ${r.missing}: under existing bind-mount ${r.under.dst}`, { errno: 1 });
-      mkdirs(missingDirs(r)); // inside the image only
-    }
-    bindHost(src, r.path);
-  }
+  for (const b of o.binds) m.bindMakingDst(posix.resolve(h.cwd, b.src), b.src, b.dst);
 
   // PMIx's shared store (srun --mpi=pmix), at the same path as on the host, or PMIx's
   // per-process store instead (see pmix.ts).
@@ -260,8 +191,8 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   if (pmixDir) {
     const step = pmixStep(view, pmixDir, writable);
     if (step.kind === "bind") {
-      mkdirs(step.mkdirs);
-      bindHost(step.src, step.dst);
+      m.mkdirs(step.mkdirs);
+      m.bindHost(step.src, step.dst);
       log.push(`PMIx server directory ${pmixDir}: binding ${step.src}`);
     } else pmixHash = step.kind === "hash";
   }
@@ -291,7 +222,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
   ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
-  log.push(`executing: ${o.argv.join(" ")}`);
+  log.push(`executing: ${argvToString(o.argv)}`);
   return { ops, warnings, log };
 }
 
@@ -323,7 +254,7 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
     argv: o.argv,
     env: [...env.env].map(([k, v]) => `${k}=${v}`),
   });
-  log.push(`executing: ${o.argv.join(" ")}`);
+  log.push(`executing: ${argvToString(o.argv)}`);
   return { ops, warnings: env.warnings, log };
 }
 

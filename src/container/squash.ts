@@ -2,11 +2,12 @@
 // setuid helper (fusermount is not used: there we are root of a user namespace), and the
 // container's root is that mount. It lives in the container's private mount namespace only, so
 // it is gone when the container is, however ch-run ends.
-import { accessSync, constants, mkdirSync, realpathSync, statSync } from "node:fs";
-import { posix } from "node:path";
+import { accessSync, closeSync, constants, openSync, readSync, realpathSync, statSync } from "node:fs";
+import { Storage } from "../image/storage.ts";
 import { ChError, sysError } from "../sys/errors.ts";
 import { spawnInNamespaces } from "../sys/launch.ts";
 import { libc } from "../sys/libc.ts";
+import { findExecutable } from "../sys/which.ts";
 
 export interface SquashMount {
   /** The image file (real path). */
@@ -19,22 +20,42 @@ export interface SquashMount {
 
 export const MAGIC = "hsqs";
 
-function findExecutable(name: string, path: string | undefined): string | null {
-  for (const dir of [...(path ?? "").split(":"), "/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]) {
-    if (!dir.startsWith("/")) continue;
-    const p = posix.join(dir, name);
+/** Whether a file is a SquashFS image, by its magic number. */
+export function isSquashFile(path: string): boolean {
+  const magic = Buffer.alloc(4);
+  try {
+    const fd = openSync(path, "r");
     try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {}
+      readSync(fd, magic, 0, 4, 0);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (e) {
+    throw sysError(`can't read image: ${path}`, e);
   }
-  return null;
+  return magic.toString("latin1") === MAGIC;
+}
+
+function squashfuse(): string | null {
+  return findExecutable("squashfuse", process.env.PATH, ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"]);
+}
+
+/** Whether this ch-run can run SquashFS images here (ch-run --feature=squash): squashfuse is
+ * found and /dev/fuse is usable. */
+export function squashUsable(): boolean {
+  if (!squashfuse()) return false;
+  try {
+    accessSync("/dev/fuse", constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Checks what a SquashFS run needs, before any namespace exists. */
 export function prepareSquash(image: string, mountOption: string | null, storage: string): SquashMount {
   const unpack = `unpack it instead: ch-convert ${image} DIR`;
-  const fuse = findExecutable("squashfuse", process.env.PATH);
+  const fuse = squashfuse();
   if (!fuse) throw new ChError(`can't mount SquashFS image: squashfuse not found (install it, or ${unpack})`, { errno: 2 });
   try {
     accessSync("/dev/fuse", constants.R_OK | constants.W_OK);
@@ -47,12 +68,9 @@ export function prepareSquash(image: string, mountOption: string | null, storage
       throw new ChError(`--mount: mount point not found or not a directory: ${mountOption}`, { errno: 2 });
     mnt = mountOption;
   } else {
-    mnt = posix.join(storage, "mnt");
-    try {
-      mkdirSync(mnt, { recursive: true, mode: 0o700 });
-    } catch (e) {
-      throw sysError(`can't create SquashFS mount point: ${mnt}`, e);
-    }
+    // STORAGE/mnt: the storage directory is checked first (another user's, or one others can
+    // write, is refused), and made whole if absent, as Charliecloud's ch-image accepts it.
+    mnt = new Storage(storage).mountPoint();
   }
   return { file: realpathSync(image), mnt: realpathSync(mnt), fuse };
 }

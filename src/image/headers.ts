@@ -12,7 +12,7 @@
 import { Header, type HeaderData, Pax } from "tar";
 import { ChError } from "../sys/errors.ts";
 import { headerNumber, PaxSparse, readGnuEntries, type SparseInfo } from "./sparse.ts";
-import { parsePaxXattrs, type Xattrs } from "./xattrs.ts";
+import { parsePaxXattrs, paxRecords, type Xattrs } from "./xattrs.ts";
 
 /** node-tar's Parser ignores meta members (pax and long-name headers) bigger than this. */
 export const MAX_META = 1024 * 1024;
@@ -34,22 +34,6 @@ interface Queued {
   ordinal: number;
   cksum: number | undefined;
   extra: MemberExtra;
-}
-
-/** Calls fn for each record of a pax header body ("LEN KEY=VALUE\n"), stopping at a bad one. */
-export function paxRecords(body: Buffer, fn: (key: string, value: Buffer) => void): void {
-  let pos = 0;
-  while (pos < body.length) {
-    const sp = body.indexOf(0x20, pos);
-    if (sp < 0) break;
-    const len = Number(body.toString("latin1", pos, sp));
-    if (!Number.isInteger(len) || len <= sp - pos + 1 || pos + len > body.length) break;
-    const end = pos + len;
-    const rec = body.subarray(sp + 1, body[end - 1] === 0x0a ? end - 1 : end);
-    pos = end;
-    const eq = rec.indexOf(0x3d);
-    if (eq >= 0) fn(rec.toString("utf8", 0, eq), rec.subarray(eq + 1));
-  }
 }
 
 /** Sets the checksum of the header at buf[0, 512) for its contents. */

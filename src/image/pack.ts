@@ -61,6 +61,8 @@ export interface PackOptions {
   xattrs?: boolean;
   /** Write access and change times as the modification time: the same files give the same tarball (push). */
   reproducible?: boolean;
+  /** Paths relative to the image root left out, with what is below them. */
+  omit?: string[];
 }
 
 /** Writes the image directory dir as the tarball out. */
@@ -81,6 +83,10 @@ export async function packImage(dir: string, out: string, opts: PackOptions = {}
   const created = create(
     {
       cwd: dir,
+      filter: (p: string) => {
+        const rel = p.replace(/^\.\//, "");
+        return !(opts.omit ?? []).some((o) => rel === o || rel.startsWith(`${o}/`));
+      },
       onWriteEntry: (e) => {
         entries++;
         if (e.stat) {

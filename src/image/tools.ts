@@ -1,22 +1,11 @@
 // External programs the image formats need (xz, mksquashfs, docker, ...): finding and running them.
 import { spawn } from "node:child_process";
-import { accessSync, constants } from "node:fs";
-import { join } from "node:path";
 import { ChError } from "../sys/errors.ts";
+import { findExecutable } from "../sys/which.ts";
 
 /** Absolute path of an executable found in $PATH, or null. */
 export function commandPath(name: string, path = process.env.PATH ?? "/usr/bin:/bin"): string | null {
-  for (const dir of path.split(":")) {
-    if (!dir) continue;
-    const candidate = join(dir, name);
-    try {
-      accessSync(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return null;
+  return findExecutable(name, path);
 }
 
 /** Path of a command that must be there, else an error saying what it is needed for. */

@@ -39,9 +39,8 @@ function percentDecode(s: string): string {
   }
 }
 
-/** Adds the extended attributes in the pax records `body` to `into` (SCHILY.xattr first). */
-export function parsePaxXattrs(body: Buffer, into: Xattrs): void {
-  const libarchive: Xattrs = new Map();
+/** Calls fn for each record of a pax header body ("LEN KEY=VALUE\n"), stopping at a bad one. */
+export function paxRecords(body: Buffer, fn: (key: string, value: Buffer) => void): void {
   let pos = 0;
   while (pos < body.length) {
     const sp = body.indexOf(0x20, pos);
@@ -52,12 +51,18 @@ export function parsePaxXattrs(body: Buffer, into: Xattrs): void {
     const rec = body.subarray(sp + 1, body[end - 1] === 0x0a ? end - 1 : end);
     pos = end;
     const eq = rec.indexOf(0x3d);
-    if (eq < 0) continue;
-    const key = rec.toString("utf8", 0, eq);
-    if (key.startsWith("SCHILY.xattr.")) into.set(key.slice(13), Buffer.from(rec.subarray(eq + 1)));
-    else if (key.startsWith("LIBARCHIVE.xattr."))
-      libarchive.set(percentDecode(key.slice(17)), Buffer.from(rec.toString("latin1", eq + 1), "base64"));
+    if (eq >= 0) fn(rec.toString("utf8", 0, eq), rec.subarray(eq + 1));
   }
+}
+
+/** Adds the extended attributes in the pax records `body` to `into` (SCHILY.xattr first). */
+export function parsePaxXattrs(body: Buffer, into: Xattrs): void {
+  const libarchive: Xattrs = new Map();
+  paxRecords(body, (key, value) => {
+    if (key.startsWith("SCHILY.xattr.")) into.set(key.slice(13), Buffer.from(value));
+    else if (key.startsWith("LIBARCHIVE.xattr."))
+      libarchive.set(percentDecode(key.slice(17)), Buffer.from(value.toString("latin1"), "base64"));
+  });
   for (const [name, value] of libarchive) if (!into.has(name)) into.set(name, value);
 }
 

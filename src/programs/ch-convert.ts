@@ -7,6 +7,7 @@ import { convert, type Endpoint } from "../image/convert.ts";
 import { FORMATS, type Format, inferFormat, isFormat } from "../image/formats.ts";
 import { imageName, Storage, storageDir } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
+import { loadLibc } from "../sys/libc.ts";
 
 const SPECS: OptSpec[] = [
   { name: "in-fmt", short: "i", arg: "required", argName: "FMT", help: "input image format is FMT (inferred if omitted)" },
@@ -103,7 +104,8 @@ export async function main(argv: string[]): Promise<number> {
   const o = parse(argv);
   if (typeof o === "number") return o;
   setVerbosity(o.verbosity);
-  const storage = new Storage(storageDir(o.storage, process.env, process.env.USER || userInfo().username));
+  await loadLibc(); // the storage lock is fcntl(2)'s
+  const storage = new Storage(storageDir(o.storage, process.env, process.env.USER || userInfo().username), { upgrade: true });
   const src = endpoint(o.args[0], o.inFmt, true, storage);
   const dst = endpoint(o.args[1], o.outFmt, false, storage);
   info(`input:   ${src.fmt.padEnd(10)}${src.desc}`);
@@ -118,7 +120,6 @@ export async function main(argv: string[]): Promise<number> {
   // Storage is made only to write an image in it; reading one needs it there already.
   if (dst.fmt === "ch-image" || (src.fmt === "ch-image" && storage.exists())) {
     storage.init();
-    storage.lock();
   }
   try {
     await convert(src, dst, {

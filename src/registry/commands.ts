@@ -1,8 +1,9 @@
 // The registry subcommands of ch-image (pull, push, list REF), from parsed arguments.
-import { readdirSync, statSync } from "node:fs";
-import { posix, resolve } from "node:path";
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, posix, resolve } from "node:path";
 import { info } from "../cli/log.ts";
-import { imageName, imagePath, nameToDir, type Storage } from "../image/storage.ts";
+import { imageName, nameToDir, type Storage } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
 import { describeImage, localArch } from "./list.ts";
 import { hostArch } from "./manifest.ts";
@@ -24,14 +25,16 @@ export async function pull(storage: Storage, refText: string, dest: string | nul
   const ref = parseRef(refText);
   let target: string;
   let name: string | null = null;
-  if (dest !== null && isPath(dest)) target = resolve(dest);
-  else {
-    name = imageName(dest ?? refText);
-    target = imagePath(storage.root, name);
-  }
   // A storage directory that is there must be usable before anything is fetched; one that isn't
   // is made only once there is something to write (pullImage).
   storage.exists();
+  if (dest !== null && isPath(dest)) target = resolve(dest);
+  else {
+    name = imageName(dest ?? refText);
+    // Where it is already, under any spelling (a Charliecloud image keeps its directory), else
+    // under its storage name.
+    target = storage.imagePath(dest ?? refText);
+  }
   if (dest !== null) info(`destination:      ${name ?? target}`);
   await pullImage(storage, ref, target, opts, hostArch());
 }
@@ -41,7 +44,7 @@ export async function push(
   refText: string,
   dest: string | null,
   imageDir: string | null,
-  opts: ClientOptions,
+  opts: ClientOptions & { xattrs?: boolean },
 ): Promise<void> {
   let dir: string;
   if (imageDir !== null) {
@@ -54,25 +57,43 @@ export async function push(
     }
     if (!ok) throw new ChError(`can't push: not an image directory: ${dir}`, { errno: 2 });
   } else {
-    const name = imageName(refText);
-    if (!storage.has(name)) throw new ChError(`can't push: no image in storage: ${refText}`);
-    dir = imagePath(storage.root, name);
+    imageName(refText);
+    const found = storage.exists() ? storage.find(refText) : null;
+    if (found === null) throw new ChError(`can't push: no image in storage: ${refText}`);
+    dir = found;
   }
   const destRef = parseRef(dest ?? refText);
-  // The layer tarball is made in STORAGE/tmp.
-  storage.init();
-  storage.lock();
-  info(`pushing image:   ${refText}`);
-  if (dest !== null) info(`destination:     ${dest}`);
-  if (imageDir !== null) info(`image path:      ${dir}`);
-  await pushImage(storage, dir, destRef, opts, hostArch());
-  info("done");
+  // The layer tarball is made in STORAGE/ulcache, as Charliecloud does; for an image directory
+  // outside storage with no storage directory there, in a private temporary directory instead:
+  // no storage directory is made just for it.
+  let work: string;
+  let scratch: string | null = null;
+  if (imageDir === null || storage.exists()) {
+    storage.init();
+    work = storage.uploadDir;
+  } else {
+    try {
+      scratch = mkdtempSync(join(tmpdir(), "ch-image-push."));
+    } catch (e) {
+      throw new ChError(`can't create a temporary directory in ${tmpdir()}: ${(e as Error).message}`);
+    }
+    work = scratch;
+  }
+  try {
+    info(`pushing image:   ${refText}`);
+    if (dest !== null) info(`destination:     ${dest}`);
+    if (imageDir !== null) info(`image path:      ${dir}`);
+    await pushImage(work, dir, destRef, { ...opts, xattrs: opts.xattrs ?? false }, hostArch());
+    info("done");
+  } finally {
+    if (scratch !== null) rmSync(scratch, { recursive: true, force: true });
+  }
 }
 
 /** list REF: local and remote details. */
 export async function listOne(storage: Storage, refText: string, opts: ClientOptions): Promise<string> {
   const ref = parseRef(refText);
-  const local = storage.has(refText) ? storage.imagePath(refText) : null;
+  const local = storage.exists() ? storage.find(refText) : null;
   return describeImage(ref, local, opts, hostArch());
 }
 

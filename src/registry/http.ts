@@ -4,16 +4,30 @@
 // connections, timeouts, retries with backoff, redirects, and authentication: anonymous first,
 // then Bearer tokens from the WWW-Authenticate challenge (anonymous, then with credentials) or
 // Basic. Blob bodies come through rawhttp.ts, read into reused buffers. Credentials are never
-// logged or written anywhere.
+// logged or written anywhere. HTTP proxies come from the environment as curl reads them
+// (proxy.ts); registry credentials never go to a proxy.
 import { setMaxListeners } from "node:events";
-import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
+import type { ClientRequestArgs, IncomingHttpHeaders, IncomingMessage } from "node:http";
 import * as http from "node:http";
 import * as https from "node:https";
+import * as net from "node:net";
+import type { Duplex } from "node:stream";
 import * as tls from "node:tls";
 import { getCACertificates } from "node:tls";
 import { info, verbose } from "../cli/log.ts";
 import { ChError } from "../sys/errors.ts";
 import { type Credentials, credentialsFrom } from "./credentials.ts";
+import {
+  type HttpProxy,
+  ProxyError,
+  type ProxySettings,
+  proxyAuthError,
+  proxyConnectError,
+  proxyFor,
+  proxySettings,
+  type TunnelOptions,
+  tunnel,
+} from "./proxy.ts";
 import { RawClient, type RawResponse } from "./rawhttp.ts";
 import { canonical, fullRef, type ImageRef, repository } from "./reference.ts";
 
@@ -67,6 +81,7 @@ const RETRY_CODES = new Set([
 export function retryReason(e: unknown): string | null {
   if (e instanceof ServerError) return `HTTP ${e.status}`;
   if (e instanceof TransientError) return e.message;
+  if (e instanceof ProxyError) return e.retry ? e.message : null;
   if (e instanceof ChError) return null;
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code && RETRY_CODES.has(code)) return code;
@@ -265,6 +280,50 @@ function trustedCAs(): string[] {
 
 export interface TransportOptions {
   tlsVerify: boolean;
+  /** Where proxy settings come from (default: process.env). */
+  env?: Record<string, string | undefined>;
+}
+
+/** An HTTPS agent whose connections go through a proxy's CONNECT tunnel. */
+class TunnelAgent extends https.Agent {
+  private proxy: HttpProxy;
+  private tunnelOpts: TunnelOptions;
+  private tlsOpts: () => tls.ConnectionOptions;
+
+  constructor(proxy: HttpProxy, tunnelOpts: TunnelOptions, tlsOpts: () => tls.ConnectionOptions) {
+    super({ keepAlive: true, maxSockets: 8 });
+    this.proxy = proxy;
+    this.tunnelOpts = tunnelOpts;
+    this.tlsOpts = tlsOpts;
+  }
+
+  override createConnection(
+    options: ClientRequestArgs,
+    callback?: (err: Error | null, stream: Duplex) => void,
+  ): Duplex | null | undefined {
+    const host = String(options.hostname ?? options.host ?? "").replace(/^\[(.*)\]$/, "$1");
+    const port = Number(options.port || 443);
+    tunnel(this.proxy, host, port, this.tunnelOpts).then(
+      (socket) =>
+        callback?.(
+          null,
+          tls.connect({
+            ...this.tlsOpts(),
+            socket,
+            host,
+            servername: net.isIP(host) ? undefined : host,
+            ALPNProtocols: ["http/1.1"],
+          }),
+        ),
+      (e: Error) => callback?.(e, undefined as unknown as Duplex),
+    );
+    return undefined;
+  }
+}
+
+/** Whether headers carry an Authorization header (any case). */
+function hasAuthorization(headers: Record<string, string>): boolean {
+  return Object.keys(headers).some((k) => k.toLowerCase() === "authorization");
 }
 
 /** Connections to every host, kept alive, with our TLS settings. */
@@ -272,13 +331,50 @@ export class Transport {
   private httpAgent = new http.Agent({ keepAlive: true, maxSockets: 8 });
   /** Made when first needed: reading the system's CAs takes a while (~40 ms). */
   private httpsAgent_: https.Agent | null = null;
+  private tunnelAgent_: TunnelAgent | null = null;
   private raw_: RawClient | null = null;
   private abort = new AbortController();
+  private proxies: ProxySettings;
+  /** Origins whose route was logged. */
+  private routed = new Set<string>();
   readonly tlsVerify: boolean;
 
   constructor(opts: TransportOptions) {
     setMaxListeners(1000, this.abort.signal); // one per request in flight
     this.tlsVerify = opts.tlsVerify;
+    this.proxies = proxySettings(opts.env ?? process.env);
+  }
+
+  /** The proxy for url, or null to go directly (said once per origin with -v). */
+  route(url: URL): HttpProxy | null {
+    const p = proxyFor(this.proxies, url);
+    if (!this.routed.has(url.origin)) {
+      this.routed.add(url.origin);
+      if (p) verbose(`${url.origin}: through proxy ${p.shown} (${p.from})`);
+      else if (url.protocol === "https:" ? this.proxies.https : this.proxies.http) verbose(`${url.origin}: direct (no_proxy)`);
+    }
+    return p;
+  }
+
+  private get tunnelOpts(): TunnelOptions {
+    return {
+      timeoutMs: timeoutMs(),
+      timeoutError: (ms, what) => new TransientError(`${what}: no answer for ${ms / 1000} s (timed out)`),
+    };
+  }
+
+  private tunnelAgent(proxy: HttpProxy): TunnelAgent {
+    this.tunnelAgent_ ??= new TunnelAgent(proxy, this.tunnelOpts, () => this.tlsOptions());
+    return this.tunnelAgent_;
+  }
+
+  /** Refuses to send an Authorization header in clear through a proxy (plain HTTP through a proxy
+   * goes as a request the proxy reads and forwards), unless TLS checks are off (--tls-no-verify). */
+  private checkClear(url: URL, proxy: HttpProxy | null, headers: Record<string, string>): void {
+    if (proxy && url.protocol === "http:" && this.tlsVerify && hasAuthorization(headers))
+      throw new ChError(
+        `not sending credentials in clear through proxy ${proxy.shown} to ${url.origin} (plain HTTP): add ${url.hostname} to NO_PROXY, or use --tls-no-verify to allow`,
+      );
   }
 
   private tlsOptions_: { rejectUnauthorized: boolean; ca?: string[] } | null = null;
@@ -300,21 +396,27 @@ export class Transport {
       timeoutMs: timeoutMs(),
       signal: this.abort.signal,
       timeoutError: (ms, host) => new TransientError(`GET ${host}: no data for ${ms / 1000} s (timed out)`),
+      proxy: (url) => this.route(url),
     });
     return this.raw_;
   }
 
   /** Whether host:port speaks TLS: a handshake that checks nothing (cheap: no CA list), for
    * deciding the scheme of a registry that may be plain HTTP. Network errors are thrown. */
-  probeTls(host: string, port: number): Promise<boolean> {
+  async probeTls(url: URL): Promise<boolean> {
+    const h = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    const port = Number(url.port || 443);
+    const proxy = this.route(url);
+    const socket = proxy ? await tunnel(proxy, h, port, this.tunnelOpts) : undefined;
     return new Promise((resolve, reject) => {
       const s = tls.connect({
-        host: host.replace(/^\[(.*)\]$/, "$1"),
+        host: h,
         port,
         rejectUnauthorized: false,
         ALPNProtocols: ["http/1.1"],
+        ...(socket ? { socket } : {}),
       });
-      s.setTimeout(timeoutMs(), () => s.destroy(new TransientError(`TLS probe of ${host}:${port}: no answer (timed out)`)));
+      s.setTimeout(timeoutMs(), () => s.destroy(new TransientError(`TLS probe of ${url.host}: no answer (timed out)`)));
       s.on("secureConnect", () => {
         s.destroy();
         resolve(true);
@@ -333,24 +435,57 @@ export class Transport {
     this.abort.abort();
     this.httpAgent.destroy();
     this.httpsAgent_?.destroy();
+    this.tunnelAgent_?.destroy();
   }
 
   /** One request; the response body is left to the caller. Follows no redirects. */
   send(method: string, url: URL, headers: Record<string, string>, body: Body = null, fast = false): Promise<Response> {
+    let proxy: HttpProxy | null;
+    try {
+      proxy = this.route(url);
+      this.checkClear(url, proxy, headers);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    // Plain HTTP through a proxy: a 407 is the proxy's.
+    const checked = (res: Response): Response => {
+      if (proxy && url.protocol === "http:" && res.status === 407) {
+        res.body.destroy();
+        throw proxyAuthError(proxy, 407);
+      }
+      return res;
+    };
     if (fast && method === "GET" && body === null) {
       if (this.abort.signal.aborted) return Promise.reject(new Cancelled(`${method} ${url.host}: cancelled`));
       return this.raw
         .get(url, { "User-Agent": "charliecloud", ...headers })
-        .then((res) => ({ status: res.status, headers: res.headers, body: rawBody(res), url }));
+        .then((res) => checked({ status: res.status, headers: res.headers, body: rawBody(res), url }));
     }
-    const lib = url.protocol === "https:" ? https : http;
-    const agent = url.protocol === "https:" ? this.httpsAgent : this.httpAgent;
     const ms = timeoutMs();
     if (this.abort.signal.aborted) return Promise.reject(new Cancelled(`${method} ${url.host}: cancelled`));
     return new Promise((resolve, reject) => {
       const h: Record<string, string> = { "User-Agent": "charliecloud", ...headers };
       if (Buffer.isBuffer(body)) h["Content-Length"] = String(body.length);
-      const req = lib.request(url, { method, headers: h, agent, signal: this.abort.signal });
+      let req: http.ClientRequest;
+      if (url.protocol === "https:") {
+        const agent = proxy ? this.tunnelAgent(proxy) : this.httpsAgent;
+        req = https.request(url, { method, headers: h, agent, signal: this.abort.signal });
+      } else if (proxy) {
+        // Absolute form, to the proxy; its credentials (and only its) go with the request.
+        if (proxy.auth) h["Proxy-Authorization"] = proxy.auth;
+        h.Host = url.host;
+        req = http.request({
+          host: proxy.host,
+          port: proxy.port,
+          method,
+          path: `${url.origin}${url.pathname}${url.search}`,
+          headers: h,
+          agent: this.httpAgent,
+          signal: this.abort.signal,
+        });
+      } else {
+        req = http.request(url, { method, headers: h, agent: this.httpAgent, signal: this.abort.signal });
+      }
       let settled = false;
       req.setTimeout(ms, () => {
         const err = new TransientError(`${method} ${url.host}: no data for ${ms / 1000} s (timed out)`);
@@ -359,12 +494,16 @@ export class Transport {
       req.on("error", (e) => {
         if (!settled) {
           settled = true;
-          reject(e);
+          reject((proxy && url.protocol === "http:" && proxyConnectError(e, proxy)) || e);
         }
       });
       req.on("response", (res) => {
         settled = true;
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: nodeBody(res), url });
+        try {
+          resolve(checked({ status: res.statusCode ?? 0, headers: res.headers, body: nodeBody(res), url }));
+        } catch (e) {
+          reject(e);
+        }
       });
       if (body === null) req.end();
       else if (Buffer.isBuffer(body)) req.end(body);
@@ -487,7 +626,7 @@ export class Registry {
       const ours = url.protocol === "https:" && url.host === new URL(`https://${this.hostport}`).host;
       if (ours && !this.schemeKnown && (isLoopback(this.ref.host ?? "") || !this.opts.tlsVerify)) {
         // May be plain HTTP: ask with a cheap handshake first.
-        if (!(await this.transport.probeTls(url.hostname, Number(url.port || 443)))) {
+        if (!(await this.transport.probeTls(url))) {
           verbose(`${this.hostport} does not speak TLS; using plain HTTP`);
           this.scheme = "http";
           this.schemeKnown = true;

@@ -9,7 +9,7 @@ import { info, verbose } from "../cli/log.ts";
 import { startBars } from "../cli/progress.ts";
 import { installImage } from "../image/install.ts";
 import type { Storage } from "../image/storage.ts";
-import { extractTar, reportStats } from "../image/unpack.ts";
+import { emptyDev, extractTar, reportStats } from "../image/unpack.ts";
 import { ChError, warn } from "../sys/errors.ts";
 import { BlobCache, checkDigest, shortDigest } from "./cache.ts";
 import { Registry, type RegistryOptions, readBody, retrying, Transport } from "./http.ts";
@@ -43,6 +43,10 @@ export interface PullOptions extends ClientOptions {
   /** "host", "yolo" or a registry architecture ("arm64/v8"). */
   arch: string;
   alwaysDownload: boolean;
+  /** Unpack only this many layers, the lowest (--last-layer N, for debugging); null: all. */
+  lastLayer?: number | null;
+  /** Keep the layers' extended attributes (--xattrs, $CH_XATTRS). */
+  xattrs?: boolean;
 }
 
 /** Runs tasks with at most `limit` at once; every promise is settled (no unhandled rejection). */
@@ -215,9 +219,12 @@ export async function pullImage(
         : config.architecture
       : null;
     if (index === null) checkSkinnyArch(configArch, arch, reg.refText);
-    // Layers, in parallel.
-    const layers = manifest.layers;
-    const n = layers.length;
+    // Layers, in parallel; with --last-layer N, only the lowest N are downloaded and unpacked.
+    const all = manifest.layers;
+    const layers = opts.lastLayer != null ? all.slice(0, Math.max(0, opts.lastLayer)) : all;
+    if (layers.length < all.length)
+      info(`--last-layer: unpacking ${layers.length} of ${all.length} layers (an incomplete image)`);
+    const n = all.length;
     let cached = 0;
     for (const l of layers) {
       if (opts.alwaysDownload) cache.forget(l.digest);
@@ -237,17 +244,19 @@ export async function pullImage(
         for (const d of downloads) d.catch(reject);
       });
       failed.catch(() => {});
-      for (let i = 0; i < n; i++) {
+      for (let i = 0; i < layers.length; i++) {
         const path = await Promise.race([downloads[i], failed]);
         const what = `layer ${i + 1}/${n} ${shortDigest(layers[i].digest)}`;
         verbose(`${what}: extracting`);
         const stats = await extractTar(path, partial, {
           layer: true,
+          xattrs: opts.xattrs ?? false,
           progress: (_label, total) => bars.progress(`${what}: unpacking`, total),
         });
         reportStats(what, stats);
       }
       bars.end();
+      emptyDev(partial); // as Charliecloud does: /dev is ch-run's, never the image's
       writeMetadata(partial, config, rawConfig);
       return partial;
     });

@@ -1,10 +1,10 @@
 // ch-image push: the image as one gzip tarball layer (everything owned by root), a config
 // carrying the stored metadata (environment, working directory, entrypoint, command, labels,
 // architecture), and a Docker v2 schema 2 manifest. Blobs the registry already has are not sent;
-// uploads are monolithic (POST, then PUT ?digest=). The tarball is made under STORAGE/tmp and
-// removed at the end.
+// uploads are monolithic (POST, then PUT ?digest=). The tarball is made under STORAGE/ulcache (or
+// a private temporary directory) and removed at the end.
 import { createHash } from "node:crypto";
-import { createReadStream, mkdirSync, rmdirSync, rmSync } from "node:fs";
+import { createReadStream, rmSync } from "node:fs";
 import { join } from "node:path";
 import { Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -12,8 +12,7 @@ import { createGunzip } from "node:zlib";
 import { info } from "../cli/log.ts";
 import { startProgress } from "../cli/progress.ts";
 import { packImage } from "../image/pack.ts";
-import type { Storage } from "../image/storage.ts";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError } from "../sys/errors.ts";
 import { sha256, shortDigest } from "./cache.ts";
 import { drain, Registry, retrying, Transport } from "./http.ts";
 import { configFromMetadata, type Metadata, MT } from "./manifest.ts";
@@ -113,27 +112,26 @@ async function uploadBlob(
   );
 }
 
-/** Pushes the image directory dir to ref. */
+/** What of an image is never pushed: Charliecloud's build cache metadata (a Git worktree link
+ * into the storage directory, and file metadata), as Charliecloud leaves it out. */
+const NOT_PUSHED = ["ch/git", "ch/git.pickle"];
+
+/** Pushes the image directory dir to ref; the layer tarball is made in the existing directory
+ * work (STORAGE/ulcache, or a private temporary directory) and removed at the end. */
 export async function pushImage(
-  storage: Storage,
+  work: string,
   dir: string,
   ref: ImageRef,
-  opts: ClientOptions,
+  opts: ClientOptions & { xattrs?: boolean },
   hostArch: string,
 ): Promise<void> {
   if (ref.tag === null && ref.digest !== null) throw new ChError("can't push to a reference with a digest; give a tag");
-  const tmp = join(storage.root, "tmp");
-  try {
-    mkdirSync(tmp, { recursive: true, mode: 0o755 });
-  } catch (e) {
-    throw sysError(`can't create: ${tmp}`, e);
-  }
-  const tarball = join(tmp, "push-layer.tar.gz");
+  const tarball = join(work, "push-layer.tar.gz");
   const transport = new Transport({ tlsVerify: opts.tlsVerify });
   const reg = new Registry(ref, transport, { tlsVerify: opts.tlsVerify, auth: true, push: true });
   try {
     info("layer 1/1: gathering");
-    await packImage(dir, tarball, { reproducible: true });
+    await packImage(dir, tarball, { reproducible: true, omit: NOT_PUSHED, xattrs: opts.xattrs ?? false });
     info("layer 1/1: preparing");
     const layer = await describeLayer(tarball);
     info("preparing metadata");
@@ -169,10 +167,5 @@ export async function pushImage(
   } finally {
     transport.close();
     rmSync(tarball, { force: true });
-    try {
-      rmdirSync(tmp);
-    } catch {
-      // not there, or not empty
-    }
   }
 }

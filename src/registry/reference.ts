@@ -105,13 +105,45 @@ export function storageName(r: ImageRef): string {
   return refString({ host, port, path, name: r.name, tag, digest: r.digest });
 }
 
-/** The reference with every default filled in. */
-export function canonical(r: ImageRef): ImageRef {
-  let host = (r.host ?? DOCKER_HUB).toLowerCase();
+/** The registry of references without a host: Docker Hub, or as Charliecloud's environment
+ * says: $CH_REGY_DEFAULT_HOST, $CH_REGY_DEFAULT_PORT (else 443), and $CH_REGY_PATH_PREFIX, path
+ * components put before the reference's own. */
+export function defaultRegistry(env: Record<string, string | undefined> = process.env): {
+  host: string;
+  port: number | null;
+  prefix: string[];
+} {
+  const host = env.CH_REGY_DEFAULT_HOST;
+  if (host === undefined) return { host: DOCKER_HUB, port: null, prefix: [] };
+  if (!HOST.test(host)) throw new ChError(`$CH_REGY_DEFAULT_HOST: not a host name: ${host === "" ? '""' : host}`);
+  let port: number | null = null;
+  const p = env.CH_REGY_DEFAULT_PORT;
+  if (p !== undefined) {
+    if (!/^\d{1,5}$/.test(p) || Number(p) < 1 || Number(p) > 65535)
+      throw new ChError(`$CH_REGY_DEFAULT_PORT: not a port number: ${p === "" ? '""' : p}`);
+    port = Number(p);
+  }
+  const prefix = (env.CH_REGY_PATH_PREFIX ?? "").split("/").filter((c) => c !== "");
+  for (const c of prefix) if (!COMPONENT.test(c)) throw new ChError(`$CH_REGY_PATH_PREFIX: invalid path component: ${c}`);
+  return { host: host.toLowerCase(), port, prefix };
+}
+
+/** The reference with every default filled in (the registry: see defaultRegistry()). */
+export function canonical(r: ImageRef, env: Record<string, string | undefined> = process.env): ImageRef {
+  let path = r.path;
+  let port = r.port;
+  let host: string;
+  if (r.host !== null) host = r.host.toLowerCase();
+  else {
+    const d = defaultRegistry(env);
+    host = d.host;
+    port = d.port;
+    path = [...d.prefix, ...path];
+  }
   if (DOCKER_HUB_ALIASES.has(host)) host = DOCKER_HUB;
-  const path = host === DOCKER_HUB && r.path.length === 0 ? ["library"] : r.path;
+  if (host === DOCKER_HUB && path.length === 0) path = ["library"];
   const tag = r.tag === null && r.digest === null ? "latest" : r.tag;
-  return { host, port: r.port ?? 443, path, name: r.name, tag, digest: r.digest };
+  return { host, port: port ?? 443, path, name: r.name, tag, digest: r.digest };
 }
 
 /** Repository path on the registry: PATH/NAME. */

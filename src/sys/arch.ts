@@ -17,6 +17,7 @@ export interface SyscallNumbers {
   unshare: number;
   setns: number;
   execve: number;
+  execveat: number;
   prctl: number;
   rt_sigaction: number;
   rt_sigprocmask: number;
@@ -24,6 +25,7 @@ export interface SyscallNumbers {
   mmap: number;
   ioctl: number;
   getppid: number;
+  setxattr: number;
 }
 
 export const SYSCALLS: Record<Arch, SyscallNumbers> = {
@@ -42,6 +44,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     unshare: 272,
     setns: 308,
     execve: 59,
+    execveat: 322,
     prctl: 157,
     rt_sigaction: 13,
     rt_sigprocmask: 14,
@@ -49,6 +52,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     mmap: 9,
     ioctl: 16,
     getppid: 110,
+    setxattr: 188,
   },
   arm64: {
     read: 63,
@@ -65,6 +69,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     unshare: 97,
     setns: 268,
     execve: 221,
+    execveat: 281,
     prctl: 167,
     rt_sigaction: 134,
     rt_sigprocmask: 135,
@@ -72,6 +77,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     mmap: 222,
     ioctl: 29,
     getppid: 173,
+    setxattr: 5,
   },
 };
 

@@ -1,6 +1,7 @@
 // The one error type of the project, and Charliecloud's message format:
 //   PROG[PID]: message: strerror (file.ts:LINE ERRNO)
 
+import { writeSync } from "node:fs";
 import { sourceLocation } from "./sourcemap.ts";
 import { strerror } from "./strerror.ts";
 
@@ -67,6 +68,46 @@ export function describe(e: ChError): string {
   return formatError(e.message, e.errno, e.usage && !e.errno ? null : sourceLocation(e.at));
 }
 
+// Where chatter goes: standard error, or the log file ch-image's $CH_LOG_FILE names.
+let logFd: number | null = null;
+/** Whether a fatal error also gets its stack (ch-image --debug, $CH_IMAGE_DEBUG). */
+let debugStacks = false;
+
+/** Sends chatter (info, warnings) to the file open at fd, appending, instead of stderr. */
+export function setLogFd(fd: number | null): void {
+  logFd = fd;
+}
+
+export function setDebugStacks(on: boolean): void {
+  debugStacks = on;
+}
+
+export function debugStacksOn(): boolean {
+  return debugStacks;
+}
+
+/** Writes chatter: one or more whole lines. */
+export function chatter(text: string): void {
+  if (logFd === null) {
+    process.stderr.write(text);
+    return;
+  }
+  try {
+    writeSync(logFd, text);
+  } catch {
+    process.stderr.write(text); // the log file went away: chatter is not worth failing over
+  }
+}
+
+/** Writes an error line: on stderr always, and in the log file too if there is one. */
+export function errorOut(text: string): void {
+  process.stderr.write(text);
+  if (logFd !== null)
+    try {
+      writeSync(logFd, text);
+    } catch {}
+}
+
 export function warn(message: string): void {
-  process.stderr.write(`${program}[${process.pid}]: warning: ${message}\n`);
+  chatter(`${program}[${process.pid}]: warning: ${message}\n`);
 }

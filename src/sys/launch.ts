@@ -46,13 +46,15 @@ export interface LaunchSpec {
   build(b: ProgramBuilder, beforeExec: () => void): void;
   /** Runs once the container is set up, before its command starts (ch-run --join). */
   ready?(pid: number): void;
+  /** Descriptors ch-run opened for itself before launching (--join's): not for the command. */
+  ownFds?: number[];
 }
 
 /** The largest second-stage program (the setup planned after clone). */
 const STAGE2_MAX = 16 << 20;
 
 /** Maps the launcher's code, a program and a stack; returns the entry and the addresses. */
-function mapProgram(b: ProgramBuilder) {
+export function mapProgram(b: ProgramBuilder) {
   const c = libc();
   const native = blobs[b.arch];
   const code = Buffer.from(native.launcher, "base64");
@@ -97,7 +99,7 @@ function checkReport(repR: number, pid: number, ops: ProgramBuilder["ops"]): voi
 export function launch(spec: LaunchSpec): never {
   const c = libc();
   const arch = hostArch();
-  const inherited = inheritedFds(); // before this function opens descriptors of its own
+  const inherited = inheritedFds().filter((fd) => !spec.ownFds?.includes(fd)); // before this function opens its own
   const [syncR, syncW] = c.pipe2(O_CLOEXEC);
   const [repR, repW] = c.pipe2(O_CLOEXEC);
   const [gateR, gateW] = c.pipe2(O_CLOEXEC);
@@ -111,7 +113,13 @@ export function launch(spec: LaunchSpec): never {
   const m = mapProgram(b1);
 
   holdSignals(m.handler);
-  const pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
+  let pid: number;
+  try {
+    pid = c.clone(m.entry, m.stackTop, CLONE_NEWUSER | CLONE_NEWNS | SIGCHLD, m.progAddr);
+  } catch (e) {
+    if (!(e instanceof LibcError)) throw e;
+    throw new ChError("can't create the container's user namespace (ch-checkns says what blocks it)", { errno: e.errno });
+  }
   c.close(syncR);
   c.close(repW);
   c.close(gateR);
@@ -191,6 +199,8 @@ export interface JoinSpec {
   build(b: ProgramBuilder, beforeExec: () => void): void;
   /** Runs once the child has joined and waits at the gate. */
   ready?(pid: number): void;
+  /** Descriptors ch-run opened for itself: not for the command. */
+  ownFds?: number[];
 }
 
 /** Runs a command in an existing container's namespaces (ch-run --join peers); returns only
@@ -198,7 +208,7 @@ export interface JoinSpec {
 export function launchJoined(spec: JoinSpec): never {
   const c = libc();
   const arch = hostArch();
-  const inherited = inheritedFds();
+  const inherited = inheritedFds().filter((fd) => !spec.ownFds?.includes(fd));
   const [repR, repW] = c.pipe2(O_CLOEXEC);
   const [gateR, gateW] = c.pipe2(O_CLOEXEC);
   const b = new ProgramBuilder(arch);
@@ -231,4 +241,143 @@ export function spawnInNamespaces(target: number, path: string, argv: string[], 
   c.close(repW);
   checkReport(repR, pid, b.ops);
   return pid;
+}
+
+/** A join holder (native/holder.c), started before ch-run touches the group's files. */
+export interface Holder {
+  /** Descriptors of ours that talk to it. */
+  readonly fds: number[];
+  /** First peer, under the group's lock: the holder opens the group's files (these inodes) and
+   * takes the shared lock that keeps the group live. */
+  claim(lockIno: bigint, sharedIno: bigint): void;
+  /** Sends the container's PID; returns the holder's once it is in the container's namespaces. */
+  hold(containerPid: number): number;
+  /** Not needed (a peer that joins, a group of one): it exits. */
+  quit(): void;
+}
+
+const QUIT = 0n;
+const CLAIM = 1n;
+const HOLD = 2n;
+const HOLDER_STEPS = [
+  "open the group's lock file",
+  "open the group's shared file",
+  "find the group's files (changed meanwhile)",
+  "lock the group's shared file",
+];
+const HOLD_STEPS = [
+  "open the user namespace of",
+  "find the parent user namespace of",
+  "join the outer user namespace of",
+  "open the mount namespace of",
+  "join the mount namespace of",
+  "join the user namespace of",
+];
+
+/** Starts the join holder for a --join group whose files are in directory `dirFd`, detached
+ * (it is not our child and outlives us); it keeps the container joinable for `holdMs` once
+ * hold() gave it the container. */
+export function spawnHolder(dirFd: number, lockName: string, sharedName: string, holdMs: number): Holder {
+  const c = libc();
+  const arch = hostArch();
+  const F_SETFD = 2;
+  const AT_EMPTY_PATH = 0x1000;
+  const open = new Set<number>();
+  const pipe = () => {
+    const fds = c.pipe2(O_CLOEXEC);
+    for (const fd of fds) open.add(fd);
+    return fds;
+  };
+  const close = (...fds: number[]) => {
+    for (const fd of fds) if (open.delete(fd)) c.close(fd);
+  };
+  let ctlW = -1;
+  let ansR = -1;
+  try {
+    const [repR, repW] = pipe();
+    const [ctlR, ctlW_] = pipe();
+    const [ansR_, ansW] = pipe();
+    ctlW = ctlW_;
+    ansR = ansR_;
+    const exe = c.memfd("ch-run-holder", Buffer.from(blobs[arch].holder, "base64"));
+    open.add(exe);
+    const b = new ProgramBuilder(arch);
+    b.reportFd = repW;
+    const why = { what: "join: can't start the namespace holder" };
+    const passed = [dirFd, ctlR, ansW];
+    for (const fd of passed) b.op(b.nr.fcntl, [fd, F_SETFD, 0], why);
+    const argv = [
+      process.argv0 || "ch-run",
+      "join-holder",
+      String(Math.ceil(holdMs)),
+      ...passed.map(String),
+      lockName,
+      sharedName,
+    ];
+    b.op(b.nr.execveat, [exe, { str: "" }, { strs: argv }, { strs: [] }, AT_EMPTY_PATH], why);
+    const m = mapProgram(b);
+    // Like posix_spawn(3): the child shares our memory until its execve(2) (no copy of Node's
+    // page tables: the holder starts in a fraction of the time), with every signal blocked so
+    // that no handler of ours runs in it.
+    const CLONE_VM = 0x100;
+    const CLONE_VFORK = 0x4000;
+    const SIG_SETMASK = 2;
+    const mask = c.sigmask(SIG_BLOCK, (1n << 64n) - 1n);
+    let pid: number;
+    try {
+      pid = c.clone(m.entry, m.stackTop, CLONE_VM | CLONE_VFORK | SIGCHLD, m.progAddr);
+    } finally {
+      c.sigmask(SIG_SETMASK, mask);
+    }
+    close(repW, ctlR, ansW, exe);
+    open.delete(repR); // checkReport closes it
+    checkReport(repR, pid, b.ops);
+    const st = c.waitpid(pid); // the intermediate, which exits once the holder is detached
+    if (st !== 0) throw new ChError(`join: can't start the namespace holder (it exited with status ${(st >> 8) & 0xff})`);
+  } catch (e) {
+    close(...open);
+    throw e;
+  }
+  /** Sends a request; returns the answer's value, or throws naming the failed step. */
+  const ask = (req: bigint, a: bigint, b: bigint, steps: string[], what: string): number => {
+    const answer = new Uint8Array(8);
+    let n = 0;
+    try {
+      c.write(ctlW, new Uint8Array(new BigInt64Array([req, a, b]).buffer));
+      n = c.read(ansR, answer);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+    }
+    const [errno, value] = new Int32Array(answer.buffer); // value: the failed step, else the answer
+    if (n !== 8) throw new ChError("join: the namespace holder died");
+    if (errno) throw new ChError(`join: the namespace holder can't ${steps[value - 1] ?? "go on"}${what}`, { errno });
+    return value;
+  };
+  const done = () => close(ctlW, ansR);
+  return {
+    fds: [ctlW, ansR],
+    claim(lockIno: bigint, sharedIno: bigint): void {
+      try {
+        ask(CLAIM, lockIno, sharedIno, HOLDER_STEPS, "");
+      } catch (e) {
+        done();
+        throw e;
+      }
+    },
+    hold(containerPid: number): number {
+      try {
+        return ask(HOLD, BigInt(containerPid), 0n, HOLD_STEPS, ` PID ${containerPid}`);
+      } finally {
+        done();
+      }
+    },
+    quit(): void {
+      if (open.has(ctlW)) {
+        try {
+          c.write(ctlW, new Uint8Array(new BigInt64Array([QUIT, 0n, 0n]).buffer));
+        } catch {} // gone already
+      }
+      done();
+    },
+  };
 }

@@ -73,6 +73,8 @@ function bind() {
     waitpid: lib.func("int waitpid(int, _Out_ int *, int)"),
     kill: lib.func("int kill(int, int)"),
     fcntl: lib.func("int fcntl(int, int, int)"),
+    fcntlLock: lib.func("int fcntl(int, int, ...)"),
+    flock: lib.func("int flock(int, int)"),
     memfd_create: lib.func("int memfd_create(const char *, unsigned int)"),
     execveat: lib.func("int execveat(int, const char *, const char **, const char **, int)"),
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
@@ -81,6 +83,9 @@ function bind() {
     lsetxattr: lib.func("int lsetxattr(const char *, const char *, const uint8_t *, size_t, int)"),
     lgetxattr: lib.func("intptr_t lgetxattr(const char *, const char *, _Out_ uint8_t *, size_t)"),
     llistxattr: lib.func("intptr_t llistxattr(const char *, _Out_ uint8_t *, size_t)"),
+    socket: lib.func("int socket(int, int, int)"),
+    connect: lib.func("int connect(int, const uint8_t *, uint32_t)"),
+    send: lib.func("intptr_t send(int, const uint8_t *, size_t, int)"),
   };
   return { koffi, f, passwd, group };
 }
@@ -121,6 +126,10 @@ export interface Mapping {
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;
 export const PROT_EXEC = 4;
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
 
 export function libc() {
   const { koffi: k, f, passwd, group } = b();
@@ -199,6 +208,37 @@ export function libc() {
     keepOnExec(fd: number): void {
       check("fcntl", f.fcntl(fd, 2 /* F_SETFD */, 0) as number);
     },
+    /** Takes an exclusive lock on the whole file open for writing at fd without waiting:
+     * fcntl(2) F_OFD_SETLK (a lock of the open file description, released when it is closed or
+     * the process ends), or F_SETLK on kernels without OFD locks. Either conflicts with the other
+     * and with lockf(3)/Python's fcntl.lockf() on the same file, even over NFS. Returns false if
+     * another holds a lock on it. */
+    lockExclusive(fd: number): boolean {
+      const flock = new Uint8Array(32); // struct flock: type, whence, start, len, pid
+      const dv = new DataView(flock.buffer);
+      dv.setInt16(0, 1 /* F_WRLCK */, true);
+      dv.setInt16(2, 0 /* SEEK_SET */, true);
+      for (const cmd of [37 /* F_OFD_SETLK */, 6 /* F_SETLK */]) {
+        for (;;) {
+          if ((f.fcntlLock(fd, cmd, "uint8_t *", flock) as number) === 0) return true;
+          const e = errno();
+          if (e === 4 /* EINTR */) continue;
+          if (e === 11 /* EAGAIN */ || e === 13 /* EACCES */) return false;
+          if (e === 22 /* EINVAL: no OFD locks */ && cmd === 37) break;
+          throw new LibcError("fcntl", e);
+        }
+      }
+      throw new LibcError("fcntl", 22);
+    },
+    /** flock(2); with LOCK_NB, false if another open file description holds a conflicting lock. */
+    flock(fd: number, op: number): boolean {
+      for (;;) {
+        if ((f.flock(fd, op) as number) === 0) return true;
+        const e = errno();
+        if (e === 11 /* EWOULDBLOCK */ && op & LOCK_NB) return false;
+        if (e !== 4 /* EINTR */) throw new LibcError("flock", e);
+      }
+    },
     /** waitpid(pid, WNOHANG): the raw status if it ended, else null. */
     reaped(pid: number): number | null {
       const st = [0];
@@ -263,6 +303,33 @@ export function libc() {
         const e = errno();
         if (e !== 34 /* ERANGE: it grew meanwhile */) throw new LibcError("lgetxattr", e);
       }
+    },
+    /** Sends one message to a syslog socket as syslog(3) does: a datagram, or on a stream socket
+     * the message and a NUL. False if there is no one listening there (then nothing is logged,
+     * as with syslog(3)). */
+    sendLog(path: string, message: string): boolean {
+      const AF_UNIX = 1;
+      const SOCK_STREAM = 1;
+      const SOCK_DGRAM = 2;
+      const SOCK_CLOEXEC = 0o2000000;
+      const MSG_NOSIGNAL = 0x4000;
+      const name = Buffer.from(path);
+      if (name.length >= 108) return false;
+      const addr = new Uint8Array(2 + name.length + 1);
+      new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+      addr.set(name, 2);
+      for (const type of [SOCK_DGRAM, SOCK_STREAM]) {
+        const fd = f.socket(AF_UNIX, type | SOCK_CLOEXEC, 0) as number;
+        if (fd < 0) return false;
+        try {
+          if ((f.connect(fd, addr, addr.length) as number) !== 0) continue; // EPROTOTYPE: the other type
+          const bytes = Buffer.from(type === SOCK_STREAM ? `${message}\0` : message);
+          return Number(f.send(fd, bytes, bytes.length, MSG_NOSIGNAL)) === bytes.length;
+        } finally {
+          f.close(fd);
+        }
+      }
+      return false;
     },
     /** llistxattr(2): the names of the extended attributes of path (of a symlink itself). */
     llistxattr(path: string): string[] {

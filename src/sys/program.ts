@@ -14,6 +14,7 @@ const O_TRUNC = 0o1000;
 const O_CLOEXEC = 0o2000000;
 const F_SETFD = 2;
 const PR_SET_PDEATHSIG = 1;
+const PR_SET_NO_NEW_PRIVS = 38;
 const SIG_SETMASK = 2;
 const EEXIST = 17;
 
@@ -122,8 +123,9 @@ export class ProgramBuilder implements Syscalls {
     this.op(-1, [address], why);
   }
 
-  /** What the command needs from its launcher: default signal actions, no blocked signals,
-   * standard descriptors kept across execve(2), stdout/stderr to /dev/null when asked. */
+  /** What the command needs from its launcher: no new privileges, default signal actions, no
+   * blocked signals, standard descriptors kept across execve(2), stdout/stderr to /dev/null
+   * when asked. */
   beforeExec(resetSignals: number[], keepFds: number[], nullFds: number[], gateRead: number): void {
     const n = this.nr;
     const zero = { bytes: new Uint8Array(32) };
@@ -132,6 +134,8 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.write, [this.reportFd, { bytes: done }, 16], { what: "can't report to ch-run" }, { expect: 16 });
     this.op(n.read, [gateRead, { bytes: new Uint8Array(8) }, 1], { what: "ch-run's waiter did not start" }, { expect: 1 });
     this.op(n.close, [gateRead], { what: "can't close gate pipe" });
+    // As Charliecloud: no setuid, setgid or file capabilities take effect in the container.
+    this.op(n.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
     for (const sig of resetSignals) this.op(n.rt_sigaction, [sig, zero, 0, 8], { what: `can't reset signal ${sig}` });
     this.op(n.rt_sigprocmask, [SIG_SETMASK, zero, 0, 8], { what: "can't unblock signals" });
     for (const fd of keepFds) this.op(n.fcntl, [fd, F_SETFD, 0], { what: `can't keep descriptor ${fd}` }, { soft: true });

@@ -121,3 +121,20 @@ export function sourceLocation(at: Error): string {
   }
   return "unknown:0";
 }
+
+/** The stack of at, one "  at FUNCTION (file.ts:LINE)" line a frame, our TypeScript source
+ * where the bundle's map says it (ch-image --debug). */
+export function stackTrace(at: Error): string[] {
+  const out: string[] = [];
+  for (const f of (at.stack ?? "").split("\n").slice(1)) {
+    const t = f.trim();
+    const m = FRAME.exec(t);
+    if (!m) continue;
+    const [, file, line, col] = m;
+    const fn = /^at (.+?) \(/.exec(t)?.[1] ?? "<anonymous>";
+    let where = `${basename(file)}:${line}`;
+    if (!file.endsWith(".ts") && !file.startsWith("node:")) where = bundleLocate()?.(Number(line), Number(col)) ?? where;
+    out.push(`  at ${fn} (${where})`);
+  }
+  return out;
+}

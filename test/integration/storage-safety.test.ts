@@ -92,15 +92,15 @@ describe("storage directory of someone else", () => {
     assert.equal(image(st, "list").stdout, "seed:latest\n");
   });
 
-  it("refuses parts of storage that others can write: img/, dlcache/, the version file", () => {
+  it("refuses parts of storage that others can write: img/, dlcache/, ulcache/, the version file", () => {
     const st = storageWithImage();
     for (const [part, mode] of [
       ["img", 0o777],
       ["dlcache", 0o1777],
+      ["ulcache", 0o777],
       ["version", 0o666],
     ] as const) {
       const p = join(st, part);
-      if (part === "dlcache") mkdirSync(p, 0o755);
       const old = lstatSync(p).mode & 0o7777;
       chmodSync(p, mode);
       refused(image(st, "list"), "ch-image", new RegExp(`storage directory unusable: ${p} is writable by group and others`));
@@ -190,7 +190,7 @@ describe("no storage directory made by a failing command", () => {
     absent("list -l");
     ok(image(st, "reset"), "reset");
     absent("reset");
-    refused(image(st, "delete", "nonexistent"), "ch-image", /no image to delete: nonexistent/);
+    refused(image(st, "delete", "nonexistent"), "ch-image", /no matching image, can't delete: nonexistent/);
     absent("delete");
     refused(image(st, "import", "/nonexistent", "x"), "ch-image", /can't import, no such file or directory: \/nonexistent/);
     absent("import");

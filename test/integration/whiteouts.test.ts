@@ -277,6 +277,7 @@ describe("ch-image pull of a hostile layer", () => {
       ["subdotdot", "etc/.wh..."],
     ])
       await p.image("hostile", tag, makeImage({ layers: [bb, layerFromMembers([{ path: name, body: "" }])] }));
+    await p.image("devfiles", "1", makeImage({ layers: [bb, layerFromMembers([{ path: "dev/leftover", body: "x\n" }])] }));
   });
   after(async () => {
     await reg?.stop();
@@ -310,6 +311,15 @@ describe("ch-image pull of a hostile layer", () => {
       refused(r, name);
     });
   }
+
+  it("/dev of a pulled image is emptied, as Charliecloud does", async () => {
+    const st = fresh("-storage");
+    const r = await pull(st, `${reg.host}/devfiles:1`);
+    assert.equal(r.status, 0, r.stderr);
+    const img = join(st, "img", `${reg.host.replace(":", "+")}%devfiles+1`);
+    assert.ok(existsSync(join(img, "bin/busybox")));
+    assert.deepEqual(readdirSync(join(img, "dev")), []);
+  });
 
   it(".wh... into a directory given as a path: the files beside it survive", async () => {
     const h = neighbourhood();

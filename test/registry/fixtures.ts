@@ -210,7 +210,7 @@ export class Pusher {
         u.searchParams.set("scope", `repository:${repo}:pull,push`);
         const th: Record<string, string> = {};
         if (this.creds) th.Authorization = `Basic ${Buffer.from(`${this.creds.user}:${this.creds.pass}`).toString("base64")}`;
-        const t = await request(u.toString(), { headers: th });
+        const t = await request(u.toString(), { headers: th, ca: this.reg.caPem });
         if (t.status !== 200) throw new Error(`token server: ${t.status} ${t.body}`);
         this.tokens.set(repo, JSON.parse(t.body.toString()).token);
       } else return r;

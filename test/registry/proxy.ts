@@ -2,10 +2,14 @@
 // per rule, answers a status instead (500 N times, 429, 403...), resets the connection, never
 // answers (hang, until released), serves a
 // body with a byte flipped (wrong digest), cuts the connection mid-body, stalls mid-body (until
-// released or the client goes away), or pauses mid-body. Plain HTTP; the Host header passes
-// unchanged so the registry's upload URLs point back at the proxy.
+// released or the client goes away), or pauses mid-body. Plain HTTP, or HTTPS with a test CA's
+// certificate (tls), to a plain or TLS registry; the Host header passes unchanged so the
+// registry's upload URLs point back at the proxy.
+import { readFileSync } from "node:fs";
 import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer, request as httpsRequest } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
+import type { TestCA } from "./certs.ts";
 import type { Registry } from "./registry.ts";
 
 export type Action =
@@ -56,8 +60,7 @@ export interface TestProxy {
   stop(): Promise<void>;
 }
 
-export async function startProxy(upstream: Registry): Promise<TestProxy> {
-  if (upstream.tls) throw new Error("proxy: plain HTTP upstreams only");
+export async function startProxy(upstream: Registry, opts: { tls?: TestCA } = {}): Promise<TestProxy> {
   const rules: Rule[] = [];
   const log: LoggedRequest[] = [];
   const sockets = new Set<Socket>();
@@ -106,7 +109,7 @@ export async function startProxy(upstream: Registry): Promise<TestProxy> {
       for (const f of onStall.splice(0)) f();
       return;
     }
-    const up = request(
+    const up = (upstream.tls ? httpsRequest : request)(
       {
         host: "127.0.0.1",
         port: upstream.port,
@@ -114,6 +117,7 @@ export async function startProxy(upstream: Registry): Promise<TestProxy> {
         path: req.url,
         headers: req.headers,
         agent: false,
+        ca: upstream.caPem,
       },
       (ur) => {
         entry.status = ur.statusCode ?? 0;
@@ -186,7 +190,9 @@ export async function startProxy(upstream: Registry): Promise<TestProxy> {
     req.pipe(up);
   }
 
-  const server: Server = createServer(handle);
+  const server: Server = opts.tls
+    ? createHttpsServer({ cert: readFileSync(opts.tls.serverCert), key: readFileSync(opts.tls.serverKey) }, handle)
+    : createServer(handle);
   server.on("connection", (s) => {
     sockets.add(s);
     s.on("close", () => sockets.delete(s));
@@ -196,7 +202,7 @@ export async function startProxy(upstream: Registry): Promise<TestProxy> {
   return {
     host: `127.0.0.1:${port}`,
     port,
-    url: `http://127.0.0.1:${port}`,
+    url: `${opts.tls ? "https" : "http"}://127.0.0.1:${port}`,
     log,
     add(rule) {
       const r: Rule = { ...rule, action: { ...rule.action }, hits: 0 };

@@ -6,9 +6,11 @@
 // get pull on public repositories (publicRepo) and nothing else (an empty grant, as Docker Hub
 // does: the registry then answers 401 insufficient_scope).
 import { createPrivateKey, createPublicKey, randomUUID, sign, X509Certificate } from "node:crypto";
-import { createServer, type Server } from "node:http";
+import { readFileSync } from "node:fs";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
-import type { SigningCert } from "./certs.ts";
+import type { SigningCert, TestCA } from "./certs.ts";
 
 export interface TokenRequest {
   service: string | null;
@@ -36,6 +38,8 @@ export interface TokenOptions {
   publicRepo?: (name: string) => boolean;
   service?: string;
   issuer?: string;
+  /** Serve HTTPS with the CA's server certificate (the realm is then https://). */
+  tls?: TestCA;
 }
 
 const b64url = (b: Buffer | string) => Buffer.from(b).toString("base64url");
@@ -54,7 +58,7 @@ export async function startTokenServer(opts: TokenOptions): Promise<TokenServer>
   const isPublic = opts.publicRepo ?? ((n: string) => n.startsWith("public/"));
   createPublicKey(opts.signing.certPem); // fails early on a bad certificate
   const requests: TokenRequest[] = [];
-  const server: Server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://x");
     const scopes = url.searchParams.getAll("scope").flatMap((s) => s.split(" ").filter(Boolean));
     let user: string | null = null;
@@ -102,11 +106,14 @@ export async function startTokenServer(opts: TokenOptions): Promise<TokenServer>
     });
     res.writeHead(200, { "Content-Type": "application/json" });
     res.end(JSON.stringify({ token, access_token: token, expires_in: 600, issued_at: new Date().toISOString() }));
-  });
+  };
+  const server: Server = opts.tls
+    ? createHttpsServer({ cert: readFileSync(opts.tls.serverCert), key: readFileSync(opts.tls.serverKey) }, handle)
+    : createServer(handle);
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const port = (server.address() as AddressInfo).port;
   return {
-    realm: `http://127.0.0.1:${port}/token`,
+    realm: `${opts.tls ? "https" : "http"}://127.0.0.1:${port}/token`,
     service,
     issuer,
     requests,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { buildEnv, expand, globToRegExp, hasBin, parseAssignment, parseEnvFile } from "../../src/container/env.ts";
+import { buildEnv, expand, hasBin, parseAssignment, parseEnvFile } from "../../src/container/env.ts";
+import { fnmatch } from "../../src/container/fnmatch.ts";
 
 describe("environment", () => {
   it("parses assignments like Charliecloud", () => {
@@ -35,13 +36,27 @@ describe("environment", () => {
     assert.equal(expand(":b::", env), ":b::");
   });
 
-  it("matches globs on names", () => {
-    assert.ok(globToRegExp("SLURM_*").test("SLURM_JOB_ID"));
-    assert.ok(!globToRegExp("SLURM_*").test("XSLURM_"));
-    assert.ok(globToRegExp("A?[0-9]").test("AB7"));
-    assert.ok(globToRegExp("[!A]*").test("BX"));
-    assert.ok(!globToRegExp("[!A]*").test("AX"));
-    assert.ok(globToRegExp("a.b").test("a.b") && !globToRegExp("a.b").test("axb"));
+  it("matches globs on names as fnmatch(3) with FNM_EXTMATCH does", () => {
+    assert.ok(fnmatch("SLURM_*", "SLURM_JOB_ID"));
+    assert.ok(!fnmatch("SLURM_*", "XSLURM_"));
+    assert.ok(fnmatch("A?[0-9]", "AB7"));
+    assert.ok(fnmatch("[!A]*", "BX") && fnmatch("[^A]*", "BX"));
+    assert.ok(!fnmatch("[!A]*", "AX"));
+    assert.ok(fnmatch("a.b", "a.b") && !fnmatch("a.b", "axb"));
+    assert.ok(fnmatch("[[:upper:]]_[]x]", "Q_]") && !fnmatch("[[:upper:]]*", "q"));
+    assert.ok(fnmatch("a\\*", "a*") && !fnmatch("a\\*", "ab"));
+    // The man page's example 4, and the extended forms one by one.
+    const keep = "!(WANTED_*|ALSO_WANTED_*)";
+    assert.ok(fnmatch(keep, "NOT_WANTED_1") && fnmatch(keep, "PATH"));
+    assert.ok(!fnmatch(keep, "WANTED_1") && !fnmatch(keep, "ALSO_WANTED_2"));
+    assert.ok(fnmatch("chue_@(1|2)", "chue_2") && !fnmatch("chue_@(1|2)", "chue_3") && !fnmatch("chue_@(1|2)", "chue_12"));
+    assert.ok(fnmatch("x?(ab)y", "xy") && fnmatch("x?(ab)y", "xaby") && !fnmatch("x?(ab)y", "xababy"));
+    assert.ok(fnmatch("x*(ab)y", "xy") && fnmatch("x*(ab)y", "xababy") && !fnmatch("x*(ab)y", "xaby!"));
+    assert.ok(!fnmatch("x+(ab)y", "xy") && fnmatch("x+(ab|c)y", "xabccaby"));
+    assert.ok(fnmatch("!(a)", "") && fnmatch("!(a)", "aa") && !fnmatch("!(a)", "a"));
+    assert.ok(fnmatch("*.!(txt)", "f.c") && !fnmatch("*.!(txt)", "f.txt"));
+    // Unbalanced: the characters are themselves.
+    assert.ok(fnmatch("@(a", "@(a") && fnmatch("[a", "[a"));
   });
 
   it("appends /bin to PATH only when missing, and warns when PATH is unset", () => {

@@ -45,6 +45,7 @@ function facts(tree: Record<string, MemNode>, over: Partial<HostFacts> = {}): Ho
       "/sys/kernel": { dir: true },
       "/etc/hosts": "h",
       "/tmp": { dir: true },
+      "/scratch": { dir: true },
       "/home/alice/x": "",
       ...tree,
     }),
@@ -90,7 +91,7 @@ describe("plan", () => {
       `/proc>${IMG}/proc`,
       `/sys>${IMG}/sys`,
       `/etc/hosts>${IMG}/etc/hosts`,
-      `/tmp>${IMG}/tmp`,
+      `/scratch>${IMG}/tmp`,
     ]);
   });
 
@@ -137,7 +138,20 @@ describe("plan", () => {
   it("uses a private tmpfs for /tmp with -t", () => {
     const p = plan(opts({ privateTmp: true }), facts(image()));
     assert.ok(find(p.ops, "tmpfs").some((t) => t.dst === `${IMG}/tmp`));
-    assert.ok(!find(p.ops, "bind").some((b) => b.src === "/tmp"));
+    assert.ok(!find(p.ops, "bind").some((b) => b.src === "/scratch"));
+  });
+
+  it("binds the host's $TMPDIR at /tmp (Slurm's per-job one), else its /tmp", () => {
+    const bind = (p: ReturnType<typeof plan>) => find(p.ops, "bind").find((b) => b.dst === `${IMG}/tmp`)?.src;
+    assert.equal(bind(plan(opts(), facts(image()))), "/scratch");
+    assert.equal(bind(plan(opts(), facts(image(), { env: { PATH: "/bin" } }))), "/tmp");
+    assert.equal(bind(plan(opts(), facts(image(), { env: { TMPDIR: "" } }))), "/tmp");
+    assert.equal(bind(plan(opts(), facts(image({ "/home/alice/t": { dir: true } }), { env: { TMPDIR: "t" } }))), "/home/alice/t");
+    assert.throws(
+      () => plan(opts(), facts(image(), { env: { TMPDIR: "/gone" } })),
+      (e: ChError) => e.message === "can't bind: source not found: /gone" && e.errno === 2,
+    );
+    assert.doesNotThrow(() => plan(opts({ privateTmp: true }), facts(image(), { env: { TMPDIR: "/gone" } })));
   });
 
   it("puts the overlay's upper layer in the staging tmpfs with -W", () => {
@@ -157,13 +171,32 @@ describe("plan", () => {
     assert.equal(find(p.ops, "umount").length, 0, "the staging tmpfs holds the overlay");
   });
 
-  it("mounts $HOME at /home/$USER with --home", () => {
-    const p = plan(opts({ home: true }), facts(image()));
-    assert.ok(find(p.ops, "tmpfs").some((t) => t.dst === `${IMG}/home`));
-    assert.ok(find(p.ops, "mkdir").some((m) => m.path === `${IMG}/home/alice`));
-    assert.ok(find(p.ops, "bind").some((b) => b.src === "/home/alice" && b.dst === `${IMG}/home/alice`));
+  it("mounts $HOME at /home/$USER with --home, beside the image's own /home", () => {
+    // --home implies -W (options.ts): /home/alice is made in the overlay, /home stays the image's.
+    const t = image({ "home/bob/f": "" });
+    const p = plan(opts({ home: true, writeFake: "12%" }), facts(t));
+    const merged = `${IMG}/dev/merged`;
+    assert.ok(!find(p.ops, "tmpfs").some((x) => x.dst.endsWith("/home")), "no tmpfs hides the image's /home");
+    assert.deepEqual(
+      find(p.ops, "mkdir").map((m) => m.path),
+      [`${IMG}/dev/upper`, `${IMG}/dev/work`, merged, `${merged}/home/alice`],
+    );
+    assert.ok(find(p.ops, "bind").some((b) => b.src === "/home/alice" && b.dst === `${merged}/home/alice`));
     assert.ok(find(p.ops, "exec")[0].env.includes("HOME=/home/alice"));
+    // An image without /home gets one in the overlay; one with /home/alice keeps it as the mount point.
+    const bare = image();
+    delete bare[`${IMG}/home`];
+    const made = plan(opts({ home: true, writeFake: "12%" }), facts(bare));
+    assert.deepEqual(
+      find(made.ops, "mkdir")
+        .slice(3)
+        .map((m) => m.path),
+      [`${merged}/home`, `${merged}/home/alice`],
+    );
+    const has = plan(opts({ home: true, writeFake: "12%" }), facts(image({ "home/alice": { dir: true } })));
+    assert.equal(find(has.ops, "mkdir").length, 3);
     assert.throws(() => plan(opts({ home: true }), facts(image(), { env: {} })), /--home failed: \$HOME not set/);
+    assert.throws(() => plan(opts({ home: true }), facts(image())), /^Error: can't mkdir: \/var\/tmp\/img\/home\/alice$/);
   });
 
   it("binds the user's directories, following image symlinks inside the image", () => {
@@ -184,32 +217,95 @@ describe("plan", () => {
     );
   });
 
-  it("refuses binds Charliecloud refuses, naming the path", () => {
+  it("refuses binds Charliecloud refuses, in its words", () => {
     const f = facts(image());
-    assert.throws(() => plan(opts({ binds: [{ src: "/nope", dst: "/mnt/0" }] }), f), /source not found: \/nope/);
-    assert.throws(
-      () => plan(opts({ binds: [{ src: "/tmp", dst: "/new" }] }), f),
-      /\/new: destination not found in image, which is read-only/,
+    const msg = (o: Partial<RunOptions>, ff = f) => {
+      try {
+        plan(opts(o), ff);
+      } catch (e) {
+        return `${(e as ChError).message} [${(e as ChError).errno}]`;
+      }
+      return "no error";
+    };
+    assert.equal(msg({ binds: [{ src: "/nope", dst: "/mnt/0" }] }), "can't bind: source not found: /nope [2]");
+    // Read-only image: mkdir(2) would say EROFS.
+    assert.equal(msg({ binds: [{ src: "/tmp", dst: "/new/a" }] }), `can't mkdir: ${IMG}/new [30]`);
+    assert.equal(
+      msg({ write: true, binds: [{ src: "/tmp", dst: "/tmp/sub/x" }] }),
+      `can't mkdir: ${IMG}/tmp/sub under existing bind-mount ${IMG}/tmp [0]`,
     );
-    assert.throws(
-      () => plan(opts({ write: true, binds: [{ src: "/tmp", dst: "/tmp/sub/x" }] }), f),
-      /can't mkdir \/tmp\/sub: under existing bind-mount \/tmp/,
+    assert.equal(
+      msg({ binds: [{ src: "/tmp", dst: "/proc/x" }] }),
+      `can't mkdir: ${IMG}/proc/x under existing bind-mount ${IMG}/proc [0]`,
     );
     const w = plan(opts({ write: true, binds: [{ src: "/tmp", dst: "/a/b" }] }), f);
     assert.deepEqual(
       find(w.ops, "mkdir").map((m) => m.path),
       [`${IMG}/a`, `${IMG}/a/b`],
     );
+    // In a tmpfs of ch-run's own (-t), a mount point can be made even in a read-only image.
+    const t = plan(opts({ privateTmp: true, binds: [{ src: "/tmp", dst: "/tmp/x" }] }), f);
+    assert.deepEqual(
+      find(t.ops, "mkdir").map((m) => m.path),
+      [`${IMG}/tmp/x`],
+    );
   });
 
-  it("fails clearly on an image without /dev or /etc/passwd", () => {
-    const t = image();
-    delete t[`${IMG}/etc/passwd`];
+  it("fails on a broken image as Charliecloud does: a required destination missing, a wrong type at mount(2)", () => {
+    for (const [path, dst] of [
+      ["etc/passwd", "/etc/passwd"],
+      ["etc/group", "/etc/group"],
+      ["proc", "/proc"],
+      ["sys", "/sys"],
+      ["tmp", "/tmp"],
+      ["dev", "/dev"],
+    ]) {
+      const t = image();
+      delete t[`${IMG}/${path}`];
+      assert.throws(
+        () => plan(opts(), facts(t)),
+        (e: unknown) => e instanceof ChError && e.message === `can't bind: destination not found: ${IMG}${dst}` && e.errno === 0,
+        path,
+      );
+    }
+    const noPasswd = image();
+    delete noPasswd[`${IMG}/etc/passwd`];
+    assert.doesNotThrow(() => plan(opts({ noPasswd: true }), facts(noPasswd)));
+    // /dev a file: said before anything is mounted, as mount(2) would.
     assert.throws(
-      () => plan(opts(), facts(t)),
-      (e: unknown) => e instanceof ChError && /can't bind \/etc\/passwd: not found in image/.test(e.message),
+      () => plan(opts(), facts(image({ dev: "" }))),
+      (e: ChError) => e.message === `can't bind /dev to ${IMG}/dev` && e.errno === 20,
     );
-    assert.doesNotThrow(() => plan(opts({ noPasswd: true }), facts(t)));
+    // Other type mismatches are bound all the same, and fail at mount(2) with ENOTDIR: the
+    // image's /etc/hosts a directory, its /tmp a file.
+    const p = plan(opts(), facts(image({ "etc/hosts": { dir: true }, tmp: "" })));
+    const bind = (dst: string) => find(p.ops, "bind").find((b) => b.dst === `${IMG}${dst}`);
+    assert.equal(bind("/etc/hosts")?.what, `can't bind /etc/hosts to ${IMG}/etc/hosts`);
+    assert.equal(bind("/tmp")?.what, `can't bind /scratch to ${IMG}/tmp`);
+    const rec = new Recorder();
+    execute(p.ops, rec);
+    assert.ok(rec.calls.includes(`mount /etc/hosts ${IMG}/etc/hosts - MS_BIND|MS_REC`));
+  });
+
+  it("binds optional host files when both sides have them, following the host's symlinks", () => {
+    const f = facts(image({ "etc/resolv.conf": "", "etc/machine-id": "" }), {
+      fs: new MemFs({
+        ...image({ "etc/resolv.conf": "", "etc/machine-id": "" }),
+        "/dev/null": { other: true },
+        "/proc/self": { dir: true },
+        "/sys/kernel": { dir: true },
+        "/scratch": { dir: true },
+        "/home/alice/x": "",
+        "/etc/hosts": "h",
+        "/etc/resolv.conf": { link: "../run/resolv.conf" },
+        "/run/resolv.conf": "nameserver 127.0.0.53",
+        "/etc/machine-id": { link: "/nowhere" },
+      }),
+    });
+    const srcs = find(plan(opts(), f).ops, "bind").map((b) => b.src);
+    assert.ok(srcs.includes("/etc/resolv.conf"), "through the host's symlink");
+    assert.ok(!srcs.includes("/etc/machine-id"), "a dangling host symlink is not there");
+    assert.ok(srcs.includes("/etc/hosts"));
   });
 
   describe("PMIx's shared store (srun --mpi=pmix)", () => {

@@ -3,8 +3,9 @@
 // what another user could have made or can write.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { imageName, nameToDir, type StatFacts, unsafe, validImageName } from "../../src/image/storage.ts";
-import { fullRef, parseRef, storageName } from "../../src/registry/reference.ts";
+import { globRegExp, imageName, isGlob, nameToDir, type StatFacts, unsafe, validImageName } from "../../src/image/storage.ts";
+import { canonical, fullRef, parseRef, refString, storageName } from "../../src/registry/reference.ts";
+import { ChError } from "../../src/sys/errors.ts";
 
 const HEX = "0123456789abcdef".repeat(4);
 
@@ -151,5 +152,82 @@ describe("storage safety check", () => {
     assert.equal(unsafe(facts({ type: "link", mode: 0o120777 }), UID, "file"), "is a symbolic link");
     assert.equal(unsafe(facts({ type: "file", mode: 0o100644 }), UID, "directory"), "is not a directory");
     assert.equal(unsafe(facts({ type: "dir" }), UID, "file"), "is not a regular file");
+  });
+});
+
+describe("delete's globs (Python's fnmatch, over directory names)", () => {
+  const matches = (glob: string, names: string[]) => names.filter((n) => globRegExp(glob).test(n));
+  const names = ["foo+latest", "foo+1.0", "foobar+latest", "a%b+latest", "a%c%d+latest", "x.y+1", "[odd]", "f*o"];
+
+  it("has *, ?, [SET] and [!SET]; the rest is literal", () => {
+    assert.deepEqual(matches("foo*", names), ["foo+latest", "foo+1.0", "foobar+latest"]);
+    assert.deepEqual(matches("foo+*", names), ["foo+latest", "foo+1.0"]);
+    assert.deepEqual(
+      matches("a%*", names),
+      ["a%b+latest", "a%c%d+latest"],
+      "* crosses %: a/* takes a/c/d too, as Charliecloud's",
+    );
+    assert.deepEqual(matches("?.y+1", names), ["x.y+1"]);
+    assert.deepEqual(matches("x?y+1", names), ["x.y+1"]);
+    assert.deepEqual(matches("x.y+?", names), ["x.y+1"]);
+    assert.deepEqual(matches("xxy+1", names), [], ". is literal");
+    assert.deepEqual(matches("a%[bc]*", names), ["a%b+latest", "a%c%d+latest"]);
+    assert.deepEqual(matches("a%[!b]*", names), ["a%c%d+latest"]);
+    assert.deepEqual(matches("[[]odd]", names), ["[odd]"]);
+    assert.deepEqual(matches("[]", names), [], "an unclosed [ is literal");
+    assert.deepEqual(matches("f[*]o", names), ["f*o"]);
+    assert.deepEqual(matches("(.*)", [".*", "(.*)", "x"]), ["(.*)"], "regular expression syntax is literal");
+    assert.deepEqual(matches("a\\b", ["a\\b", "ab"]), ["a\\b"]);
+  });
+
+  it("tells globs from names", () => {
+    for (const g of ["a*", "a?", "a[b]"]) assert.ok(isGlob(g), g);
+    for (const g of ["a", "a/b:1", "a%b", ".."]) assert.ok(!isGlob(g), g);
+  });
+});
+
+describe("registry of references without a host ($CH_REGY_DEFAULT_HOST, _PORT, $CH_REGY_PATH_PREFIX)", () => {
+  const full = (ref: string, env: Record<string, string>) => refString(canonical(parseRef(ref), env));
+
+  it("is Docker Hub by default, else the host, port (443) and path prefix given", () => {
+    assert.equal(full("alpine", {}), "registry-1.docker.io:443/library/alpine:latest");
+    assert.equal(full("alpine", { CH_REGY_DEFAULT_HOST: "reg.example.com" }), "reg.example.com:443/alpine:latest");
+    assert.equal(
+      full("a/b:1", { CH_REGY_DEFAULT_HOST: "Reg.Example.com", CH_REGY_DEFAULT_PORT: "5000" }),
+      "reg.example.com:5000/a/b:1",
+    );
+    assert.equal(
+      full("alpine", { CH_REGY_DEFAULT_HOST: "reg.example.com", CH_REGY_PATH_PREFIX: "mirror/hub/" }),
+      "reg.example.com:443/mirror/hub/alpine:latest",
+    );
+    // Docker Hub given as the default still has its library/.
+    assert.equal(full("alpine", { CH_REGY_DEFAULT_HOST: "docker.io" }), "registry-1.docker.io:443/library/alpine:latest");
+    // Only without a host; _PORT and _PREFIX alone do nothing.
+    assert.equal(
+      full("quay.io/x", { CH_REGY_DEFAULT_HOST: "reg.example.com", CH_REGY_PATH_PREFIX: "p" }),
+      "quay.io:443/x:latest",
+    );
+    assert.equal(
+      full("alpine", { CH_REGY_DEFAULT_PORT: "5000", CH_REGY_PATH_PREFIX: "p" }),
+      "registry-1.docker.io:443/library/alpine:latest",
+    );
+    // The name in storage is the reference's, whatever the registry.
+    assert.equal(storageName(parseRef("alpine")), "alpine:latest");
+  });
+
+  it("refuses what is no host, port or path component", () => {
+    for (const [env, re] of [
+      [{ CH_REGY_DEFAULT_HOST: "" }, /\$CH_REGY_DEFAULT_HOST: not a host name: ""/],
+      [{ CH_REGY_DEFAULT_HOST: "a b" }, /not a host name: a b/],
+      [{ CH_REGY_DEFAULT_HOST: "h", CH_REGY_DEFAULT_PORT: "0" }, /\$CH_REGY_DEFAULT_PORT: not a port number: 0/],
+      [{ CH_REGY_DEFAULT_HOST: "h", CH_REGY_DEFAULT_PORT: "65536" }, /not a port number: 65536/],
+      [{ CH_REGY_DEFAULT_HOST: "h", CH_REGY_PATH_PREFIX: "a/../b" }, /\$CH_REGY_PATH_PREFIX: invalid path component: \.\./],
+      [{ CH_REGY_DEFAULT_HOST: "h", CH_REGY_PATH_PREFIX: "UP" }, /invalid path component: UP/],
+    ] as const)
+      assert.throws(
+        () => canonical(parseRef("x"), env),
+        (e: unknown) => e instanceof ChError && re.test(e.message),
+        JSON.stringify(env),
+      );
   });
 });

@@ -78,12 +78,23 @@ describe("native launcher program", () => {
     assert.equal(new TextDecoder().decode(bytes.subarray(arg0, arg0 + 3)), "ls\0", "pointers inside arrays relocated too");
   });
 
-  it("has launcher and waiter code for x86-64 and aarch64", () => {
+  it("sets no_new_privs before the command, as Charliecloud does", () => {
+    const b = new ProgramBuilder("x64");
+    b.beforeExec([15], [0, 1, 2], [], 7);
+    const prctl = b.ops.findIndex((o) => o.nr === SYSCALLS.x64.prctl);
+    assert.ok(prctl >= 0);
+    assert.deepEqual(b.ops[prctl].args, [38, 1, 0, 0, 0], "PR_SET_NO_NEW_PRIVS, 1");
+    assert.equal(b.ops[prctl].why.what, "can't set no_new_privs");
+    assert.ok(b.ops[prctl].soft !== true, "a failure stops the command");
+  });
+
+  it("has launcher, waiter and join holder code for x86-64 and aarch64", () => {
     for (const a of ["x64", "arm64"] as const) {
       assert.ok(Buffer.from(blobs[a].launcher, "base64").length > 100);
-      const w = Buffer.from(blobs[a].waiter, "base64");
-      assert.equal(w.subarray(0, 4).toString("latin1"), "\x7fELF");
-      assert.equal(w.readUInt16LE(18), a === "x64" ? 62 : 183, "ELF machine");
+      for (const w of [blobs[a].waiter, blobs[a].holder].map((b) => Buffer.from(b, "base64"))) {
+        assert.equal(w.subarray(0, 4).toString("latin1"), "\x7fELF");
+        assert.equal(w.readUInt16LE(18), a === "x64" ? 62 : 183, "ELF machine");
+      }
     }
     assert.ok(["x64", "arm64"].includes(hostArch()));
   });
