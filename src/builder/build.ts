@@ -1,29 +1,21 @@
 // Building an image: the stages the target needs, in order, each instruction carried out, no
 // build cache (every build runs every instruction; cache.ts is the design of the next step).
-// - Each stage is a directory in STORAGE/tmp/build.HOST.PID/, a copy of its base (an image in
-//   storage, pulled if missing; an earlier stage; or nothing for scratch), removed when the
-//   build ends. The target stage, with its ch/metadata.json and ch/environment, is renamed into
-//   storage at the end (install.ts): a failed build leaves the tag as it was.
-// - RUN goes through ch-run, this same executable, as Charliecloud's does: `ch-run -w -u0 -g0
-//   --no-passwd --cd WORKDIR IMAGE -- CMD`, with the stage's variables (ENV and ARG in scope, the
-//   proxy variables) as its environment. Root emulation (--force=seccomp, Charliecloud's
-//   default) is not here yet: RUN runs as with --force=none, so chown(2) and the like fail.
+// - The build happens in the target's partial directory beside it in img/ (install.ts:
+//   TARGET.partial-HOST.PID, removed on failure, and by the next build of that name after a
+//   kill): each stage a directory in it, a copy of its base (an image in storage, pulled if
+//   missing; an earlier stage; or nothing for scratch). The target stage, with its
+//   ch/metadata.json and ch/environment, is renamed into place at the end: a failed build leaves
+//   the tag as it was. Nothing else is made in the storage directory (Charliecloud's version 7
+//   layout, which Charliecloud checks).
+// - RUN goes through ch-run, this same executable, as Charliecloud's does: `ch-run --unsafe -w
+//   -u0 -g0 --no-passwd --cd WORKDIR IMAGE -- CMD` (--unsafe: the image is a directory in
+//   storage), with the stage's variables (ENV and ARG in scope, the proxy variables) as its
+//   environment. Root emulation (--force=seccomp, Charliecloud's default) is not here yet: RUN
+//   runs as with --force=none, so chown(2) and the like fail.
 // - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
 //   then the base image's, then ENV.
 import { spawnSync } from "node:child_process";
-import {
-  cpSync,
-  lstatSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  realpathSync,
-  renameSync,
-  rmSync,
-  unlinkSync,
-  writeFileSync,
-} from "node:fs";
-import { hostname } from "node:os";
+import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
@@ -155,30 +147,6 @@ function where(inst: Instruction): string {
   return `${inst.file}:${inst.line}`;
 }
 
-const BUILD_DIR = /^build\.(.+)\.(\d+)$/;
-
-/** Removes build directories of dead processes on this host; makes and returns ours. */
-function buildDir(storage: Storage): string {
-  const tmp = join(storage.root, "tmp");
-  mkdirSync(tmp, { recursive: true, mode: 0o700 });
-  for (const name of readdirSync(tmp)) {
-    const m = BUILD_DIR.exec(name);
-    if (!m || m[1] !== hostname() || Number(m[2]) === process.pid) continue;
-    try {
-      process.kill(Number(m[2]), 0);
-      continue; // alive
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "EPERM") continue;
-    }
-    info(`removing leftover of an earlier build: ${join(tmp, name)}`);
-    forceRemove(join(tmp, name));
-  }
-  const dir = join(tmp, `build.${hostname()}.${process.pid}`);
-  forceRemove(dir);
-  mkdirSync(dir, 0o700);
-  return dir;
-}
-
 /** Copies an image directory (stage or storage) to make a stage from it. */
 function copyImageDir(src: string, dst: string): void {
   try {
@@ -240,20 +208,14 @@ export class Builder {
     const runs = this.plan.order.some((i) => this.plan.stages[i].instructions.some((inst) => inst.keyword === "run"));
     if (runs && this.ctx.force === "seccomp")
       warn("root emulation (--force=seccomp) is not available yet in this version: RUN runs as with --force=none");
-    this.dir = buildDir(storage);
-    try {
+    await installImage(storage.imagePath(name), async (partial) => {
+      this.dir = partial;
       for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
       const final = this.states.get(this.plan.target) as StageState;
       writeBuildMetadata(final.dir, final.meta);
-      await installImage(storage.imagePath(name), async (partial) => {
-        const root = join(partial, "root");
-        renameSync(final.dir, root);
-        return root;
-      });
-      info(`grown in ${this.step} instructions: ${name}`);
-    } finally {
-      forceRemove(this.dir);
-    }
+      return final.dir;
+    });
+    info(`grown in ${this.step} instructions: ${name}`);
   }
 
   /** An image in storage (pulled if missing): its directory. */
@@ -414,7 +376,7 @@ export class Builder {
       else if (host !== undefined && k !== "HOME") envArgs.push(`--unset-env=${k}`);
     }
     const [exe, pre] = selfAs("ch-run");
-    const opts = ["-s", this.ctx.storage.root, "-w", "-u0", "-g0", "--no-passwd", "--env-no-expand", ...envArgs];
+    const opts = ["-s", this.ctx.storage.root, "--unsafe", "-w", "-u0", "-g0", "--no-passwd", "--env-no-expand", ...envArgs];
     const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
     let r: ReturnType<typeof spawnSync>;
     try {
