@@ -364,11 +364,11 @@ export class Builder {
     else argv = [...meta.shell, line];
     if (argv.length === 0) throw new ChError(`${where(inst)}: RUN: no command`);
     // The command's environment is ch-run's: the stage's variables, but ch-run itself needs
-    // the host's HOME or XDG_* (its native module's private directory), which are then unset or
-    // set back to the stage's values (ch-run sets HOME).
+    // the host's XDG_*, TMPDIR or HOME (its native module's private directory), which are then
+    // unset or set back to the stage's values (ch-run sets HOME).
     const env = Object.fromEntries(state.scope.runEnv());
     const envArgs: string[] = [];
-    for (const k of ["XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "HOME"]) {
+    for (const k of ["XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "TMPDIR", "HOME"]) {
       const host = process.env[k];
       const own = env[k];
       if (host !== undefined) env[k] = host;

@@ -31,8 +31,12 @@ let storage: string;
 /** A host directory the containers see at the same path (ch-run binds the host's /tmp). */
 let witness: string;
 
-function image(args: string[], opts: { input?: string; cwd?: string } = {}): Result {
-  return run(IMAGE, args, { cwd: opts.cwd ?? dir, input: opts.input, env: { ...process.env, CH_IMAGE_STORAGE: storage } });
+function image(args: string[], opts: { input?: string; cwd?: string; env?: Record<string, string> } = {}): Result {
+  return run(IMAGE, args, {
+    cwd: opts.cwd ?? dir,
+    input: opts.input,
+    env: { ...process.env, CH_IMAGE_STORAGE: storage, ...opts.env },
+  });
 }
 
 /** Writes files (content, or ["link", target]) under a context directory. */
@@ -234,6 +238,19 @@ VOLUME /data /logs
     assert.equal(existsSync(img("built", "new")), false);
     assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
     assert.deepEqual(leftovers(), []);
+  });
+
+  it("RUN sees the stage's variables only: not the host's XDG_* or TMPDIR that ch-run itself needs", () => {
+    const xdg = join(dir, "xdg");
+    mkdirSync(xdg, { mode: 0o700 });
+    const r = image(["build", "-t", "envs", "-f", "-", dir], {
+      input:
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: Dockerfile text, not a template
+        'FROM bb\nENV XDG_RUNTIME_DIR=/own\nRUN echo "${XDG_CACHE_HOME-unset} ${TMPDIR-unset} $XDG_RUNTIME_DIR $HOME $HOST_ONLY" > /env.txt\n',
+      env: { XDG_CACHE_HOME: xdg, TMPDIR: "/tmp", XDG_RUNTIME_DIR: xdg, HOST_ONLY: "leaked" },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("envs", "env.txt")), "unset unset /own /root \n"); // $HOST_ONLY: empty
   });
 
   it("COPY without a context (Dockerfile as CONTEXT -) says so", () => {
