@@ -203,7 +203,13 @@ export class Builder {
     this.storageReal = realpathSync(storage.root);
     if (this.ctx.context !== null) {
       const p = join(this.ctx.context, ".dockerignore");
-      if (lstatOrNull(p)?.isFile()) this.ignore = new IgnoreMatcher(readFileSync(p, "utf8"));
+      if (lstatOrNull(p)?.isFile())
+        try {
+          this.ignore = new IgnoreMatcher(readFileSync(p, "utf8"));
+        } catch (e) {
+          if (e instanceof ChError) throw new ChError(`${p}: ${e.message}`);
+          throw sysError(`can't read: ${p}`, e);
+        }
     }
     const runs = this.plan.order.some((i) => this.plan.stages[i].instructions.some((inst) => inst.keyword === "run"));
     if (runs && this.ctx.force === "seccomp")

@@ -342,6 +342,7 @@ COPY a.txt /evil/
 COPY a.txt /rel/a2.txt
 COPY a.txt /evilfile
 COPY tree/ /
+RUN rm -rf /ch && busybox ln -s ${hostDir} /ch
 `,
     });
     assert.equal(r.status, 0, r.stderr);
@@ -350,6 +351,9 @@ COPY tree/ /
     assert.deepEqual(readdirSync(img("confined", hostDir)).sort(), ["a.txt", "a2.txt", "y"]);
     assert.equal(lstatSync(img("confined", "evilfile")).isFile(), true);
     assert.equal(text(img("confined", "evilfile")), "A\n");
+    // ch/ a symlink out of the image: replaced by a directory, the metadata written there.
+    assert.equal(lstatSync(img("confined", "ch")).isDirectory(), true);
+    assert.equal(meta("confined").cwd, "/");
   });
 
   it("never copies the storage directory into the image when it is in the context", () => {
