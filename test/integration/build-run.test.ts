@@ -224,6 +224,29 @@ VOLUME /data /logs
     assert.deepEqual(leftovers(), []);
   });
 
+  it("FROM an image built before: its WORKDIR, SHELL and ENV from ch/metadata.json", () => {
+    const r = image(["build", "-t", "child", "-f", "-", dir], {
+      input: 'FROM built\nRUN pwd > /p && echo "$E2" >> /p && echo $- >> /p\n',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const [cwd, e2, flags] = text(img("child", "p")).split("\n");
+    assert.deepEqual([cwd, e2], ["/work/sub", "two words"]);
+    assert.match(flags, /e/); // SHELL ["/bin/sh", "-ec"]
+    assert.deepEqual(meta("child").cmd, ["/bin/sh", "-ec", "echo hi"]);
+  });
+
+  it("FROM scratch: COPY into nothing; the image gets what ch-run needs", () => {
+    const ctx = context("ctx7", { "a.txt": "A\n" });
+    const r = image(["build", "-t", "scratchy", "-f", "-", ctx], { input: "FROM scratch\nCOPY a.txt /\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("scratchy", "a.txt")), "A\n");
+    for (const d of ["dev", "proc", "sys", "tmp", "etc", "mnt/0"]) assert.ok(lstatSync(img("scratchy", d)).isDirectory(), d);
+    assert.deepEqual(meta("scratchy").env, {
+      PATH: "/ch/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      TAR_OPTIONS: "--no-same-owner",
+    });
+  });
+
   it("a failing RUN names FILE:LINE and the exit status; the tag in storage is untouched", () => {
     const before = text(img("built", "ch/metadata.json"));
     const r = image(["build", "--force=none", "-t", "built", "-f", "-", dir], {
