@@ -25,7 +25,7 @@ import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
 import { hostArch } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
-import { ChError, sysError, warn } from "../sys/errors.ts";
+import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
 import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
@@ -397,6 +397,10 @@ export class Builder {
     }
     if (r.error) throw sysError(`${where(inst)}: RUN: can't run ch-run`, r.error);
     if (r.signal) throw new ChError(`${where(inst)}: RUN: command killed by signal ${r.signal}: ${inst.text}`);
-    if (r.status !== 0) throw new ChError(`${where(inst)}: RUN: command exited with status ${r.status}: ${inst.text}`);
+    if (r.status !== 0) {
+      // ch-run's own statuses: it said why on the line above.
+      const why = r.status === EXIT_EXEC ? " (could not be executed)" : r.status === EXIT_ERR ? " (ch-run failed)" : "";
+      throw new ChError(`${where(inst)}: RUN: command exited with status ${r.status}${why}: ${inst.text}`);
+    }
   }
 }

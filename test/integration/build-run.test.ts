@@ -237,6 +237,9 @@ VOLUME /data /logs
 
   it("FROM scratch: COPY into nothing; the image gets what ch-run needs", () => {
     const ctx = context("ctx7", { "a.txt": "A\n" });
+    const noShell = image(["build", "-t", "scratchy", "-f", "-", ctx], { input: "FROM scratch\nRUN true\n" });
+    assert.equal(noShell.status, 1);
+    assert.match(noShell.stderr, /error: <stdin>:2: RUN: command exited with status 49 \(could not be executed\): RUN true /);
     const r = image(["build", "-t", "scratchy", "-f", "-", ctx], { input: "FROM scratch\nCOPY a.txt /\n" });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(text(img("scratchy", "a.txt")), "A\n");
