@@ -105,7 +105,12 @@ export function baseMetadata(dir: string | null): BuildMetadata {
   return {
     arch,
     cwd: typeof j.cwd === "string" && j.cwd.startsWith("/") ? j.cwd : "/",
-    env: { ...Object.fromEntries(DEFAULT_ENV), ...envFile, ...record(j.env) },
+    env: Object.fromEntries(
+      // Names and values that can't be an environment variable (an untrusted image's) are dropped.
+      Object.entries({ ...Object.fromEntries(DEFAULT_ENV), ...envFile, ...record(j.env) }).filter(
+        ([k, v]) => k !== "" && !/[=\0]/.test(k) && !v.includes("\0"),
+      ),
+    ),
     entrypoint: strings(j.entrypoint),
     cmd: strings(j.cmd),
     labels: record(j.labels),
