@@ -1,5 +1,6 @@
-// The build cache's keys and state records. Not used by any command yet: building itself is the
-// next step (see the end of this comment).
+// The build cache's keys and state records. Not used by any command yet: ch-image build
+// (build.ts) runs every instruction every time; this cache is the next step (see the end of this
+// comment).
 //
 // A state is an image tree plus its metadata after one instruction. Its ID is a SHA-256 over:
 // the parent state's ID; the instruction after substitution (keyword, flags, arguments, heredoc
@@ -30,9 +31,9 @@
 // Layout (under STORAGE/cache/): states/ID.json (the record below, written aside then renamed),
 // layers/ID/ (the upper directory, only once complete: built in layers/.ID.tmp, renamed).
 //
-// Next: a RUN executor that mounts the overlay in ch-run's namespaces (a plan operation in
-// src/container), COPY/ADD into an upper directory, materialization into storage, and
-// `ch-image build-cache` to list and prune.
+// Next: RUN through ch-run (build.ts does this on a full copy of each stage) with the overlay
+// mounted in ch-run's namespaces (a plan operation in src/container), COPY/ADD (copy.ts) into an
+// upper directory, materialization into storage, and `ch-image build-cache` to list and prune.
 import { createHash } from "node:crypto";
 import {
   closeSync,

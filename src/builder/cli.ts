@@ -1,13 +1,15 @@
 // `ch-image build`: its options (Charliecloud's names), the Dockerfile and context it reads, the
-// image name it infers, and --parse-only. Building itself is not in this version: without
-// --parse-only, build says so and fails.
-import { readFileSync, statSync } from "node:fs";
+// image name it infers, --parse-only and --dry-run; building itself is build.ts's. There is no
+// build cache yet: every build runs every instruction (--cache, --no-cache, --rebuild and
+// $CH_IMAGE_CACHE are accepted and change nothing).
+import { readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import type { OptSpec, ParsedOpt } from "../cli/getopt.ts";
 import { info } from "../cli/log.ts";
-import { validImageName } from "../image/storage.ts";
+import { type Storage, validImageName } from "../image/storage.ts";
+import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, sysError, usageError, warn } from "../sys/errors.ts";
-import { VERSION } from "../version.ts";
+import { Builder } from "./build.ts";
 import { type Dockerfile, type Instruction, parseDockerfile } from "./dockerfile.ts";
 import { planStages } from "./stages.ts";
 import { BuildArgs } from "./vars.ts";
@@ -19,7 +21,7 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "KEY[=VALUE]",
     help: "build: set ARG KEY (to environment variable KEY if no VALUE)",
   },
-  { name: "cache", arg: "none", help: "build: use the build cache (default)" },
+  { name: "cache", arg: "none", help: "build: use the build cache (default; there is none yet in this version)" },
   { name: "dry-run", short: "n", arg: "none", help: "build: don't execute any instruction" },
   {
     name: "file",
@@ -28,16 +30,21 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "DOCKERFILE",
     help: "build: Dockerfile to use (default CONTEXT/Dockerfile; - for standard input)",
   },
-  { name: "force", arg: "optional", argName: "MODE", help: "build: root emulation MODE: seccomp (default) or none" },
+  {
+    name: "force",
+    arg: "optional",
+    argName: "MODE",
+    help: "build: root emulation MODE: seccomp (default; not available yet: as none) or none",
+  },
   {
     name: "force-cmd",
     arg: "required",
     argName: "CMD,ARG1[,ARG2...]",
-    help: "build: add ARGs to command CMD in RUN (repeatable)",
+    help: "build: add ARGs to command CMD in RUN (repeatable; needs seccomp mode: ignored yet)",
   },
-  { name: "no-cache", arg: "none", help: "build: don't use the build cache" },
+  { name: "no-cache", arg: "none", help: "build: don't use the build cache (every build runs every instruction yet)" },
   { name: "parse-only", arg: "none", help: "build: parse the Dockerfile, print its instructions (JSON lines), stop" },
-  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM, caching the results" },
+  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM (what every build does yet)" },
   { name: "tag", short: "t", arg: "required", argName: "TAG", help: "build: name of the image (default: inferred)" },
 ];
 
@@ -191,7 +198,13 @@ function readDockerfile(path: string): string {
 }
 
 /** ch-image build [-t TAG] [-f DOCKERFILE] [...] CONTEXT */
-export function build(args: string[], o: BuildOptions, env: Record<string, string | undefined>): number {
+export async function build(
+  args: string[],
+  o: BuildOptions,
+  env: Record<string, string | undefined>,
+  storage: Storage,
+  client: ClientOptions,
+): Promise<number> {
   if (args.length !== 1) throw usageError("usage: ch-image build [-t TAG] [-f DOCKERFILE] [...] CONTEXT");
   const context = args[0];
   if (context === "-") {
@@ -207,8 +220,6 @@ export function build(args: string[], o: BuildOptions, env: Record<string, strin
   }
   if (o.tag !== null && !validImageName(o.tag)) throw usageError(`invalid image name: ${o.tag}`);
   const buildArgs = new BuildArgs(o.buildArgs, env); // checked now: a bad one is a usage error
-  if (!o.parseOnly)
-    throw new ChError(`build: building images is not available yet in this version (${VERSION}); --parse-only is`);
   const path = context === "-" ? "-" : (o.file ?? `${context}/Dockerfile`);
   const df: Dockerfile = parseDockerfile(readDockerfile(path), path === "-" ? "<stdin>" : path);
   const plan = planStages(df, buildArgs);
@@ -216,6 +227,23 @@ export function build(args: string[], o: BuildOptions, env: Record<string, strin
   const tag = o.tag ?? (context === "-" ? null : inferTag(o.file, context));
   if (o.tag === null && tag !== null) info(`inferred image name: ${tag}`);
   for (const w of [...df.warnings, ...plan.warnings]) warn(w);
-  process.stdout.write(df.instructions.map((i) => `${instructionJson(i)}\n`).join(""));
+  if (o.parseOnly) {
+    process.stdout.write(df.instructions.map((i) => `${instructionJson(i)}\n`).join(""));
+    return 0;
+  }
+  if (tag === null) throw usageError("build: -t TAG needed when CONTEXT is - (no directory to name the image after)");
+  if (o.dryRun) {
+    for (const i of plan.order)
+      for (const inst of [plan.stages[i].from, ...plan.stages[i].instructions]) info(`${inst.file}:${inst.line}: ${inst.text}`);
+    info(`dry run: nothing executed, no image written: ${tag}`);
+    return 0;
+  }
+  const builder = new Builder(plan, buildArgs, {
+    storage,
+    client,
+    context: context === "-" ? null : realpathSync(resolve(context)),
+    force: o.force,
+  });
+  await builder.build(tag);
   return 0;
 }

@@ -46,8 +46,10 @@ const SPECS: OptSpec[] = [
 
 const SUBCOMMANDS = `Subcommands:
   build [-t TAG] [-f DOCKERFILE] [--build-arg KEY[=VALUE]] [--parse-only] CONTEXT
-                                parse a Dockerfile (--parse-only: print its instructions as
-                                JSON lines); building images is not available yet
+                                build image TAG from a Dockerfile (--parse-only: print its
+                                instructions as JSON lines); no build cache yet: every build
+                                runs every instruction; RUN without root emulation (as
+                                --force=none)
   pull [-a ARCH] [--last-layer N] REF [DEST]
                                 pull image REF from its registry into storage (as REF, or DEST;
                                 DEST starting with / ./ ../ is a directory to unpack into)
@@ -76,7 +78,7 @@ never in clear off loopback unless --tls-no-verify.
 
 Environment:
   CH_IMAGE_CACHE                build cache: enabled, disabled or rebuild (like --cache,
-                                --no-cache, --rebuild)
+                                --no-cache, --rebuild; no build cache in this version yet)
   CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
   CH_IMAGE_USERNAME, CH_IMAGE_PASSWORD
                                 registry credentials (else asked for on a terminal when needed
@@ -162,7 +164,7 @@ async function run(storage: Storage, sub: string, args: string[], f: Flags): Pro
   const client = { tlsVerify: f.tlsVerify, auth: f.auth };
   switch (sub) {
     case "build":
-      return build(args, buildOptions(f.build, process.env), process.env);
+      return await build(args, buildOptions(f.build, process.env), process.env, storage, client);
     case "pull":
       if (args.length < 1 || args.length > 2) throw new ChError("usage: ch-image pull [-a ARCH] [--last-layer N] REF [DEST]");
       await pull(storage, args[0], args[1] ?? null, {
@@ -232,7 +234,7 @@ export async function main(argv: string[]): Promise<number> {
   const hv = helpOrVersion(p, {
     name: "ch-image",
     usage: "[OPTION...] SUBCOMMAND [ARG...]",
-    summary: "Manage Charliecloud images: pull and push them, keep them in storage.",
+    summary: "Manage Charliecloud images: build, pull and push them, keep them in storage.",
     specs: SPECS,
     trailer: SUBCOMMANDS,
   });

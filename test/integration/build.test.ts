@@ -1,5 +1,5 @@
 // ch-image build (the built binary): --parse-only's output, syntax errors, standard input, the
-// inferred image name, build's options; building itself is refused plainly in this version.
+// inferred image name, build's options, --dry-run. Building itself: build-run.test.ts.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -182,18 +182,19 @@ describe("ch-image build --parse-only", () => {
   });
 });
 
-describe("ch-image build without --parse-only", () => {
-  it("says plainly that building is not available yet, exit 1", () => {
-    const r = image(["build", "-t", "x", "ctx"]);
-    assert.equal(r.status, 1);
+describe("ch-image build --dry-run", () => {
+  it("executes nothing and writes no storage (FROM names an image nowhere here)", () => {
+    const r = image(["build", "-n", "-t", "x", "ctx"]);
+    assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, "");
-    assert.match(r.stderr, ERROR);
-    assert.match(r.stderr, /error: build: building images is not available yet in this version/);
+    assert.match(r.stderr, /ctx\/Dockerfile:3: FROM \$BASE AS build\n/);
+    assert.match(r.stderr, /dry run: nothing executed, no image written: x\n/);
     assert.equal(existsSync(storage), false);
   });
-  it("is listed in --help", () => {
+  it("is listed in --help, which says there is no build cache yet", () => {
     const r = image(["--help"]);
     assert.match(r.stdout, /^ {2}build \[-t TAG\]/m);
     assert.match(r.stdout, /--parse-only/);
+    assert.match(r.stdout, /no build cache yet/);
   });
 });

@@ -1,0 +1,411 @@
+// Building an image: the stages the target needs, in order, each instruction carried out, no
+// build cache (every build runs every instruction; cache.ts is the design of the next step).
+// - The build happens in the target's partial directory beside it in img/ (install.ts:
+//   TARGET.partial-HOST.PID, removed on failure, and by the next build of that name after a
+//   kill): each stage a directory in it, a copy of its base (an image in storage, pulled if
+//   missing; an earlier stage; or nothing for scratch). The target stage, with its
+//   ch/metadata.json and ch/environment, is renamed into place at the end: a failed build leaves
+//   the tag as it was. Nothing else is made in the storage directory (Charliecloud's version 7
+//   layout, which Charliecloud checks).
+// - RUN goes through ch-run, this same executable, as Charliecloud's does: `ch-run --unsafe -w
+//   -u0 -g0 --no-passwd --cd WORKDIR IMAGE -- CMD` (--unsafe: the image is a directory in
+//   storage), with the stage's variables (ENV and ARG in scope, the proxy variables) as its
+//   environment. Root emulation (--force=seccomp, Charliecloud's default) is not here yet: RUN
+//   runs as with --force=none, so chown(2) and the like fail.
+// - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
+//   then the base image's, then ENV.
+import { spawnSync } from "node:child_process";
+import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { join, posix } from "node:path";
+import { isSea } from "node:sea";
+import { info } from "../cli/log.ts";
+import { fixupImage } from "../image/fixup.ts";
+import { forceRemove, installImage } from "../image/install.ts";
+import { imageName, type Storage } from "../image/storage.ts";
+import { pull } from "../registry/commands.ts";
+import { hostArch } from "../registry/manifest.ts";
+import type { ClientOptions } from "../registry/pull.ts";
+import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
+import { copyInstruction } from "./copy.ts";
+import { type Instruction, isHeredoc } from "./dockerfile.ts";
+import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
+import type { Plan, Stage } from "./stages.ts";
+import { type BuildArgs, StageScope } from "./vars.ts";
+
+/** Charliecloud's environment for images it builds, under the base image's. */
+export const DEFAULT_ENV: [string, string][] = [
+  ["PATH", "/ch/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+  ["TAR_OPTIONS", "--no-same-owner"],
+];
+
+/** ch/metadata.json of a built image (Charliecloud's fields). */
+export interface BuildMetadata {
+  arch: string;
+  cwd: string;
+  env: Record<string, string>;
+  entrypoint: string[];
+  cmd: string[];
+  labels: Record<string, string>;
+  shell: string[];
+  user: string;
+  volumes: string[];
+  history: unknown[];
+}
+
+export interface BuildContext {
+  storage: Storage;
+  client: ClientOptions;
+  /** The context directory; null with the Dockerfile on standard input and no context. */
+  context: string | null;
+  force: "seccomp" | "none";
+}
+
+interface StageState {
+  dir: string;
+  meta: BuildMetadata;
+  scope: StageScope;
+}
+
+const strings = (x: unknown): string[] => (Array.isArray(x) ? x.filter((s): s is string => typeof s === "string") : []);
+const record = (x: unknown): Record<string, string> => {
+  const out: Record<string, string> = {};
+  if (typeof x === "object" && x !== null && !Array.isArray(x))
+    for (const [k, v] of Object.entries(x)) if (typeof v === "string") out[k] = v;
+  return out;
+};
+
+/** An image's metadata as the builder starts from it: ch/metadata.json, else (an imported
+ * image) ch/environment; Charliecloud's default environment under either. */
+export function baseMetadata(dir: string | null): BuildMetadata {
+  let j: Record<string, unknown> = {};
+  let envFile: Record<string, string> = {};
+  // The image is untrusted: its files are read inside it (a symlink to a host file isn't).
+  const read = (path: string) => {
+    const r = resolveIn(dir as string, path, true);
+    if (!r.st?.isFile()) throw new ChError(`not a file: ${path}`);
+    return readFileSync(r.host, "utf8");
+  };
+  if (dir !== null) {
+    try {
+      const parsed = JSON.parse(read("ch/metadata.json"));
+      if (typeof parsed === "object" && parsed !== null) j = parsed;
+    } catch {
+      try {
+        for (const line of read("ch/environment").split("\n")) {
+          const eq = line.indexOf("=");
+          if (eq > 0) envFile[line.slice(0, eq)] = line.slice(eq + 1);
+        }
+      } catch {
+        envFile = {};
+      }
+    }
+  }
+  const shell = strings(j.shell);
+  const arch = typeof j.arch === "string" && j.arch !== "" && j.arch !== "unknown" ? j.arch : hostArch();
+  return {
+    arch,
+    cwd: typeof j.cwd === "string" && j.cwd.startsWith("/") ? j.cwd : "/",
+    env: Object.fromEntries(
+      // Names and values that can't be an environment variable (an untrusted image's) are dropped.
+      Object.entries({ ...Object.fromEntries(DEFAULT_ENV), ...envFile, ...record(j.env) }).filter(
+        ([k, v]) => k !== "" && !/[=\0]/.test(k) && !v.includes("\0"),
+      ),
+    ),
+    entrypoint: strings(j.entrypoint),
+    cmd: strings(j.cmd),
+    labels: record(j.labels),
+    shell: shell.length ? shell : ["/bin/sh", "-c"],
+    user: typeof j.user === "string" ? j.user : "",
+    volumes: strings(j.volumes),
+    history: Array.isArray(j.history) ? j.history : [],
+  };
+}
+
+/** Writes ch/metadata.json and ch/environment into an image being built (nothing through a
+ * symlink the image put there). */
+export function writeBuildMetadata(root: string, meta: BuildMetadata): void {
+  const ch = join(root, "ch");
+  const st = lstatOrNull(ch);
+  if (st && !st.isDirectory()) forceRemove(ch);
+  if (!st?.isDirectory()) mkdirSync(ch, 0o755);
+  const env = Object.entries(meta.env)
+    .filter(([, v]) => !v.includes("\n"))
+    .map(([k, v]) => `${k}=${v}\n`)
+    .join("");
+  for (const [name, data] of [
+    ["metadata.json", `${JSON.stringify(meta, null, 2)}\n`],
+    ["environment", env],
+  ]) {
+    const p = join(ch, name);
+    rmSync(p, { force: true, recursive: true });
+    writeFileSync(p, data, { mode: 0o644, flag: "wx" });
+  }
+}
+
+/** This executable as another of its programs: [file, arguments before the program's own]. */
+export function selfAs(program: string): [string, string[]] {
+  if (isSea()) return [process.execPath, []];
+  return [process.execPath, [process.argv[1], program]];
+}
+
+function where(inst: Instruction): string {
+  return `${inst.file}:${inst.line}`;
+}
+
+/** Copies an image directory (stage or storage) to make a stage from it. */
+function copyImageDir(src: string, dst: string): void {
+  try {
+    cpSync(src, dst, {
+      recursive: true,
+      verbatimSymlinks: true,
+      preserveTimestamps: true,
+      // FIFOs, sockets and devices a RUN left: not copied (an unprivileged image can't have
+      // devices, and Node's cp refuses the others).
+      filter: (path) => {
+        const st = lstatOrNull(path);
+        if (!st || st.isFile() || st.isDirectory() || st.isSymbolicLink()) return true;
+        warn(`not copying special file: ${path.slice(src.length) || "/"}`);
+        return false;
+      },
+    });
+  } catch (e) {
+    throw sysError(`can't copy image: ${src}`, e);
+  }
+}
+
+export class Builder {
+  private readonly states = new Map<number, StageState>();
+  private readonly images = new Map<string, string>();
+  private ignore: IgnoreMatcher | null = null;
+  /** The storage directory, real path (never copied from the context). */
+  private storageReal: string | null = null;
+  private dir = "";
+  private step = 0;
+
+  private readonly plan: Plan;
+  private readonly args: BuildArgs;
+  private readonly ctx: BuildContext;
+
+  constructor(plan: Plan, args: BuildArgs, ctx: BuildContext) {
+    this.plan = plan;
+    this.args = args;
+    this.ctx = ctx;
+  }
+
+  /** Builds the target stage into storage as `tag`. */
+  async build(tag: string): Promise<void> {
+    const { storage } = this.ctx;
+    const name = imageName(tag);
+    storage.exists(); // an unusable storage directory is refused before anything is fetched
+    // Base images first (pulled if missing), then the storage lock for the build itself.
+    for (const i of this.plan.order) {
+      const s = this.plan.stages[i];
+      if (s.source.kind === "image") await this.image(s.source.ref);
+      for (const ref of s.images) await this.image(ref);
+    }
+    storage.init();
+    storage.lock();
+    this.storageReal = realpathSync(storage.root);
+    if (this.ctx.context !== null) {
+      const p = join(this.ctx.context, ".dockerignore");
+      if (lstatOrNull(p)?.isFile())
+        try {
+          this.ignore = new IgnoreMatcher(readFileSync(p, "utf8"));
+        } catch (e) {
+          if (e instanceof ChError) throw new ChError(`${p}: ${e.message}`);
+          throw sysError(`can't read: ${p}`, e);
+        }
+    }
+    const runs = this.plan.order.some((i) => this.plan.stages[i].instructions.some((inst) => inst.keyword === "run"));
+    if (runs && this.ctx.force === "seccomp")
+      warn("root emulation (--force=seccomp) is not available yet in this version: RUN runs as with --force=none");
+    await installImage(storage.imagePath(name), async (partial) => {
+      this.dir = partial;
+      for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
+      const final = this.states.get(this.plan.target) as StageState;
+      writeBuildMetadata(final.dir, final.meta);
+      return final.dir;
+    });
+    info(`grown in ${this.step} instructions: ${name}`);
+  }
+
+  /** An image in storage (pulled if missing): its directory. */
+  private async image(ref: string): Promise<string> {
+    const known = this.images.get(ref);
+    if (known) return known;
+    const { storage } = this.ctx;
+    const name = imageName(ref);
+    if (!storage.has(name)) {
+      info(`base image not in storage, pulling: ${ref}`);
+      await pull(storage, ref, null, { ...this.ctx.client, arch: "host", alwaysDownload: false });
+    }
+    const dir = storage.imagePath(name);
+    this.images.set(ref, dir);
+    return dir;
+  }
+
+  private say(inst: Instruction, text = inst.text): void {
+    this.step++;
+    info(`${String(this.step).padStart(3)}. ${text}`);
+  }
+
+  private async stage(stage: Stage): Promise<void> {
+    const dir = join(this.dir, String(stage.index));
+    this.say(stage.from);
+    let state: StageState;
+    const src = stage.source;
+    if (src.kind === "scratch") {
+      mkdirSync(dir, 0o755);
+      const meta = baseMetadata(null);
+      state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
+    } else if (src.kind === "image") {
+      copyImageDir(await this.image(src.ref), dir);
+      const meta = baseMetadata(dir);
+      state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
+    } else {
+      const prev = this.states.get(src.index) as StageState;
+      copyImageDir(prev.dir, dir);
+      state = { dir, meta: structuredClone(prev.meta), scope: prev.scope.child() };
+    }
+    fixupImage(dir);
+    let cmdSet = false;
+    for (const inst of stage.instructions) {
+      this.say(inst);
+      const e = state.scope.apply(inst);
+      const { meta } = state;
+      const K = inst.keyword.toUpperCase();
+      let layer = false;
+      switch (inst.keyword) {
+        case "arg":
+          break;
+        case "env":
+          meta.env = Object.fromEntries(state.scope.imageEnv);
+          break;
+        case "workdir":
+          meta.cwd = posix.resolve(meta.cwd, e.args[0]);
+          mkdirsIn(dir, meta.cwd);
+          layer = true;
+          break;
+        case "run":
+          this.run(inst, state);
+          layer = true;
+          break;
+        case "copy":
+        case "add":
+          await copyInstruction({ e, dest: dir, cwd: meta.cwd, from: this.copySource(inst, e.flags.from) });
+          layer = true;
+          break;
+        case "shell":
+          meta.shell = [...inst.args];
+          break;
+        case "user":
+          meta.user = e.args[0];
+          break;
+        case "label":
+          for (const [k, v] of e.kv ?? []) meta.labels[k] = v ?? "";
+          break;
+        case "cmd":
+          meta.cmd = inst.json ? [...inst.args] : [...meta.shell, inst.args[0] ?? ""];
+          cmdSet = true;
+          break;
+        case "entrypoint":
+          meta.entrypoint = inst.json ? [...inst.args] : [...meta.shell, inst.args[0] ?? ""];
+          if (!cmdSet) meta.cmd = [];
+          break;
+        case "volume":
+          for (const v of e.args.flatMap((a) => (inst.json ? [a] : a.split(/\s+/))))
+            if (v && !meta.volumes.includes(v)) meta.volumes.push(v);
+          break;
+        default:
+          info(`${where(inst)}: ${K}: ignored (not supported in this version)`);
+      }
+      meta.history.push({
+        created: new Date().toISOString(),
+        created_by: inst.text,
+        ...(layer ? {} : { empty_layer: true }),
+      });
+    }
+    this.states.set(stage.index, state);
+  }
+
+  /** Where COPY/ADD read: the context, or --from's stage or image. */
+  private copySource(inst: Instruction, fromFlag: unknown) {
+    if (typeof fromFlag !== "string" || fromFlag === "")
+      return this.ctx.context === null
+        ? null
+        : { root: this.ctx.context, isContext: true, ignore: this.ignore, skip: this.storageReal };
+    let index = -1;
+    if (/^[+-]?\d+$/.test(fromFlag)) index = Number(fromFlag);
+    else for (const s of this.plan.stages) if (s.name === fromFlag.toLowerCase()) index = s.index;
+    if (index >= 0) {
+      const st = this.states.get(index);
+      if (!st) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: stage not built`);
+      return { root: st.dir, isContext: false, ignore: null, skip: null };
+    }
+    const dir = this.images.get(fromFlag);
+    if (!dir) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: image not found`);
+    return { root: dir, isContext: false, ignore: null, skip: null };
+  }
+
+  /** RUN, through ch-run. */
+  private run(inst: Instruction, state: StageState): void {
+    const { meta, dir } = state;
+    if (Array.isArray(inst.flags.mount) && inst.flags.mount.length)
+      throw new ChError(`${where(inst)}: RUN --mount: not supported yet in this version`);
+    if (inst.flags.security === "insecure")
+      throw new ChError(
+        `${where(inst)}: RUN --security=insecure: not supported (an unprivileged build has no privilege to give)`,
+      );
+    const net = inst.flags.network;
+    if (typeof net === "string" && net !== "default" && net !== "host")
+      throw new ChError(`${where(inst)}: RUN --network=${net}: not supported yet (RUN shares the host's network)`);
+    let argv: string[];
+    let script: string | null = null;
+    const line = inst.args[0] ?? "";
+    if (inst.json) argv = [...inst.args];
+    else if (inst.heredocs.length === 1 && isHeredoc(line.trim()) && !/\s/.test(line.trim())) {
+      const h = inst.heredocs[0];
+      if (h.content.startsWith("#!")) {
+        script = `/.ch-run-heredoc.${process.pid}`;
+        writeFileSync(join(dir, script), h.content, { mode: 0o700, flag: "wx" });
+        argv = [script];
+      } else argv = [...meta.shell, h.content];
+    } else if (inst.heredocs.length)
+      argv = [...meta.shell, `${line}\n${inst.heredocs.map((h) => `${h.content}${h.name}\n`).join("")}`];
+    else argv = [...meta.shell, line];
+    if (argv.length === 0) throw new ChError(`${where(inst)}: RUN: no command`);
+    // The command's environment is ch-run's: the stage's variables, but ch-run itself needs
+    // the host's XDG_*, TMPDIR or HOME (its native module's private directory), which are then
+    // unset or set back to the stage's values (ch-run sets HOME).
+    const env = Object.fromEntries(state.scope.runEnv());
+    const envArgs: string[] = [];
+    for (const k of ["XDG_RUNTIME_DIR", "XDG_CACHE_HOME", "TMPDIR", "HOME"]) {
+      const host = process.env[k];
+      const own = env[k];
+      if (host !== undefined) env[k] = host;
+      if (own !== undefined) envArgs.push(`--set-env=${k}=${own}`);
+      else if (host !== undefined && k !== "HOME") envArgs.push(`--unset-env=${k}`);
+    }
+    const [exe, pre] = selfAs("ch-run");
+    const opts = ["-s", this.ctx.storage.root, "--unsafe", "-w", "-u0", "-g0", "--no-passwd", "--env-no-expand", ...envArgs];
+    const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
+    let r: ReturnType<typeof spawnSync>;
+    try {
+      r = spawnSync(exe, args, { stdio: "inherit", env, argv0: "ch-run" });
+    } finally {
+      if (script !== null)
+        try {
+          if (lstatSync(join(dir, script)).isFile()) unlinkSync(join(dir, script));
+        } catch {
+          // removed by the command
+        }
+    }
+    if (r.error) throw sysError(`${where(inst)}: RUN: can't run ch-run`, r.error);
+    if (r.signal) throw new ChError(`${where(inst)}: RUN: command killed by signal ${r.signal}: ${inst.text}`);
+    if (r.status !== 0) {
+      // ch-run's own statuses: it said why on the line above.
+      const why = r.status === EXIT_EXEC ? " (could not be executed)" : r.status === EXIT_ERR ? " (ch-run failed)" : "";
+      throw new ChError(`${where(inst)}: RUN: command exited with status ${r.status}${why}: ${inst.text}`);
+    }
+  }
+}

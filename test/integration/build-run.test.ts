@@ -1,0 +1,420 @@
+// ch-image build, building (the built binary, as an ordinary user): FROM a busybox image imported
+// into storage, RUN through ch-run, COPY/ADD by Docker's rules with .dockerignore, multi-stage
+// builds, heredocs, ENV/WORKDIR/ARG in RUN and in ch/metadata.json; a failing RUN or a syntax
+// error leaves storage as it was; sources that leave the context, and destinations through
+// symlinks in the image, are refused or confined.
+import assert from "node:assert/strict";
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { hostname } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { gzipSync } from "node:zlib";
+import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { startRegistry } from "../registry/registry.ts";
+
+const IMAGE = join(DIST, "ch-image");
+const ERROR = /^ch-image\[\d+\]: error: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/m;
+
+let dir: string;
+let storage: string;
+/** A host directory the containers see at the same path (ch-run binds the host's /tmp). */
+let witness: string;
+
+function image(args: string[], opts: { input?: string; cwd?: string; env?: Record<string, string> } = {}): Result {
+  return run(IMAGE, args, {
+    cwd: opts.cwd ?? dir,
+    input: opts.input,
+    env: { ...process.env, CH_IMAGE_STORAGE: storage, ...opts.env },
+  });
+}
+
+/** Writes files (content, or ["link", target]) under a context directory. */
+function context(name: string, files: Record<string, string | ["link", string]>): string {
+  const ctx = join(dir, name);
+  for (const [path, v] of Object.entries(files)) {
+    const p = join(ctx, path);
+    mkdirSync(join(p, ".."), { recursive: true });
+    if (typeof v === "string") writeFileSync(p, v);
+    else symlinkSync(v[1], p);
+  }
+  return ctx;
+}
+
+const img = (name: string, ...path: string[]) => join(storage, "img", `${name}+latest`, ...path);
+const text = (p: string) => readFileSync(p, "utf8");
+const meta = (name: string) => JSON.parse(text(img(name, "ch", "metadata.json")));
+/** What a build may leave in storage besides images: nothing (no partial directory in img/,
+ * nothing of ours at the top, where Charliecloud refuses what it doesn't know). */
+const leftovers = () => [
+  ...readdirSync(storage).filter((n) => n === "tmp"),
+  ...readdirSync(join(storage, "img")).filter((n) => n.includes(".partial-")),
+];
+
+before(() => {
+  dir = tmp("ch-buildrun-");
+  storage = join(dir, "storage");
+  witness = mkdtempSync("/tmp/ch-witness-");
+  const bb = busyboxImage(dir, "bbimg");
+  const r = run("tar", ["-C", bb, "-cf", join(dir, "bb.tar"), "."]);
+  assert.equal(r.status, 0, r.stderr);
+  const i = image(["import", join(dir, "bb.tar"), "bb"]);
+  assert.equal(i.status, 0, i.stderr);
+});
+after(() => {
+  cleanup(dir);
+  cleanup(witness);
+});
+
+describe("ch-image build", () => {
+  it("FROM an image in storage, ARG/ENV/WORKDIR in RUN and in ch/metadata.json, COPY by Docker's rules", () => {
+    const ctx = context("ctx1", {
+      "a.txt": "A\n",
+      "b.txt": "B\n",
+      "ignored.txt": "no\n",
+      "dir/sub/f": "F\n",
+      "dir/link": ["link", "sub/f"],
+      "dir/secret.key": "no\n",
+      "dir/keep.key": "yes\n",
+      "skipped/no": "no\n",
+      "skipped/yes": "yes\n",
+      ".dockerignore": "# comment\nignored.txt\n**/*.key\n!dir/keep.key\nskipped\n!skipped/yes\n",
+      Dockerfile: `FROM bb
+ARG GREETING=hello
+ENV E1=one E2="two words"
+WORKDIR /work
+RUN echo "$GREETING $E1 $E2 $IMAGE_VAR" > out.txt && pwd > pwd.txt && touch ${witness}/ran
+COPY *.txt /files/
+COPY dir /d
+COPY dir/ /d2/
+COPY skipped /skipped
+COPY --chown=0:0 a.txt /renamed
+COPY --chmod=600 b.txt a.txt /modes/
+WORKDIR sub
+RUN pwd > /work/sub.txt
+LABEL org.example.x=yes
+SHELL ["/bin/sh", "-ec"]
+CMD echo hi
+USER nobody
+`,
+    });
+    const r = image(["build", "--build-arg", "GREETING=hi", "-t", "built", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /warning: root emulation \(--force=seccomp\) is not available yet/);
+    assert.match(r.stderr, /^ {2}1\. FROM bb$/m);
+    assert.match(
+      r.stderr,
+      /warning: \S*\/ctx1\/Dockerfile:10: COPY --chown=0:0 ignored: files belong to the user building the image/,
+    );
+    assert.match(r.stderr, /grown in 17 instructions: built:latest/);
+    // RUN: ARG from --build-arg, ENV, the base image's ch/environment, WORKDIR as cwd.
+    assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
+    assert.equal(text(img("built", "work/pwd.txt")), "/work\n");
+    assert.equal(text(img("built", "work/sub.txt")), "/work/sub\n");
+    assert.ok(existsSync(join(witness, "ran")));
+    // COPY: globs, .dockerignore, a directory's contents, symlinks inside it kept, --chmod.
+    assert.deepEqual(readdirSync(img("built", "files")).sort(), ["a.txt", "b.txt"]);
+    for (const d of ["d", "d2"]) {
+      assert.equal(text(img("built", d, "sub/f")), "F\n");
+      assert.equal(readlinkSync(img("built", d, "link")), "sub/f");
+      assert.deepEqual(readdirSync(img("built", d)).sort(), ["keep.key", "link", "sub"]);
+    }
+    assert.equal(text(img("built", "renamed")), "A\n");
+    assert.deepEqual(readdirSync(img("built", "skipped")), ["yes"]);
+    assert.equal(lstatSync(img("built", "modes/b.txt")).mode & 0o7777, 0o600);
+    assert.equal(lstatSync(img("built", "modes/a.txt")).mode & 0o7777, 0o600);
+    const m = meta("built");
+    assert.equal(m.cwd, "/work/sub");
+    assert.equal(m.env.E1, "one");
+    assert.equal(m.env.E2, "two words");
+    assert.equal(m.env.IMAGE_VAR, "from-image");
+    assert.equal(m.env.PATH, "/ch/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    assert.equal(m.env.TAR_OPTIONS, "--no-same-owner");
+    assert.equal(m.env.GREETING, undefined); // an ARG is not stored
+    assert.deepEqual(m.labels, { "org.example.x": "yes" });
+    assert.deepEqual(m.shell, ["/bin/sh", "-ec"]);
+    assert.deepEqual(m.cmd, ["/bin/sh", "-ec", "echo hi"]);
+    assert.equal(m.user, "nobody");
+    assert.equal(m.history.length, 16);
+    assert.equal(
+      m.history[3].created_by,
+      `RUN echo "$GREETING $E1 $E2 $IMAGE_VAR" > out.txt && pwd > pwd.txt && touch ${witness}/ran`,
+    );
+    assert.match(text(img("built", "ch/environment")), /^E2=two words$/m);
+    assert.deepEqual(leftovers(), []);
+    const run1 = run(join(DIST, "ch-run"), ["-s", storage, "built", "--", "cat", "/work/out.txt"]);
+    assert.equal(run1.stdout, "hi one two words from-image\n", run1.stderr);
+  });
+
+  it("multi-stage: COPY --from a stage (resolved inside it), unneeded stages skipped; ADD tarballs; heredocs", () => {
+    const src = join(dir, "tarsrc");
+    mkdirSync(join(src, "tdir"), { recursive: true });
+    writeFileSync(join(src, "member"), "M\n");
+    writeFileSync(join(src, "tdir/x"), "X\n");
+    const ctx = context("ctx2", {
+      "plain.gz": "",
+      Dockerfile: `FROM bb AS one
+RUN mkdir -p /out && echo built > /out/x && busybox ln -s /etc/passwd /out/leak && busybox mkfifo /fifo
+CMD ["from-one"]
+FROM scratch AS unused
+RUN false
+FROM one
+COPY --from=one /out/x /x
+COPY --from=0 /out/leak /leak
+ADD t.tar /t/
+ADD t.tar.gz /tgz
+ADD plain.gz /plain.gz
+ARG V=arg
+COPY <<EOF /heredoc.txt
+value=$V
+EOF
+RUN <<EOF
+echo "heredoc run $V" > /hr
+EOF
+RUN cat > /lit <<'END'
+literal $V
+END
+RUN <<EOF
+#!/bin/sh
+echo "shebang $0" > /sb
+EOF
+RUN ["/bin/sh", "-c", "echo exec form > /ex"]
+ENTRYPOINT ["/bin/echo"]
+VOLUME /data /logs
+`,
+    });
+    writeFileSync(join(ctx, "plain.gz"), gzipSync("not a tarball\n"));
+    assert.equal(run("tar", ["-C", src, "-cf", join(ctx, "t.tar"), "member", "tdir"]).status, 0);
+    assert.equal(run("tar", ["-C", src, "-czf", join(ctx, "t.tar.gz"), "member", "tdir"]).status, 0);
+    const r = image(["build", "-t", "multi", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /RUN false/); // stage "unused" isn't needed
+    assert.match(r.stderr, /warning: not copying special file: \/fifo$/m);
+    assert.equal(text(img("multi", "x")), "built\n");
+    // The stage's /out/leak -> /etc/passwd is the stage's own passwd, not the host's.
+    assert.equal(text(img("multi", "leak")), "root:x:0:0:root:/root:/bin/sh\n");
+    for (const d of ["t", "tgz"]) {
+      assert.equal(text(img("multi", d, "member")), "M\n");
+      assert.equal(text(img("multi", d, "tdir/x")), "X\n");
+    }
+    assert.deepEqual(readFileSync(img("multi", "plain.gz")), readFileSync(join(ctx, "plain.gz")));
+    assert.equal(text(img("multi", "heredoc.txt")), "value=arg\n");
+    assert.equal(text(img("multi", "hr")), "heredoc run arg\n");
+    assert.equal(text(img("multi", "lit")), "literal $V\n");
+    assert.match(text(img("multi", "sb")), /^shebang \/\.ch-run-heredoc\.\d+\n$/);
+    assert.deepEqual(
+      readdirSync(img("multi")).filter((n) => n.startsWith(".ch-run")),
+      [],
+    );
+    assert.equal(text(img("multi", "ex")), "exec form\n");
+    // FROM a stage: its metadata, and ENTRYPOINT resets the CMD it inherits.
+    const m = meta("multi");
+    assert.deepEqual([m.entrypoint, m.cmd, m.volumes], [["/bin/echo"], [], ["/data", "/logs"]]);
+    assert.deepEqual(image(["list"]).stdout, "bb:latest\nbuilt:latest\nmulti:latest\n");
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("FROM an image built before: its WORKDIR, SHELL and ENV from ch/metadata.json", () => {
+    const r = image(["build", "-t", "child", "-f", "-", dir], {
+      input: 'FROM built\nRUN pwd > /p && echo "$E2" >> /p && echo $- >> /p\n',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const [cwd, e2, flags] = text(img("child", "p")).split("\n");
+    assert.deepEqual([cwd, e2], ["/work/sub", "two words"]);
+    assert.match(flags, /e/); // SHELL ["/bin/sh", "-ec"]
+    assert.deepEqual(meta("child").cmd, ["/bin/sh", "-ec", "echo hi"]);
+  });
+
+  it("FROM scratch: COPY into nothing; the image gets what ch-run needs", () => {
+    const ctx = context("ctx7", { "a.txt": "A\n" });
+    const noShell = image(["build", "-t", "scratchy", "-f", "-", ctx], { input: "FROM scratch\nRUN true\n" });
+    assert.equal(noShell.status, 1);
+    assert.match(noShell.stderr, /error: <stdin>:2: RUN: command exited with status 49 \(could not be executed\): RUN true /);
+    const r = image(["build", "-t", "scratchy", "-f", "-", ctx], { input: "FROM scratch\nCOPY a.txt /\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("scratchy", "a.txt")), "A\n");
+    for (const d of ["dev", "proc", "sys", "tmp", "etc", "mnt/0"]) assert.ok(lstatSync(img("scratchy", d)).isDirectory(), d);
+    assert.deepEqual(meta("scratchy").env, {
+      PATH: "/ch/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      TAR_OPTIONS: "--no-same-owner",
+    });
+  });
+
+  it("a failing RUN names FILE:LINE and the exit status; the tag in storage is untouched", () => {
+    const before = text(img("built", "ch/metadata.json"));
+    const r = image(["build", "--force=none", "-t", "built", "-f", "-", dir], {
+      input: "FROM bb\nRUN touch /new\nRUN exit 7\nRUN touch /never\n",
+    });
+    assert.equal(r.status, 1);
+    assert.doesNotMatch(r.stderr, /root emulation/);
+    assert.match(r.stderr, ERROR);
+    assert.match(r.stderr, /error: <stdin>:3: RUN: command exited with status 7: RUN exit 7 /);
+    assert.doesNotMatch(r.stderr, /touch \/never/);
+    assert.equal(text(img("built", "ch/metadata.json")), before);
+    assert.equal(existsSync(img("built", "new")), false);
+    assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("RUN sees the stage's variables only: not the host's XDG_* or TMPDIR that ch-run itself needs", () => {
+    const xdg = join(dir, "xdg");
+    mkdirSync(xdg, { mode: 0o700 });
+    const r = image(["build", "-t", "envs", "-f", "-", dir], {
+      input:
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: Dockerfile text, not a template
+        'FROM bb\nENV XDG_RUNTIME_DIR=/own\nRUN echo "${XDG_CACHE_HOME-unset} ${TMPDIR-unset} $XDG_RUNTIME_DIR $HOME $HOST_ONLY" > /env.txt\n',
+      env: { XDG_CACHE_HOME: xdg, TMPDIR: "/tmp", XDG_RUNTIME_DIR: xdg, HOST_ONLY: "leaked" },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("envs", "env.txt")), "unset unset /own /root \n"); // $HOST_ONLY: empty
+  });
+
+  it("COPY without a context (Dockerfile as CONTEXT -) says so", () => {
+    const r = image(["build", "-t", "nocontext", "-"], { input: "FROM bb\nCOPY a /a\n" });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /error: <stdin>:2: COPY: no build context \(the Dockerfile came from standard input\) /);
+    const t = image(["build", "-"], { input: "FROM bb\n" });
+    assert.equal(t.status, 1);
+    assert.match(t.stderr, /-t TAG needed when CONTEXT is -/);
+  });
+
+  it("removes the partial image a killed build of the same name left (dead PID, this host)", () => {
+    const dead = run("sh", ["-c", "echo $$"]).stdout.trim();
+    const left = join(storage, "img", `after-kill+latest.partial-${hostname()}.${dead}`);
+    mkdirSync(join(left, "0/sub"), { recursive: true });
+    const r = image(["build", "-t", "after-kill", "-f", "-", dir], { input: "FROM bb\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /removing leftover of an earlier run: /);
+    assert.equal(existsSync(left), false);
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("RUN --mount is refused, not ignored", () => {
+    const r = image(["build", "-t", "mount", "-f", "-", dir], { input: "FROM bb\nRUN --mount=type=cache,target=/c true\n" });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /error: <stdin>:2: RUN --mount: not supported yet in this version /);
+    assert.equal(existsSync(img("mount")), false);
+  });
+
+  it("a syntax error runs nothing and writes nothing", () => {
+    const r = image(["build", "-t", "syntax", "-f", "-", dir], {
+      input: `FROM bb\nRUN touch ${witness}/syntax\nCOPY --form=x a b\n`,
+    });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /error: <stdin>:3: unknown flag: form /);
+    assert.doesNotMatch(r.stderr, /FROM bb/);
+    assert.equal(existsSync(join(witness, "syntax")), false);
+    assert.equal(existsSync(img("syntax")), false);
+  });
+});
+
+describe("ch-image build FROM an image not in storage", () => {
+  it("pulls it from its registry (loopback docker-registry), then builds", async () => {
+    const reg = await startRegistry(join(dir, "registry"));
+    try {
+      const ref = `${reg.host}/bb:1`;
+      const p = image(["push", "bb", ref]);
+      assert.equal(p.status, 0, p.stderr);
+      const r = image(["build", "-t", "pulled", "-f", "-", dir], { input: `FROM ${ref}\nRUN echo ok > /ok\n` });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /base image not in storage, pulling: 127\.0\.0\.1:\d+\/bb:1/);
+      assert.equal(text(img("pulled", "ok")), "ok\n");
+      assert.match(image(["list"]).stdout, /^127\.0\.0\.1:\d+\/bb:1$/m);
+      assert.deepEqual(leftovers(), []);
+    } finally {
+      await reg.stop();
+    }
+  });
+});
+
+describe("ch-image build against hostile input", () => {
+  it("refuses COPY sources outside the context: ../x, symlinks out of it, globs matching them", () => {
+    writeFileSync(join(dir, "outside"), "secret\n");
+    const ctx = context("ctx3", {
+      "a.txt": "A\n",
+      "link-out": ["link", join(dir, "outside")],
+      "link-up": ["link", "../.."],
+      "dir/up": ["link", "../../outside"],
+    });
+    for (const src of ["../outside", "link-out", "link-up/outside", "link-*", "dir/up", "dir/../../outside"]) {
+      const r = image(["build", "-t", "hostile", "-f", "-", ctx], { input: `FROM bb\nCOPY ${src} /x/\n` });
+      assert.equal(r.status, 1, src);
+      assert.match(r.stderr, /error: <stdin>:2: COPY: can't copy from outside the build context: /, src);
+    }
+    assert.equal(existsSync(img("hostile")), false);
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("confines destinations to the image: symlinks in it are followed inside it, or replaced", () => {
+    const hostDir = join(dir, "hostdir");
+    const hostFile = join(dir, "hostfile");
+    mkdirSync(hostDir);
+    writeFileSync(hostFile, "host\n");
+    const ctx = context("ctx4", { "a.txt": "A\n", "tree/evil/y": "Y\n" });
+    const r = image(["build", "-t", "confined", "-f", "-", ctx], {
+      input: `FROM bb
+RUN busybox ln -s ${hostDir} /evil && busybox ln -s ../../../../../../../../..${hostDir} /rel && busybox ln -s ${hostFile} /evilfile
+COPY a.txt /evil/
+COPY a.txt /rel/a2.txt
+COPY a.txt /evilfile
+COPY tree/ /
+RUN rm -rf /ch && busybox ln -s ${hostDir} /ch
+`,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(readdirSync(hostDir), []);
+    assert.equal(text(hostFile), "host\n");
+    assert.deepEqual(readdirSync(img("confined", hostDir)).sort(), ["a.txt", "a2.txt", "y"]);
+    assert.equal(lstatSync(img("confined", "evilfile")).isFile(), true);
+    assert.equal(text(img("confined", "evilfile")), "A\n");
+    // ch/ a symlink out of the image: replaced by a directory, the metadata written there.
+    assert.equal(lstatSync(img("confined", "ch")).isDirectory(), true);
+    assert.equal(meta("confined").cwd, "/");
+  });
+
+  it("never copies the storage directory into the image when it is in the context", () => {
+    const ctx = context("ctx6", { "a.txt": "A\n" });
+    const env = { ...process.env, CH_IMAGE_STORAGE: join(ctx, "st") };
+    assert.equal(run(IMAGE, ["import", join(dir, "bb.tar"), "bb"], { env }).status, 0);
+    const r = run(IMAGE, ["build", "-t", "self", "-f", "-", ctx], { env, input: "FROM bb\nCOPY . /all/\n" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /warning: not copying the storage directory: st$/m);
+    assert.deepEqual(readdirSync(join(ctx, "st/img/self+latest/all")), ["a.txt"]);
+  });
+
+  it("reads the base image's ch/ files inside it: a symlink to a host file is not followed out", () => {
+    const secret = join(dir, "hostsecret");
+    writeFileSync(secret, "SECRET=leak\n");
+    const evil = busyboxImage(dir, "evilbb");
+    unlinkSync(join(evil, "ch/environment"));
+    symlinkSync(secret, join(evil, "ch/environment"));
+    assert.equal(run("tar", ["-C", evil, "-cf", join(dir, "evilbb.tar"), "."]).status, 0);
+    assert.equal(image(["import", join(dir, "evilbb.tar"), "evilbb"]).status, 0);
+    const r = image(["build", "-t", "noleak", "-f", "-", dir], { input: "FROM evilbb\nENV X=1\n" });
+    assert.equal(r.status, 0, r.stderr);
+    const m = meta("noleak");
+    assert.equal(m.env.SECRET, undefined);
+    assert.equal(m.env.X, "1");
+    assert.doesNotMatch(text(img("noleak", "ch/environment")), /SECRET/);
+  });
+
+  it("ADD refuses a tarball with a member outside the destination", () => {
+    const ctx = context("ctx5", { "sub/f": "F\n" });
+    const t = run("tar", ["-C", join(ctx, "sub"), "-cPf", join(ctx, "bad.tar"), "../sub/f"]);
+    assert.equal(t.status, 0, t.stderr);
+    const r = image(["build", "-t", "badtar", "-f", "-", ctx], { input: "FROM bb\nADD bad.tar /x/\n" });
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /refusing unsafe member "\.\.\/sub\/f"/);
+    assert.equal(existsSync(img("badtar")), false);
+  });
+});
