@@ -28,6 +28,9 @@ const META_TYPES = new Set([
 export interface MemberExtra {
   xattrs: Xattrs | null;
   sparse: SparseInfo | null;
+  /** Size of a pax or long-name header before the member that was too big to read (node-tar
+   * ignores it silently, so the member would get the wrong name, size or link), or null. */
+  oversized: number | null;
 }
 
 interface Queued {
@@ -56,6 +59,7 @@ export class MemberScanner {
   private gex: HeaderData | undefined;
   private pendingXattrs: Xattrs | null = null;
   private pendingSparse: PaxSparse | null = null;
+  private pendingOversized: number | null = null;
   /** An old GNU sparse member whose extension blocks are being read: its rewritten header, the
    * size of its data, its map so far. */
   private held: { header: Buffer; size: number; info: SparseInfo } | null = null;
@@ -165,8 +169,10 @@ export class MemberScanner {
     if (META_TYPES.has(h.type ?? "")) {
       const size = h.size ?? 0;
       this.meta = null;
-      if (size > MAX_META) this.skip = 512 * Math.ceil(size / 512);
-      else if (size > 0) this.meta = { type: h.type as string, size, left: 512 * Math.ceil(size / 512), parts: [] };
+      if (size > MAX_META) {
+        this.skip = 512 * Math.ceil(size / 512);
+        this.pendingOversized = size;
+      } else if (size > 0) this.meta = { type: h.type as string, size, left: 512 * Math.ceil(size / 512), parts: [] };
       return null;
     }
     this.ordinal++;
@@ -192,7 +198,10 @@ export class MemberScanner {
       size = new Header(replacement, 0, this.ex, this.gex).size ?? 0;
     }
     const xattrs = this.pendingXattrs && this.pendingXattrs.size > 0 ? this.pendingXattrs : null;
-    if (xattrs || sparse) this.queue.push({ ordinal: this.ordinal, cksum, extra: { xattrs, sparse } });
+    const oversized = this.pendingOversized;
+    if (xattrs || sparse || oversized !== null)
+      this.queue.push({ ordinal: this.ordinal, cksum, extra: { xattrs, sparse, oversized } });
+    this.pendingOversized = null;
     this.pendingXattrs = null;
     this.pendingSparse = null;
     this.ex = undefined;
@@ -209,7 +218,7 @@ export class MemberScanner {
    * the scan): a plain member (types 0-7) with no pax or long-name header before it, a valid
    * checksum, a name, an octal size. Reads it as Header would; false (nothing done) otherwise. */
   private plainHeader(buf: Buffer, off: number): boolean {
-    if (this.ex !== undefined || this.gex !== undefined) return false;
+    if (this.ex !== undefined || this.gex !== undefined || this.pendingOversized !== null) return false;
     const type = buf[off + 156];
     if (type !== 0 && (type < 0x30 || type > 0x37)) return false;
     if (buf[off] === 0 || buf[off + 124] & 0x80) return false;

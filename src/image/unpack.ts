@@ -211,6 +211,11 @@ class Extractor {
   }
 
   private member(e: ReadEntry, extra: MemberExtra | null): void {
+    if (extra?.oversized)
+      throw unsafeMember(
+        this.current,
+        `its extended header (${extra.oversized} bytes) is over the ${MAX_META} bytes read, so its name, size or link would be wrong`,
+      );
     // A sparse file's real name, if its header has another (GNUSparseFile.PID/NAME).
     const sparse = FILE_TYPES.has(e.type) ? (extra?.sparse ?? null) : null;
     if (sparse?.name !== null && sparse?.name !== undefined) this.current = sparse.name;

@@ -161,3 +161,24 @@ describe("ch-tar2dir with no arguments", () => {
     assert.match(r.stderr, /--xattrs/);
   });
 });
+
+describe("an extended header too big to read", () => {
+  it("is refused, naming the member, rather than unpacking it with the wrong name", (t) => {
+    if (!has("python3")) return t.skip("python3 not found: it writes this test's tarball");
+    const tarball = fresh(".tar");
+    // A pax header of 1.1 MB (a comment) before a member whose real name is in that header.
+    const py = `import io, tarfile, sys
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
+    for name in ("bin/", "dev/", "usr/"):
+        i = tarfile.TarInfo(name); i.type = tarfile.DIRTYPE; t.addfile(i)
+    i = tarfile.TarInfo("etc/real-name"); i.size = 3
+    i.pax_headers = {"comment": "x" * 1100000, "path": "etc/real-name"}
+    t.addfile(i, io.BytesIO(b"hi\\n"))`;
+    assert.equal(spawnSync("python3", ["-c", py, tarball]).status, 0);
+    const out = fresh();
+    const r = convert(tarball, out);
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /refusing unsafe member ".+": its extended header \(\d+ bytes\) is over the 1048576 bytes read/);
+    assert.ok(!existsSync(out), "nothing written");
+  });
+});
