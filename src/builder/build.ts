@@ -23,7 +23,7 @@ import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
 import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
-import { hostArch } from "../registry/manifest.ts";
+import { DEFAULT_SHELL, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
 import { copyInstruction } from "./copy.ts";
@@ -38,19 +38,8 @@ export const DEFAULT_ENV: [string, string][] = [
   ["TAR_OPTIONS", "--no-same-owner"],
 ];
 
-/** ch/metadata.json of a built image (Charliecloud's fields). */
-export interface BuildMetadata {
-  arch: string;
-  cwd: string;
-  env: Record<string, string>;
-  entrypoint: string[];
-  cmd: string[];
-  labels: Record<string, string>;
-  shell: string[];
-  user: string;
-  volumes: string[];
-  history: unknown[];
-}
+/** ch/metadata.json of a built image: Charliecloud's fields, the same a pulled image has. */
+export type BuildMetadata = Metadata;
 
 export interface BuildContext {
   storage: Storage;
@@ -114,7 +103,7 @@ export function baseMetadata(dir: string | null): BuildMetadata {
     entrypoint: strings(j.entrypoint),
     cmd: strings(j.cmd),
     labels: record(j.labels),
-    shell: shell.length ? shell : ["/bin/sh", "-c"],
+    shell: shell.length ? shell : [...DEFAULT_SHELL],
     user: typeof j.user === "string" ? j.user : "",
     volumes: strings(j.volumes),
     history: Array.isArray(j.history) ? j.history : [],
@@ -315,6 +304,7 @@ export class Builder {
         case "volume":
           for (const v of e.args.flatMap((a) => (inst.json ? [a] : a.split(/\s+/))))
             if (v && !meta.volumes.includes(v)) meta.volumes.push(v);
+          meta.volumes.sort(); // a set, as in Docker's config
           break;
         default:
           info(`${where(inst)}: ${K}: ignored (not supported in this version)`);

@@ -181,9 +181,15 @@ export interface Metadata {
   cmd: string[];
   labels: Record<string, string>;
   shell: string[];
+  /** USER: "name", "uid", "name:group"...; "" for none. */
+  user: string;
+  /** Sorted (a set, as Docker's config has it). */
   volumes: string[];
   history: unknown[];
 }
+
+/** SHELL when an image doesn't say. */
+export const DEFAULT_SHELL = ["/bin/sh", "-c"];
 
 function strings(x: unknown): string[] {
   return Array.isArray(x) ? x.filter((s): s is string => typeof s === "string") : [];
@@ -205,7 +211,8 @@ export function metadataFromConfig(c: ImageConfig): Metadata {
     entrypoint: strings(cfg.Entrypoint),
     cmd: strings(cfg.Cmd),
     labels,
-    shell: strings(cfg.Shell).length > 0 ? strings(cfg.Shell) : ["/bin/sh", "-c"],
+    shell: strings(cfg.Shell).length > 0 ? strings(cfg.Shell) : [...DEFAULT_SHELL],
+    user: typeof cfg.User === "string" ? cfg.User : "",
     volumes: Object.keys(cfg.Volumes ?? {}).sort(),
     history: Array.isArray(c.history) ? c.history : [],
   };
@@ -219,7 +226,20 @@ export function environmentFile(c: ImageConfig): string {
     .join("");
 }
 
-/** A config for pushing, from stored metadata. */
+/** History for an image pushed as one layer: the entries as they are, except that only the last
+ * one that made a layer still says so (that layer has everything up to it); Docker refuses a
+ * config with more non-empty history entries than layers. */
+export function squashHistory(history: unknown[]): Record<string, unknown>[] {
+  const entries = history.filter((h): h is Record<string, unknown> => typeof h === "object" && h !== null && !Array.isArray(h));
+  let last = -1;
+  entries.forEach((h, i) => {
+    if (h.empty_layer !== true) last = i;
+  });
+  return entries.map((h, i) => (i === last || h.empty_layer === true ? { ...h } : { ...h, empty_layer: true }));
+}
+
+/** A config for pushing, from stored metadata: everything ch/metadata.json has that a config
+ * can say (Docker's fields; SHELL only when not the default). */
 export function configFromMetadata(m: Partial<Metadata>, diffIds: string[], fallbackArch: string): ImageConfig {
   const [architecture, variant] = (m.arch && m.arch !== "unknown" ? m.arch : fallbackArch).split("/");
   const config: NonNullable<ImageConfig["config"]> = {};
@@ -229,7 +249,13 @@ export function configFromMetadata(m: Partial<Metadata>, diffIds: string[], fall
   if (m.entrypoint?.length) config.Entrypoint = m.entrypoint;
   if (m.cmd?.length) config.Cmd = m.cmd;
   if (m.labels && Object.keys(m.labels).length > 0) config.Labels = m.labels;
+  const shell = strings(m.shell);
+  if (shell.length > 0 && JSON.stringify(shell) !== JSON.stringify(DEFAULT_SHELL)) config.Shell = shell;
+  if (typeof m.user === "string" && m.user !== "") config.User = m.user;
+  const volumes = strings(m.volumes);
+  if (volumes.length > 0) config.Volumes = Object.fromEntries([...volumes].sort().map((v) => [v, {}]));
   const out: ImageConfig = { architecture, os: "linux", config, rootfs: { type: "layers", diff_ids: diffIds } };
+  if (Array.isArray(m.history) && m.history.length > 0) out.history = squashHistory(m.history);
   if (variant) out.variant = variant;
   return out;
 }

@@ -1,6 +1,7 @@
 // ch-image push: the image as one gzip tarball layer (everything owned by root), a config
-// carrying the stored metadata (environment, working directory, entrypoint, command, labels,
-// architecture), and a Docker v2 schema 2 manifest. Blobs the registry already has are not sent;
+// carrying all of the stored metadata (architecture, environment, working directory, entrypoint,
+// command, labels, shell, user, volumes, history: manifest.ts configFromMetadata), and a Docker
+// v2 schema 2 manifest. Blobs the registry already has are not sent;
 // uploads are monolithic (POST, then PUT ?digest=). The tarball is made under STORAGE/ulcache (or
 // a private temporary directory) and removed at the end.
 import { createHash } from "node:crypto";

@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
 import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
-import { startRegistry } from "../registry/registry.ts";
+import { type Registry, startRegistry } from "../registry/registry.ts";
 
 const IMAGE = join(DIST, "ch-image");
 const ERROR = /^ch-image\[\d+\]: error: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/m;
@@ -318,22 +318,84 @@ VOLUME /data /logs
   });
 });
 
-describe("ch-image build FROM an image not in storage", () => {
-  it("pulls it from its registry (loopback docker-registry), then builds", async () => {
-    const reg = await startRegistry(join(dir, "registry"));
-    try {
-      const ref = `${reg.host}/bb:1`;
-      const p = image(["push", "bb", ref]);
-      assert.equal(p.status, 0, p.stderr);
-      const r = image(["build", "-t", "pulled", "-f", "-", dir], { input: `FROM ${ref}\nRUN echo ok > /ok\n` });
-      assert.equal(r.status, 0, r.stderr);
-      assert.match(r.stderr, /base image not in storage, pulling: 127\.0\.0\.1:\d+\/bb:1/);
-      assert.equal(text(img("pulled", "ok")), "ok\n");
-      assert.match(image(["list"]).stdout, /^127\.0\.0\.1:\d+\/bb:1$/m);
-      assert.deepEqual(leftovers(), []);
-    } finally {
-      await reg.stop();
-    }
+describe("ch-image build and a registry (loopback docker-registry)", () => {
+  let reg: Registry;
+  before(async () => {
+    reg = await startRegistry(join(dir, "registry"));
+  });
+  after(async () => {
+    await reg?.stop();
+  });
+
+  it("FROM an image not in storage: pulls it from its registry, then builds", () => {
+    const ref = `${reg.host}/bb:1`;
+    const p = image(["push", "bb", ref]);
+    assert.equal(p.status, 0, p.stderr);
+    const r = image(["build", "-t", "pulled", "-f", "-", dir], { input: `FROM ${ref}\nRUN echo ok > /ok\n` });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /base image not in storage, pulling: 127\.0\.0\.1:\d+\/bb:1/);
+    assert.equal(text(img("pulled", "ok")), "ok\n");
+    assert.match(image(["list"]).stdout, /^127\.0\.0\.1:\d+\/bb:1$/m);
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("push of a built image, then pull under another name, keeps all of ch/metadata.json and ch/environment", () => {
+    const r = image(["build", "-t", "allmeta", "-f", "-", dir], {
+      input: `FROM bb
+ENV A=1 B="two words"
+WORKDIR /w
+RUN touch /w/made
+SHELL ["/bin/sh", "-ec"]
+LABEL org.example.a=x "org.example.b"="y z"
+USER nobody:nogroup
+VOLUME ["/zdata", "/adata"]
+ENTRYPOINT ["/bin/echo", "entry"]
+CMD ["arg1", "arg2"]
+RUN true
+ENV C=3
+`,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const ref = `${reg.host}/allmeta:v1`;
+    const p = image(["push", "allmeta", ref]);
+    assert.equal(p.status, 0, p.stderr);
+    const back = image(["pull", ref, "back:again"]);
+    assert.equal(back.status, 0, back.stderr);
+    const built = meta("allmeta");
+    const pulled = JSON.parse(text(join(storage, "img", "back+again", "ch", "metadata.json")));
+    // What the build recorded is there to lose.
+    assert.deepEqual(built.shell, ["/bin/sh", "-ec"]);
+    assert.equal(built.user, "nobody:nogroup");
+    assert.deepEqual(built.volumes, ["/adata", "/zdata"]);
+    assert.deepEqual(
+      [built.entrypoint, built.cmd],
+      [
+        ["/bin/echo", "entry"],
+        ["arg1", "arg2"],
+      ],
+    );
+    assert.deepEqual(built.labels, { "org.example.a": "x", "org.example.b": "y z" });
+    assert.equal(built.cwd, "/w");
+    for (const k of ["arch", "cwd", "env", "entrypoint", "cmd", "labels", "shell", "user", "volumes"])
+      assert.deepEqual(pulled[k], built[k], k);
+    assert.deepEqual(Object.keys(pulled).sort(), Object.keys(built).sort());
+    // History: every entry, in order, with its time and instruction; pushed as one layer, only
+    // the last entry that made a layer says so (Docker refuses more non-empty entries than layers).
+    const strip = (h: Record<string, unknown>[]) => h.map(({ empty_layer: _, ...rest }) => rest);
+    assert.equal(pulled.history.length, built.history.length);
+    assert.deepEqual(strip(pulled.history), strip(built.history));
+    const made = (h: Record<string, unknown>[]) => h.flatMap((e, i) => (e.empty_layer ? [] : [i]));
+    assert.deepEqual(made(pulled.history), [made(built.history).at(-1)]);
+    assert.deepEqual(pulled.history.at(-1), built.history.at(-1)); // ENV C=3: empty in both
+    assert.equal(text(join(storage, "img", "back+again", "ch", "environment")), text(img("allmeta", "ch", "environment")));
+    assert.match(text(img("allmeta", "ch", "environment")), /^B=two words$/m);
+    // VOLUME mount points are made on pull.
+    for (const v of ["adata", "zdata"]) assert.ok(lstatSync(join(storage, "img", "back+again", v)).isDirectory(), v);
+    // And the pulled image builds on as the built one would: its SHELL and WORKDIR.
+    const child = image(["build", "-t", "fromback", "-f", "-", dir], { input: "FROM back:again\nRUN echo $- > flags\n" });
+    assert.equal(child.status, 0, child.stderr);
+    assert.match(text(img("fromback", "w/flags")), /e/);
+    assert.equal(meta("fromback").user, "nobody:nogroup");
   });
 });
 

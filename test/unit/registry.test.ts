@@ -531,6 +531,40 @@ describe("image metadata", () => {
     assert.equal(configFromMetadata({}, [], "amd64").architecture, "amd64");
   });
 
+  it("keeps SHELL, USER, VOLUME and history both ways; one layer, so one non-empty history entry", () => {
+    const history = [
+      { created_by: "FROM x", empty_layer: true },
+      { created_by: "RUN a" },
+      { created_by: "RUN b", created: "2026-01-01T00:00:00Z" },
+      { created_by: "ENV c", empty_layer: true },
+      "junk",
+    ];
+    const m = metadataFromConfig({
+      config: { Shell: ["/bin/bash", "-c"], User: "1000:1000", Volumes: { "/v": {} } },
+      history,
+    });
+    assert.deepEqual([m.shell, m.user, m.volumes], [["/bin/bash", "-c"], "1000:1000", ["/v"]]);
+    const c = configFromMetadata({ ...m, volumes: ["/z", "/a"] }, ["sha256:d"], "amd64");
+    assert.deepEqual(
+      [c.config?.Shell, c.config?.User, c.config?.Volumes],
+      [["/bin/bash", "-c"], "1000:1000", { "/a": {}, "/z": {} }],
+    );
+    assert.deepEqual(c.history, [
+      { created_by: "FROM x", empty_layer: true },
+      { created_by: "RUN a", empty_layer: true },
+      { created_by: "RUN b", created: "2026-01-01T00:00:00Z" },
+      { created_by: "ENV c", empty_layer: true },
+    ]);
+    assert.deepEqual(history[1], { created_by: "RUN a" }); // the metadata itself is not changed
+    // Defaults are not written: no SHELL, USER or Volumes in the config, and none read back.
+    const d = configFromMetadata(metadataFromConfig({}), [], "amd64");
+    assert.deepEqual(
+      [d.config?.Shell, d.config?.User, d.config?.Volumes, d.history],
+      [undefined, undefined, undefined, undefined],
+    );
+    assert.deepEqual([metadataFromConfig({}).shell, metadataFromConfig({}).user], [["/bin/sh", "-c"], ""]);
+  });
+
   it("writes ch/ files and volume mount points without following the image's symlinks", () => {
     const root = mkdtempSync(join(tmpdir(), "ch-meta-"));
     const outside = mkdtempSync(join(tmpdir(), "ch-outside-"));
