@@ -28,6 +28,7 @@ import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
+import { Downloader } from "./download.ts";
 import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Plan, Stage } from "./stages.ts";
 import { type BuildArgs, StageScope } from "./vars.ts";
@@ -170,6 +171,7 @@ export class Builder {
   private storageReal: string | null = null;
   private dir = "";
   private step = 0;
+  private download: Downloader | null = null;
 
   private readonly plan: Plan;
   private readonly args: BuildArgs;
@@ -208,13 +210,18 @@ export class Builder {
     const runs = this.plan.order.some((i) => this.plan.stages[i].instructions.some((inst) => inst.keyword === "run"));
     if (runs && this.ctx.force === "seccomp")
       warn("root emulation (--force=seccomp) is not available yet in this version: RUN runs as with --force=none");
-    await installImage(storage.imagePath(name), async (partial) => {
-      this.dir = partial;
-      for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
-      const final = this.states.get(this.plan.target) as StageState;
-      writeBuildMetadata(final.dir, final.meta);
-      return final.dir;
-    });
+    this.download = new Downloader(join(storage.root, "dlcache"), this.ctx.client.tlsVerify);
+    try {
+      await installImage(storage.imagePath(name), async (partial) => {
+        this.dir = partial;
+        for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
+        const final = this.states.get(this.plan.target) as StageState;
+        writeBuildMetadata(final.dir, final.meta);
+        return final.dir;
+      });
+    } finally {
+      this.download.close();
+    }
     info(`grown in ${this.step} instructions: ${name}`);
   }
 
@@ -281,7 +288,13 @@ export class Builder {
           break;
         case "copy":
         case "add":
-          await copyInstruction({ e, dest: dir, cwd: meta.cwd, from: this.copySource(inst, e.flags.from) });
+          await copyInstruction({
+            e,
+            dest: dir,
+            cwd: meta.cwd,
+            from: this.copySource(inst, e.flags.from),
+            download: this.download,
+          });
           layer = true;
           break;
         case "shell":

@@ -11,7 +11,11 @@
 //   a symlink in the place of a copied file is replaced, not written through.
 // - --chmod (octal) applies to everything copied; --chown is accepted and has no effect (files
 //   belong to the user building); ADD extracts a local tarball (plain, gzip, bzip2, xz, zstd)
-//   into the destination directory with the safe unpacker; ADD from a URL or git is not here yet.
+//   into the destination directory with the safe unpacker.
+// - ADD of an http(s) URL downloads it (download.ts), never unpacked: into DEST/NAME when the
+//   destination is a directory (NAME: the URL path's last element), else at DEST; mode 600
+//   unless --chmod; --checksum=ALGO:HEX checks it (and only URL sources take it). ADD from git,
+//   and COPY from a URL (Docker refuses it), are errors.
 import {
   chmodSync,
   closeSync,
@@ -22,7 +26,9 @@ import {
   readdirSync,
   readlinkSync,
   readSync,
+  renameSync,
   rmdirSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   utimesSync,
@@ -34,6 +40,7 @@ import { extractTar, reportStats, sniffCompression } from "../image/unpack.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import type { Instruction } from "./dockerfile.ts";
 import { isHeredoc } from "./dockerfile.ts";
+import { type Checksum, type Downloader, isGitSource, isUrl, parseChecksum, urlFileName } from "./download.ts";
 import { expandGlob, hasMeta, type IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Expanded } from "./vars.ts";
 
@@ -56,6 +63,8 @@ export interface CopyRequest {
   cwd: string;
   /** null when there is no context (Dockerfile on standard input). */
   from: CopySource | null;
+  /** For ADD's URL sources. */
+  download: Downloader | null;
 }
 
 function where(inst: Instruction): string {
@@ -70,7 +79,10 @@ function parseChmod(inst: Instruction, v: string | boolean | string[] | undefine
 }
 
 /** One thing to copy: a file or directory on the host, or heredoc content. */
-type Item = { name: string; host: string; rel: string; st: import("node:fs").Stats } | { name: string; content: string };
+type Item =
+  | { name: string; host: string; rel: string; st: import("node:fs").Stats }
+  | { name: string; content: string }
+  | { name: string; url: string };
 
 /** A COPY or ADD instruction, carried out. */
 export async function copyInstruction(req: CopyRequest): Promise<void> {
@@ -78,7 +90,7 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
   const inst = e.inst;
   const add = inst.keyword === "add";
   const K = inst.keyword.toUpperCase();
-  for (const f of ["parents", "exclude", "keep-git-dir", "checksum"])
+  for (const f of ["parents", "exclude", "keep-git-dir"])
     if (e.flags[f] !== undefined && e.flags[f] !== false)
       throw new ChError(`${where(inst)}: ${K} --${f}: not supported yet in this version`);
   if (e.flags.unpack === false) throw new ChError(`${where(inst)}: ADD --unpack=false: not supported yet in this version`);
@@ -87,6 +99,12 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
   const mode = parseChmod(inst, e.flags.chmod);
   const args = e.args;
   const destArg = args[args.length - 1];
+  let sum: Checksum | null = null;
+  if (typeof e.flags.checksum === "string") {
+    sum = parseChecksum(e.flags.checksum, `${where(inst)}: ${K}`);
+    const local = args.slice(0, -1).find((a) => !isUrl(a) || isGitSource(a));
+    if (local !== undefined) throw new ChError(`${where(inst)}: ${K} --checksum: only for http(s) URL sources, not: ${local}`);
+  }
   const items: Item[] = [];
   let heredocIndex = 0;
   for (const src of args.slice(0, -1)) {
@@ -95,8 +113,14 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
       items.push({ name: h.name, content: h.content });
       continue;
     }
-    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(src) || src.startsWith("git@"))
-      throw new ChError(`${where(inst)}: ${K} from a URL or git repository: not supported yet in this version: ${src}`);
+    if (isGitSource(src))
+      throw new ChError(`${where(inst)}: ${K} from a git repository: not supported yet in this version: ${src}`);
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(src)) {
+      if (!add) throw new ChError(`${where(inst)}: COPY: source can't be a URL for COPY (use ADD): ${src}`);
+      if (!isUrl(src)) throw new ChError(`${where(inst)}: ADD: only http and https URLs can be downloaded: ${src}`);
+      items.push({ name: urlFileName(src), url: src });
+      continue;
+    }
     const from = req.from;
     if (from === null) throw new ChError(`${where(inst)}: ${K}: no build context (the Dockerfile came from standard input)`);
     const matches = expandGlob(from.root, src);
@@ -138,6 +162,23 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
     if ("content" in item) {
       const target = intoDir ? posix.join(destPath, item.name) : destPath;
       writeFile(req.dest, target, (p) => writeFileSync(p, item.content, { flag: "wx", mode: 0o644 }), mode ?? 0o644, null);
+    } else if ("url" in item) {
+      if (req.download === null) throw new ChError(`${where(inst)}: ADD: can't download here: ${item.url}`);
+      const target = intoDir ? posix.join(destPath, item.name) : destPath;
+      const tmp = join(mkdirsIn(req.dest, posix.dirname(target)).host, `.ch-download.${process.pid}`);
+      try {
+        const got = await req.download.fetch(item.url, sum, tmp, `${where(inst)}: ADD`);
+        const m = got.mtime;
+        writeFile(
+          req.dest,
+          target,
+          (p) => (got.cached ? copyFileSync(got.path, p, constants.COPYFILE_EXCL) : renameSync(got.path, p)),
+          mode ?? 0o600,
+          m ? { atime: m, mtime: m } : null,
+        );
+      } finally {
+        rmSync(tmp, { force: true });
+      }
     } else if (item.st.isDirectory()) {
       const dir = mkdirsIn(req.dest, destPath);
       if (item.host === req.from?.skip) throw new ChError(`${where(inst)}: ${K}: can't copy the storage directory: ${item.rel}`);
@@ -173,7 +214,7 @@ function writeFile(
   path: string,
   make: (host: string) => void,
   mode: number | null,
-  st: import("node:fs").Stats | null,
+  st: { atime: Date; mtime: Date } | null,
 ): void {
   const parent = mkdirsIn(root, posix.dirname(path));
   const host = join(parent.host, posix.basename(path));

@@ -4,6 +4,7 @@
 // error leaves storage as it was; sources that leave the context, and destinations through
 // symlinks in the image, are refused or confined.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import {
   existsSync,
   lstatSync,
@@ -16,11 +17,14 @@ import {
   unlinkSync,
   writeFileSync,
 } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
 import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { chEnv, chImage } from "../registry/chimage.ts";
 import { type Registry, startRegistry } from "../registry/registry.ts";
 
 const IMAGE = join(DIST, "ch-image");
@@ -396,6 +400,141 @@ ENV C=3
     assert.equal(child.status, 0, child.stderr);
     assert.match(text(img("fromback", "w/flags")), /e/);
     assert.equal(meta("fromback").user, "nobody:nogroup");
+  });
+});
+
+describe("ch-image build: ADD of a URL (a server on 127.0.0.1)", () => {
+  let server: Server;
+  let base: string;
+  const hits = new Map<string, number>();
+  const LM = "Wed, 21 Oct 2015 07:28:00 GMT";
+  const cachedBody = Buffer.from("cache me\n");
+  const cachedSum = createHash("sha256").update(cachedBody).digest("hex");
+  let tarBody: Buffer;
+  before(async () => {
+    const src = join(dir, "urltar");
+    mkdirSync(src);
+    writeFileSync(join(src, "member"), "M\n");
+    assert.equal(run("tar", ["-C", src, "-cf", join(dir, "url.tar"), "member"]).status, 0);
+    tarBody = readFileSync(join(dir, "url.tar"));
+    server = createServer((req, res) => {
+      const path = req.url ?? "";
+      hits.set(path, (hits.get(path) ?? 0) + 1);
+      if (path === "/files/hello.txt") res.writeHead(200, { "Last-Modified": LM }).end("hello\n");
+      else if (path === "/redir") res.writeHead(302, { Location: "/files/hello.txt" }).end();
+      else if (path === "/t.tar") res.writeHead(200).end(tarBody);
+      else if (path === "/cached.bin") res.writeHead(200).end(cachedBody);
+      else res.writeHead(404).end("no such file\n");
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(() => server?.close());
+
+  const build = (tag: string, dockerfile: string) => {
+    const ctx = mkdtempSync(join(dir, "urlctx-"));
+    writeFileSync(join(ctx, "Dockerfile"), dockerfile);
+    writeFileSync(join(ctx, "local.txt"), "L\n");
+    return chImage(["build", "-t", tag, ctx], chEnv({ extra: { CH_IMAGE_STORAGE: storage } }));
+  };
+  const dlcache = () => (existsSync(join(storage, "dlcache")) ? readdirSync(join(storage, "dlcache")).sort() : []);
+
+  it("downloads, never unpacks; names as Docker; mode 600 and Last-Modified; caches only what has a --checksum", async () => {
+    const top = readdirSync(storage).sort();
+    const cacheBefore = dlcache();
+    const r = await build(
+      "urls",
+      `FROM bb
+ADD ${base}/files/hello.txt /dl/
+ADD ${base}/files/hello.txt /named.txt
+ADD ${base}/redir /r/
+ADD --chmod=644 ${base}/t.tar /tars/
+ADD --checksum=sha256:${cachedSum} ${base}/cached.bin /c
+WORKDIR /w
+ADD ${base}/files/hello.txt ${base}/cached.bin ./
+`,
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("urls", "dl/hello.txt")), "hello\n");
+    assert.equal(lstatSync(img("urls", "dl/hello.txt")).mode & 0o7777, 0o600);
+    assert.equal(lstatSync(img("urls", "dl/hello.txt")).mtime.getTime(), Date.parse(LM));
+    assert.equal(text(img("urls", "named.txt")), "hello\n");
+    assert.equal(text(img("urls", "r/redir")), "hello\n"); // named by the URL given, not where it led
+    assert.deepEqual(readFileSync(img("urls", "tars/t.tar")), tarBody);
+    assert.equal(existsSync(img("urls", "tars/member")), false);
+    assert.equal(lstatSync(img("urls", "tars/t.tar")).mode & 0o7777, 0o644);
+    assert.equal(text(img("urls", "c")), "cache me\n");
+    assert.deepEqual(readdirSync(img("urls", "w")).sort(), ["cached.bin", "hello.txt"]);
+    assert.deepEqual(
+      readdirSync(img("urls")).filter((n) => n.startsWith(".ch-download")),
+      [],
+    );
+    // The one download with a checksum is cached, by its digest; nothing new at the top.
+    assert.deepEqual(
+      dlcache().filter((n) => !cacheBefore.includes(n)),
+      [`sha256-${cachedSum}`],
+    );
+    assert.deepEqual(readdirSync(storage).sort(), top);
+    assert.deepEqual(leftovers(), []);
+    // Built again: the checksummed file from the cache, the others downloaded again.
+    const n = hits.get("/cached.bin");
+    const again = await build(
+      "urls2",
+      `FROM bb\nADD --checksum=sha256:${cachedSum} ${base}/cached.bin /c\nADD ${base}/files/hello.txt /h\n`,
+    );
+    assert.equal(again.status, 0, again.stderr);
+    assert.match(again.stderr, /Dockerfile:2: ADD: using cached download of http:/);
+    assert.equal(hits.get("/cached.bin"), n);
+    assert.equal(text(img("urls2", "c")), "cache me\n");
+    // A cache entry that isn't what its name says is not used: downloaded again.
+    writeFileSync(join(storage, "dlcache", `sha256-${cachedSum}`), "tampered\n");
+    const fixed = await build("urls3", `FROM bb\nADD --checksum=sha256:${cachedSum} ${base}/cached.bin /c\n`);
+    assert.equal(fixed.status, 0, fixed.stderr);
+    assert.match(fixed.stderr, /warning: \S+:2: ADD: cached download of \S+ is wrong; downloading it again/);
+    assert.equal(text(img("urls3", "c")), "cache me\n");
+    assert.equal(hits.get("/cached.bin"), (n ?? 0) + 1);
+  });
+
+  it("a --checksum mismatch and an HTTP 404 are errors naming the line; nothing is kept", async () => {
+    const cacheBefore = dlcache();
+    const wrong = "0".repeat(64);
+    const bad = await build("badsum", `FROM bb\nADD --checksum=sha256:${wrong} ${base}/cached.bin /c\n`);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, ERROR);
+    assert.match(
+      bad.stderr,
+      new RegExp(
+        `error: \\S+/Dockerfile:2: ADD: --checksum mismatch for ${base}/cached.bin: expected sha256:${wrong}, got sha256:${cachedSum} `,
+      ),
+    );
+    assert.equal(existsSync(img("badsum")), false);
+    assert.deepEqual(dlcache(), cacheBefore);
+    const missing = await build("missing", `FROM bb\nRUN true\nADD ${base}/nope.txt /n\n`);
+    assert.equal(missing.status, 1);
+    assert.match(
+      missing.stderr,
+      new RegExp(`error: \\S+/Dockerfile:3: ADD: can't download ${base}/nope.txt: HTTP 404 \\(no such file\\) `),
+    );
+    assert.equal(hits.get("/nope.txt"), 1); // not retried
+    assert.equal(existsSync(img("missing")), false);
+    assert.deepEqual(leftovers(), []);
+  });
+
+  it("refuses COPY of a URL, --checksum of a local file, a bad checksum, ADD from git", async () => {
+    for (const [df, msg] of [
+      [`COPY ${base}/files/hello.txt /x`, /Dockerfile:2: COPY: source can't be a URL for COPY/],
+      [
+        `ADD --checksum=sha256:${cachedSum} local.txt /x`,
+        /Dockerfile:2: ADD --checksum: only for http\(s\) URL sources, not: local\.txt/,
+      ],
+      [`ADD --checksum=md5:abc ${base}/cached.bin /x`, /Dockerfile:2: ADD: --checksum: invalid digest/],
+      ["ADD https://example.com/repo.git /x", /Dockerfile:2: ADD from a git repository: not supported yet/],
+    ] as const) {
+      const r = await build("refused", `FROM bb\n${df}\n`);
+      assert.equal(r.status, 1, df);
+      assert.match(r.stderr, msg, df);
+    }
+    assert.equal(existsSync(img("refused")), false);
   });
 });
 
