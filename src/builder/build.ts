@@ -14,6 +14,10 @@
 //   runs as with --force=none, so chown(2) and the like fail.
 // - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
 //   then the base image's, then ENV.
+// - USER is recorded in ch/metadata.json (and pushed), but RUN still runs as root (uid 0 in the
+//   container: the building user outside), as Charliecloud's builder does; a USER with a RUN
+//   after it says so. EXPOSE, HEALTHCHECK, STOPSIGNAL and ONBUILD are recorded as Docker's config
+//   has them; a base image's ONBUILD triggers are not run (a warning names them) nor inherited.
 import { spawnSync } from "node:child_process";
 import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
@@ -23,7 +27,7 @@ import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
 import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
-import { DEFAULT_SHELL, hostArch, type Metadata } from "../registry/manifest.ts";
+import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
 import { copyInstruction } from "./copy.ts";
@@ -107,8 +111,38 @@ export function baseMetadata(dir: string | null): BuildMetadata {
     shell: shell.length ? shell : [...DEFAULT_SHELL],
     user: typeof j.user === "string" ? j.user : "",
     volumes: strings(j.volumes),
+    expose: strings(j.expose),
+    healthcheck: healthcheck(j.healthcheck),
+    stopsignal: typeof j.stopsignal === "string" ? j.stopsignal : "",
+    onbuild: strings(j.onbuild),
     history: Array.isArray(j.history) ? j.history : [],
   };
+}
+
+const NS: Record<string, number> = { ns: 1, us: 1e3, µs: 1e3, μs: 1e3, ms: 1e6, s: 1e9, m: 60e9, h: 3600e9 };
+
+/** A Go duration ("1m30s", "0.5s") in nanoseconds, as Docker reads HEALTHCHECK's flags (the
+ * parser checked its syntax). */
+export function goDurationNs(text: string): number {
+  let ns = 0;
+  for (const m of text.replace(/^[-+]/, "").matchAll(/([0-9]*\.?[0-9]*)(ns|us|µs|μs|ms|s|m|h)/g))
+    ns += Number(m[1] || 0) * NS[m[2]];
+  return Math.round(text.startsWith("-") ? -ns : ns);
+}
+
+/** EXPOSE's ports as Docker keeps them: PORT/PROTO (tcp by default), ranges expanded. */
+export function exposedPorts(args: string[], what: string): string[] {
+  const out: string[] = [];
+  for (const a of args) {
+    const m = /^(\d+)(?:-(\d+))?(?:\/([a-zA-Z]+))?$/.exec(a);
+    const proto = (m?.[3] ?? "tcp").toLowerCase();
+    const lo = Number(m?.[1]);
+    const hi = m?.[2] === undefined ? lo : Number(m[2]);
+    if (!m || !["tcp", "udp", "sctp"].includes(proto) || lo < 1 || hi > 65535 || hi < lo)
+      throw new ChError(`${what}: invalid port: ${a}`);
+    for (let p = lo; p <= hi; p++) out.push(`${p}/${proto}`);
+  }
+  return out;
 }
 
 /** Writes ch/metadata.json and ch/environment into an image being built (nothing through a
@@ -161,6 +195,24 @@ function copyImageDir(src: string, dst: string): void {
   } catch (e) {
     throw sysError(`can't copy image: ${src}`, e);
   }
+}
+
+/** HEALTHCHECK as Docker's config keeps it. */
+function healthcheckOf(inst: Instruction): Healthcheck {
+  const type = inst.args[0].toUpperCase();
+  if (type === "NONE") return { Test: ["NONE"] };
+  const h: Healthcheck = { Test: inst.json ? ["CMD", ...inst.args.slice(1)] : ["CMD-SHELL", inst.args[1]] };
+  const d = (f: string) =>
+    typeof inst.flags[f] === "string" && inst.flags[f] !== "" ? goDurationNs(inst.flags[f] as string) : 0;
+  const fields: [keyof Healthcheck, number][] = [
+    ["Interval", d("interval")],
+    ["Timeout", d("timeout")],
+    ["StartPeriod", d("start-period")],
+    ["StartInterval", d("start-interval")],
+    ["Retries", typeof inst.flags.retries === "string" && inst.flags.retries !== "" ? Number(inst.flags.retries) : 0],
+  ];
+  for (const [k, v] of fields) if (v > 0) (h as unknown as Record<string, number>)[k] = v;
+  return h;
 }
 
 export class Builder {
@@ -264,8 +316,16 @@ export class Builder {
       state = { dir, meta: structuredClone(prev.meta), scope: prev.scope.child() };
     }
     fixupImage(dir);
+    if (state.meta.onbuild.length > 0) {
+      // Docker runs them here, and the new image doesn't inherit them.
+      warn(
+        `${where(stage.from)}: FROM ${stage.base}: its ONBUILD triggers are not run in this version: ${state.meta.onbuild.join("; ")}`,
+      );
+      state.meta.onbuild = [];
+    }
     let cmdSet = false;
-    for (const inst of stage.instructions) {
+    let userWarned = false;
+    for (const [n, inst] of stage.instructions.entries()) {
       this.say(inst);
       const e = state.scope.apply(inst);
       const { meta } = state;
@@ -302,6 +362,23 @@ export class Builder {
           break;
         case "user":
           meta.user = e.args[0];
+          if (!userWarned && stage.instructions.slice(n + 1).some((i) => i.keyword === "run")) {
+            warn(`${where(inst)}: USER ${meta.user}: recorded for ch-run; RUN still runs as root (uid 0) in this build`);
+            userWarned = true;
+          }
+          break;
+        case "expose":
+          for (const p of exposedPorts(e.args, `${where(inst)}: EXPOSE`)) if (!meta.expose.includes(p)) meta.expose.push(p);
+          meta.expose.sort();
+          break;
+        case "stopsignal":
+          meta.stopsignal = e.args[0];
+          break;
+        case "onbuild":
+          meta.onbuild.push(inst.args[0]);
+          break;
+        case "healthcheck":
+          meta.healthcheck = healthcheckOf(inst);
           break;
         case "label":
           for (const [k, v] of e.kv ?? []) meta.labels[k] = v ?? "";
@@ -320,7 +397,7 @@ export class Builder {
           meta.volumes.sort(); // a set, as in Docker's config
           break;
         default:
-          info(`${where(inst)}: ${K}: ignored (not supported in this version)`);
+          warn(`${where(inst)}: ${K}: ignored (not supported in this version)`);
       }
       meta.history.push({
         created: new Date().toISOString(),

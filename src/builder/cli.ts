@@ -46,6 +46,12 @@ export const BUILD_SPECS: OptSpec[] = [
   { name: "parse-only", arg: "none", help: "build: parse the Dockerfile, print its instructions (JSON lines), stop" },
   { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM (what every build does yet)" },
   { name: "tag", short: "t", arg: "required", argName: "TAG", help: "build: name of the image (default: inferred)" },
+  {
+    name: "target",
+    arg: "required",
+    argName: "STAGE",
+    help: "build: build stage STAGE (and only the stages it needs) as the image (default: the last)",
+  },
 ];
 
 const BUILD_NAMES = new Set(BUILD_SPECS.map((s) => s.name));
@@ -72,6 +78,8 @@ export interface BuildOptions {
   cache: CacheMode;
   parseOnly: boolean;
   dryRun: boolean;
+  /** --target: a stage name; null for the last stage. */
+  target: string | null;
 }
 
 /** --force-cmd=CMD,ARG1[,ARG2...]: commas split, a backslash makes the next character literal. */
@@ -101,6 +109,7 @@ export function buildOptions(opts: ParsedOpt[], env: Record<string, string | und
     cache: "enabled",
     parseOnly: false,
     dryRun: false,
+    target: null,
   };
   const e = env.CH_IMAGE_CACHE;
   if (e !== undefined && e !== "") {
@@ -143,6 +152,10 @@ export function buildOptions(opts: ParsedOpt[], env: Record<string, string | und
         break;
       case "dry-run":
         o.dryRun = true;
+        break;
+      case "target":
+        if (v === "") throw usageError("--target: a stage name is needed");
+        o.target = v;
         break;
     }
   }
@@ -222,7 +235,7 @@ export async function build(
   const buildArgs = new BuildArgs(o.buildArgs, env); // checked now: a bad one is a usage error
   const path = context === "-" ? "-" : (o.file ?? `${context}/Dockerfile`);
   const df: Dockerfile = parseDockerfile(readDockerfile(path), path === "-" ? "<stdin>" : path);
-  const plan = planStages(df, buildArgs);
+  const plan = planStages(df, buildArgs, o.target);
   // With CONTEXT -, there is no directory to name the image after (building will need -t).
   const tag = o.tag ?? (context === "-" ? null : inferTag(o.file, context));
   if (o.tag === null && tag !== null) info(`inferred image name: ${tag}`);

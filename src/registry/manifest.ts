@@ -167,12 +167,28 @@ export interface ImageConfig {
     Volumes?: Record<string, unknown> | null;
     Shell?: string[] | null;
     User?: string;
+    ExposedPorts?: Record<string, unknown> | null;
+    Healthcheck?: Healthcheck | null;
+    StopSignal?: string;
+    OnBuild?: string[] | null;
   };
   history?: unknown[];
   rootfs?: { type: string; diff_ids: string[] };
 }
 
-/** What we keep of an image's config, as Charliecloud's ch/metadata.json. */
+/** HEALTHCHECK as Docker's config has it (durations in nanoseconds; absent: Docker's default). */
+export interface Healthcheck {
+  /** ["CMD", ARG...], ["CMD-SHELL", COMMAND] or ["NONE"]. */
+  Test: string[];
+  Interval?: number;
+  Timeout?: number;
+  StartPeriod?: number;
+  StartInterval?: number;
+  Retries?: number;
+}
+
+/** What we keep of an image's config, as Charliecloud's ch/metadata.json (expose, healthcheck,
+ * stopsignal and onbuild are ours: Docker's fields, kept so that push and pull lose nothing). */
 export interface Metadata {
   arch: string;
   cwd: string;
@@ -185,7 +201,28 @@ export interface Metadata {
   user: string;
   /** Sorted (a set, as Docker's config has it). */
   volumes: string[];
+  /** EXPOSE: "PORT/PROTO", sorted. */
+  expose: string[];
+  healthcheck: Healthcheck | null;
+  /** STOPSIGNAL; "" for none. */
+  stopsignal: string;
+  /** ONBUILD triggers, as written. */
+  onbuild: string[];
   history: unknown[];
+}
+
+/** A Healthcheck from untrusted JSON, or null. */
+export function healthcheck(x: unknown): Healthcheck | null {
+  if (typeof x !== "object" || x === null || Array.isArray(x)) return null;
+  const o = x as Record<string, unknown>;
+  const test = strings(o.Test);
+  if (test.length === 0) return null;
+  const out: Healthcheck = { Test: test };
+  for (const k of ["Interval", "Timeout", "StartPeriod", "StartInterval", "Retries"] as const) {
+    const v = o[k];
+    if (typeof v === "number" && Number.isSafeInteger(v) && v > 0) out[k] = v;
+  }
+  return out;
 }
 
 /** SHELL when an image doesn't say. */
@@ -214,6 +251,10 @@ export function metadataFromConfig(c: ImageConfig): Metadata {
     shell: strings(cfg.Shell).length > 0 ? strings(cfg.Shell) : [...DEFAULT_SHELL],
     user: typeof cfg.User === "string" ? cfg.User : "",
     volumes: Object.keys(cfg.Volumes ?? {}).sort(),
+    expose: Object.keys(cfg.ExposedPorts ?? {}).sort(),
+    healthcheck: healthcheck(cfg.Healthcheck),
+    stopsignal: typeof cfg.StopSignal === "string" ? cfg.StopSignal : "",
+    onbuild: strings(cfg.OnBuild),
     history: Array.isArray(c.history) ? c.history : [],
   };
 }
@@ -254,6 +295,13 @@ export function configFromMetadata(m: Partial<Metadata>, diffIds: string[], fall
   if (typeof m.user === "string" && m.user !== "") config.User = m.user;
   const volumes = strings(m.volumes);
   if (volumes.length > 0) config.Volumes = Object.fromEntries([...volumes].sort().map((v) => [v, {}]));
+  const expose = strings(m.expose);
+  if (expose.length > 0) config.ExposedPorts = Object.fromEntries([...expose].sort().map((p) => [p, {}]));
+  const hc = healthcheck(m.healthcheck);
+  if (hc) config.Healthcheck = hc;
+  if (typeof m.stopsignal === "string" && m.stopsignal !== "") config.StopSignal = m.stopsignal;
+  const onbuild = strings(m.onbuild);
+  if (onbuild.length > 0) config.OnBuild = onbuild;
   const out: ImageConfig = { architecture, os: "linux", config, rootfs: { type: "layers", diff_ids: diffIds } };
   if (Array.isArray(m.history) && m.history.length > 0) out.history = squashHistory(m.history);
   if (variant) out.variant = variant;

@@ -228,6 +228,34 @@ VOLUME /data /logs
     assert.deepEqual(leftovers(), []);
   });
 
+  it("--target STAGE builds that stage, and only the stages it needs", () => {
+    const df = `FROM bb AS base
+RUN echo base > /base
+FROM bb AS tool
+RUN echo tool > /tool
+FROM base AS dev
+COPY --from=tool /tool /tool
+RUN touch ${witness}/target-dev
+LABEL stage=dev
+FROM base AS never
+RUN touch ${witness}/target-never
+FROM dev
+RUN touch ${witness}/target-last
+`;
+    const r = image(["build", "--target", "dev", "-t", "targeted", "-f", "-", dir], { input: df });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual([text(img("targeted", "base")), text(img("targeted", "tool"))], ["base\n", "tool\n"]);
+    assert.ok(existsSync(join(witness, "target-dev")));
+    assert.equal(existsSync(join(witness, "target-never")), false);
+    assert.equal(existsSync(join(witness, "target-last")), false);
+    assert.deepEqual(meta("targeted").labels, { stage: "dev" });
+    assert.match(r.stderr, /grown in 8 instructions: targeted:latest/);
+    const bad = image(["build", "--target", "nosuch", "-t", "targeted2", "-f", "-", dir], { input: df });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /error: target stage "nosuch" could not be found /);
+    assert.equal(existsSync(img("targeted2")), false);
+  });
+
   it("FROM an image built before: its WORKDIR, SHELL and ENV from ch/metadata.json", () => {
     const r = image(["build", "-t", "child", "-f", "-", dir], {
       input: 'FROM built\nRUN pwd > /p && echo "$E2" >> /p && echo $- >> /p\n',
@@ -355,11 +383,17 @@ USER nobody:nogroup
 VOLUME ["/zdata", "/adata"]
 ENTRYPOINT ["/bin/echo", "entry"]
 CMD ["arg1", "arg2"]
+EXPOSE 8080 53/UDP 7000-7001
+ARG SIG=SIGUSR1
+STOPSIGNAL $SIG
+HEALTHCHECK --interval=1m30s --timeout=0.5s --retries=3 CMD ["/bin/true", "x"]
+ONBUILD RUN echo triggered > /trig
 RUN true
 ENV C=3
 `,
     });
     assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /warning: <stdin>:7: USER nobody:nogroup: recorded for ch-run; RUN still runs as root/);
     const ref = `${reg.host}/allmeta:v1`;
     const p = image(["push", "allmeta", ref]);
     assert.equal(p.status, 0, p.stderr);
@@ -380,8 +414,12 @@ ENV C=3
     );
     assert.deepEqual(built.labels, { "org.example.a": "x", "org.example.b": "y z" });
     assert.equal(built.cwd, "/w");
-    for (const k of ["arch", "cwd", "env", "entrypoint", "cmd", "labels", "shell", "user", "volumes"])
-      assert.deepEqual(pulled[k], built[k], k);
+    assert.deepEqual(built.expose, ["53/udp", "7000/tcp", "7001/tcp", "8080/tcp"]);
+    assert.equal(built.stopsignal, "SIGUSR1");
+    assert.deepEqual(built.healthcheck, { Test: ["CMD", "/bin/true", "x"], Interval: 90e9, Timeout: 0.5e9, Retries: 3 });
+    assert.deepEqual(built.onbuild, ["RUN echo triggered > /trig"]);
+    const keys = ["arch", "cwd", "env", "entrypoint", "cmd", "labels", "shell", "user", "volumes"];
+    for (const k of [...keys, "expose", "stopsignal", "healthcheck", "onbuild"]) assert.deepEqual(pulled[k], built[k], k);
     assert.deepEqual(Object.keys(pulled).sort(), Object.keys(built).sort());
     // History: every entry, in order, with its time and instruction; pushed as one layer, only
     // the last entry that made a layer says so (Docker refuses more non-empty entries than layers).
@@ -400,6 +438,14 @@ ENV C=3
     assert.equal(child.status, 0, child.stderr);
     assert.match(text(img("fromback", "w/flags")), /e/);
     assert.equal(meta("fromback").user, "nobody:nogroup");
+    // Its ONBUILD triggers: not run, said so, and not inherited (as Docker: they fire once).
+    assert.match(
+      child.stderr,
+      /warning: <stdin>:1: FROM back:again: its ONBUILD triggers are not run in this version: RUN echo triggered > \/trig$/m,
+    );
+    assert.equal(existsSync(img("fromback", "trig")), false);
+    assert.deepEqual(meta("fromback").onbuild, []);
+    assert.equal(meta("fromback").stopsignal, "SIGUSR1");
   });
 });
 

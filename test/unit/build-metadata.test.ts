@@ -6,7 +6,7 @@ import { lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, w
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { baseMetadata, DEFAULT_ENV, writeBuildMetadata } from "../../src/builder/build.ts";
+import { baseMetadata, DEFAULT_ENV, exposedPorts, goDurationNs, writeBuildMetadata } from "../../src/builder/build.ts";
 
 let dir: string;
 before(() => {
@@ -46,6 +46,33 @@ describe("build metadata", () => {
     assert.equal(m.cwd, "/");
     assert.deepEqual(m.env, { PATH: "/x", TAR_OPTIONS: "--no-same-owner", OK: "yes" });
     assert.deepEqual([m.shell, m.cmd, m.user, m.labels], [["/bin/bash", "-c"], ["a"], "u", { l: "v" }]);
+  });
+
+  it("EXPOSE, HEALTHCHECK, STOPSIGNAL, ONBUILD from ch/metadata.json; untrusted values dropped", () => {
+    const root = image("hc");
+    writeFileSync(
+      join(root, "ch/metadata.json"),
+      JSON.stringify({
+        expose: ["80/tcp", 3],
+        healthcheck: { Test: ["CMD-SHELL", "true"], Interval: 5e9, Retries: -1, Timeout: "x" },
+        stopsignal: "SIGINT",
+        onbuild: ["RUN x", null],
+      }),
+    );
+    const m = baseMetadata(root);
+    assert.deepEqual(
+      [m.expose, m.healthcheck, m.stopsignal, m.onbuild],
+      [["80/tcp"], { Test: ["CMD-SHELL", "true"], Interval: 5e9 }, "SIGINT", ["RUN x"]],
+    );
+    const none = baseMetadata(null);
+    assert.deepEqual([none.expose, none.healthcheck, none.stopsignal, none.onbuild], [[], null, "", []]);
+  });
+
+  it("Go durations and EXPOSE's ports as Docker reads them", () => {
+    assert.deepEqual(["1m30s", "0.5s", "1h", "250ms", "1.5m", "0"].map(goDurationNs), [90e9, 0.5e9, 3600e9, 250e6, 90e9, 0]);
+    assert.deepEqual(exposedPorts(["80", "53/UDP", "10-12/sctp"], "x"), ["80/tcp", "53/udp", "10/sctp", "11/sctp", "12/sctp"]);
+    for (const bad of ["0", "65536", "80/icmp", "x", "12-10", "80/tcp/x"])
+      assert.throws(() => exposedPorts([bad], "Dockerfile:3: EXPOSE"), { message: `Dockerfile:3: EXPOSE: invalid port: ${bad}` });
   });
 
   it("ch/environment when there is no metadata; a symlink out of the image is not followed", () => {
