@@ -470,7 +470,14 @@ describe("ch-image build: ADD of a URL (a server on 127.0.0.1)", () => {
       else if (path === "/redir") res.writeHead(302, { Location: "/files/hello.txt" }).end();
       else if (path === "/t.tar") res.writeHead(200).end(tarBody);
       else if (path === "/cached.bin") res.writeHead(200).end(cachedBody);
-      else res.writeHead(404).end("no such file\n");
+      else if (path === "/flaky" && hits.get(path) === 1) res.writeHead(503).end("busy\n");
+      else if (path === "/flaky") res.writeHead(200).end("second try\n");
+      else if (path === "/cut") {
+        // Says 100 bytes, sends 5, hangs up: never a file of 5 bytes.
+        res.writeHead(200, { "Content-Length": "100" });
+        res.write("short");
+        res.socket?.destroy();
+      } else res.writeHead(404).end("no such file\n");
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -563,6 +570,16 @@ ADD ${base}/files/hello.txt ${base}/cached.bin ./
     );
     assert.equal(hits.get("/nope.txt"), 1); // not retried
     assert.equal(existsSync(img("missing")), false);
+    // A 5xx is retried, as registry requests are; a body cut short is retried, then an error.
+    const flaky = await build("flaky", `FROM bb\nADD ${base}/flaky /f\n`);
+    assert.equal(flaky.status, 0, flaky.stderr);
+    assert.match(flaky.stderr, /HTTP 503; retrying/);
+    assert.equal(text(img("flaky", "f")), "second try\n");
+    const cut = await build("cut", `FROM bb\nADD ${base}/cut /c\n`);
+    assert.equal(cut.status, 1);
+    assert.match(cut.stderr, /error: \S+\/Dockerfile:2: ADD: downloading \S+\/cut: socket hang up \(gave up after 4 tries\)/);
+    assert.equal(hits.get("/cut"), 4);
+    assert.equal(existsSync(img("cut")), false);
     assert.deepEqual(leftovers(), []);
   });
 
