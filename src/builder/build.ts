@@ -198,7 +198,7 @@ function copyImageDir(src: string, dst: string): void {
 }
 
 /** HEALTHCHECK as Docker's config keeps it. */
-function healthcheckOf(inst: Instruction): Healthcheck {
+export function healthcheckOf(inst: Instruction): Healthcheck {
   const type = inst.args[0].toUpperCase();
   if (type === "NONE") return { Test: ["NONE"] };
   const h: Healthcheck = { Test: inst.json ? ["CMD", ...inst.args.slice(1)] : ["CMD-SHELL", inst.args[1]] };
