@@ -1,0 +1,131 @@
+// ch-run's fast path: the whole container setup is planned here, then ch-run's Node process
+// replaces itself (process.execve) with the launcher executable (native/exec.c), which creates
+// its own user and mount namespaces, writes its own ID maps, runs the plan and execs the
+// command: one process from start to end, as Charliecloud's C ch-run. No koffi, no clone, no
+// waiter: ch-run's PID is the command's, and signals reach the command as they would reach any
+// process.
+import { hostArch } from "./arch.ts";
+import { formatError } from "./errors.ts";
+import { blobs } from "./native/blobs.ts";
+import { withPrivateFile } from "./private-file.cjs";
+import { ProgramBuilder } from "./program.ts";
+import { sourceLocation } from "./sourcemap.ts";
+import { CLONE_NEWNS, CLONE_NEWUSER } from "./syscalls.ts";
+
+export interface ExecSpec {
+  euid: number;
+  egid: number;
+  /** Descriptors to point at /dev/null for the command (ch-run -qq, -qqq). */
+  nullFds: number[];
+  /** A message for syslog, sent first (path of the socket, message). */
+  syslog: [string, string] | null;
+  /** Adds the setup steps, then calls beforeExec(), then adds the execve(2) step. */
+  build(b: ProgramBuilder, beforeExec: () => void): void;
+  /** Written after an error line of the launcher's (the warnings ch-run reprints). */
+  tail: string;
+}
+
+const MAGIC = 0x3130434558454843n; // "CHEXEC01"
+/** Largest base64 argument: MAX_ARG_STRLEN (32 pages) less the NUL, a multiple of 4. */
+const CHUNK = 131068;
+
+/** Lays the program out for the launcher: see exec.c for the format. */
+export function execPayload(b: ProgramBuilder, tail: string): Buffer {
+  const { bytes, relocs } = b.layout();
+  const enc = new TextEncoder();
+  const strings: Uint8Array[] = [];
+  let stringsLen = 0;
+  const seen = new Map<string, number>();
+  const headerLen = (6 + relocs.length) * 8;
+  const prog = headerLen;
+  const msgs = prog + Math.ceil(bytes.length / 8) * 8;
+  const text0 = msgs + b.ops.length * 32;
+  const place = (s: string): [number, number] => {
+    const e = enc.encode(s);
+    let off = seen.get(s);
+    if (off === undefined) {
+      off = text0 + stringsLen;
+      seen.set(s, off);
+      strings.push(e);
+      stringsLen += e.length;
+    }
+    return [off, e.length];
+  };
+  const table = new BigInt64Array(b.ops.length * 4);
+  b.ops.forEach((op, i) => {
+    if (op.soft) return;
+    const [h, hl] = place(formatError(op.why.what, 0, null));
+    const [w, wl] = place(sourceLocation(op.at));
+    table.set([BigInt(h), BigInt(hl), BigInt(w), BigInt(wl)], 4 * i);
+  });
+  const [t, tl] = tail ? place(tail) : [0, 0];
+  const out = Buffer.alloc(text0 + stringsLen);
+  const header = new BigInt64Array([MAGIC, BigInt(relocs.length), BigInt(prog), BigInt(msgs), BigInt(t), BigInt(tl)]);
+  out.set(new Uint8Array(header.buffer), 0);
+  out.set(new Uint8Array(new BigInt64Array(relocs.map(BigInt)).buffer), 48);
+  out.set(bytes, prog);
+  out.set(new Uint8Array(table.buffer), msgs);
+  let off = text0;
+  for (const s of strings) {
+    out.set(s, off);
+    off += s.length;
+  }
+  return out;
+}
+
+/** The launcher's arguments after argv[0]: the payload, base64, in chunks execve(2) takes. */
+export function payloadArgs(payload: Uint8Array): string[] {
+  const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("base64");
+  const out: string[] = [];
+  for (let i = 0; i < text.length; i += CHUNK) out.push(text.slice(i, i + CHUNK));
+  return out;
+}
+
+/** The program ch-run's launcher runs: syslog, its own namespaces and ID maps, the plan. */
+export function execProgram(spec: ExecSpec): ProgramBuilder {
+  const b = new ProgramBuilder(hostArch());
+  b.execMessages = false; // the launcher prints every failure itself
+  if (spec.syslog) b.sendLog(...spec.syslog);
+  b.unshare(CLONE_NEWUSER | CLONE_NEWNS, {
+    what: "can't create the container's user namespace (ch-checkns says what blocks it)",
+  });
+  const maps = { what: "can't write ID maps for the container's user namespace (are unprivileged user namespaces enabled?)" };
+  b.writeExisting("/proc/self/setgroups", "deny", maps);
+  b.writeExisting("/proc/self/uid_map", `0 ${spec.euid} 1\n`, maps);
+  b.writeExisting("/proc/self/gid_map", `0 ${spec.egid} 1\n`, maps);
+  spec.build(b, () => b.beforeExecHere(spec.nullFds));
+  return b;
+}
+
+/** Replaces this process with the launcher running the container; returns only if no launcher
+ * could be executed (no private directory for it, a noexec file system, a plan too large for
+ * the arguments), with why: the caller then takes the clone path. */
+export function execLaunch(spec: ExecSpec): string {
+  const args = [process.argv0 || "ch-run", ...payloadArgs(execPayload(execProgram(spec), spec.tail))];
+  const native = blobs[hostArch()];
+  const execve = process.execve;
+  if (!execve) return "this Node has no process.execve()";
+  try {
+    return withPrivateFile(
+      {
+        what: "launcher",
+        name: `ch-run-exec-${process.arch}-${native.execSha256.slice(0, 16)}`,
+        sha256: native.execSha256,
+        bytes: () => Buffer.from(native.exec, "base64"),
+        mode: 0o700,
+      },
+      (file, why) => {
+        try {
+          execve.call(process, file, args, {});
+        } catch (e) {
+          why.push(`${file}: ${(e as Error).message}`);
+          // E2BIG: too large anywhere; else (noexec) maybe another directory will do.
+          if ((e as { code?: string }).code === "E2BIG") return why.join("; ");
+        }
+        return undefined;
+      },
+    );
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
