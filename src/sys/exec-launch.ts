@@ -29,6 +29,30 @@ const MAGIC = 0x3130434558454843n; // "CHEXEC01"
 /** Largest base64 argument: MAX_ARG_STRLEN (32 pages) less the NUL, a multiple of 4. */
 const CHUNK = 131068;
 
+/** sourceLocation() for many errors made at few places: their stacks are read as call sites
+ * (V8 formats no text), and each distinct stack is looked up once. */
+function locator(): (at: Error) => string {
+  const cache = new Map<string, string>();
+  return (at) => {
+    const prepare = Error.prepareStackTrace;
+    let sites: NodeJS.CallSite[] | string;
+    Error.prepareStackTrace = (_e, s) => s;
+    try {
+      sites = at.stack as unknown as NodeJS.CallSite[] | string;
+    } finally {
+      Error.prepareStackTrace = prepare;
+    }
+    if (!Array.isArray(sites)) return sourceLocation(at); // formatted before
+    const stack = sites.map((c) => `    at f (${c.getFileName()}:${c.getLineNumber()}:${c.getColumnNumber()})`).join("\n");
+    let hit = cache.get(stack);
+    if (hit === undefined) {
+      hit = sourceLocation({ name: "Error", message: "", stack: `Error\n${stack}` });
+      cache.set(stack, hit);
+    }
+    return hit;
+  };
+}
+
 /** Lays the program out for the launcher: see exec.c for the format. */
 export function execPayload(b: ProgramBuilder, tail: string): Buffer {
   const { bytes, relocs } = b.layout();
@@ -52,10 +76,11 @@ export function execPayload(b: ProgramBuilder, tail: string): Buffer {
     return [off, e.length];
   };
   const table = new BigInt64Array(b.ops.length * 4);
+  const where = locator();
   b.ops.forEach((op, i) => {
     if (op.soft) return;
     const [h, hl] = place(formatError(op.why.what, 0, null));
-    const [w, wl] = place(sourceLocation(op.at));
+    const [w, wl] = place(where(op.at));
     table.set([BigInt(h), BigInt(hl), BigInt(w), BigInt(wl)], 4 * i);
   });
   const [t, tl] = tail ? place(tail) : [0, 0];
