@@ -4,8 +4,12 @@
 // command: one process from start to end, as Charliecloud's C ch-run. No koffi, no clone, no
 // waiter: ch-run's PID is the command's, and signals reach the command as they would reach any
 // process.
+import { spawnSync } from "node:child_process";
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { hostArch } from "./arch.ts";
 import { formatError } from "./errors.ts";
+import { mountFlagsOf } from "./hostfacts.ts";
 import { blobs } from "./native/blobs.ts";
 import { withPrivateFile } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
@@ -51,6 +55,50 @@ function locator(): (at: Error) => string {
     }
     return hit;
   };
+}
+
+const ST_NOEXEC = 8;
+
+/** How many bytes of arguments execve(2) takes here: a quarter of the stack's soft limit, at
+ * most 6 MiB, at least 128 KiB (the kernel's bprm_stack_limits()), less a margin. */
+export function argLimit(limits = readLimits()): number {
+  const m = /^Max stack size\s+(\S+)/m.exec(limits);
+  const soft = m && m[1] !== "unlimited" ? Number(m[1]) : Number.POSITIVE_INFINITY;
+  return Math.max(Math.min(soft / 4, 6 << 20), 128 << 10) - 4096;
+}
+
+function readLimits(): string {
+  try {
+    return readFileSync("/proc/self/limits", "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Whether the launcher at `file` can be executed here (not so under qemu-user without
+ * binfmt_misc, say): tried once, without a plan (it must say so and exit 31), and remembered
+ * beside it for the file as it is now (its stamp, which changes whenever it is rewritten). */
+function runs(file: string): boolean {
+  const marker = `${file}.runs`;
+  let id: string;
+  try {
+    id = readFileSync(`${file}.verified`, "utf8");
+  } catch {
+    return false;
+  }
+  try {
+    if (readFileSync(marker, "utf8") === id) return true;
+  } catch {}
+  const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
+  if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? "")) return false;
+  const tmp = `${marker}.${process.pid}.${Date.now()}.tmp`;
+  try {
+    writeFileSync(tmp, id, { mode: 0o600, flag: "wx" });
+    renameSync(tmp, marker);
+  } catch {
+    rmSync(tmp, { force: true });
+  }
+  return true;
 }
 
 /** Lays the program out for the launcher: see exec.c for the format. */
@@ -123,8 +171,9 @@ export function execProgram(spec: ExecSpec): ProgramBuilder {
 }
 
 /** Replaces this process with the launcher running the container; returns only if no launcher
- * could be executed (no private directory for it, a noexec file system, a plan too large for
- * the arguments), with why: the caller then takes the clone path. */
+ * can be executed (no private directory for it, only noexec file systems, a launcher that
+ * doesn't run here, a plan too large for the arguments), with why: the caller then takes the
+ * clone path. */
 export function execLaunch(spec: ExecSpec): string {
   const args = [process.argv0 || "ch-run", ...payloadArgs(execPayload(execProgram(spec), spec.tail))];
   const native = blobs[hostArch()];
@@ -140,14 +189,20 @@ export function execLaunch(spec: ExecSpec): string {
         mode: 0o700,
       },
       (file, why) => {
-        try {
-          execve.call(process, file, args, {});
-        } catch (e) {
-          why.push(`${file}: ${(e as Error).message}`);
-          // E2BIG: too large anywhere; else (noexec) maybe another directory will do.
-          if ((e as { code?: string }).code === "E2BIG") return why.join("; ");
+        // This Node's process.execve() aborts the process when execve(2) fails: everything
+        // that could make it fail is checked first.
+        const size = args.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
+        if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
+        if ((mountFlagsOf(dirname(file)) ?? 0) & ST_NOEXEC) {
+          why.push(`${dirname(file)}: mounted noexec`);
+          return undefined;
         }
-        return undefined;
+        if (!runs(file)) {
+          why.push(`${file}: does not run here`);
+          return undefined;
+        }
+        execve.call(process, file, args, {});
+        return "process.execve() returned";
       },
     );
   } catch (e) {

@@ -410,6 +410,23 @@ describe("descriptors, signals, resources", () => {
     assert.ok(!existsSync(`/proc/${inner}`), "the command died with ch-run");
   });
 
+  it("runs a plan too large for the launcher's arguments on the clone path", () => {
+    // 1.6 MB of environment: ch-run starts (under the 2 MB that an 8 MiB stack allows), but the
+    // plan, which holds it, is too large for the launcher's arguments (E2BIG).
+    const big: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) big[`BIG${i}`] = "x".repeat(100_000);
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
+    const r = run("sh", ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "-v", img, "--", "sh", "-c", "echo ${#BIG15}"], {
+      env: { ...process.env, ...big },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /no launcher executable \(plan too large for the launcher's arguments \(\d+ bytes\)\): starting the container from Node/,
+    );
+    assert.equal(r.stdout, "100000\n");
+  });
+
   it("writes no temporary files", () => {
     // Other test files run beside this one, so look only at what ch-run could leave: its own
     // TMPDIR stays empty, and nothing of its kind appears in /tmp.
@@ -431,7 +448,7 @@ describe("descriptors, signals, resources", () => {
       assert.match(
         f,
         new RegExp(
-          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified)?$`,
+          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$`,
         ),
       );
     const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));
