@@ -1,7 +1,19 @@
 // ch-run as an ordinary user: a real container from a busybox image made offline.
 import assert from "node:assert/strict";
-import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, type StdioOptions, spawn, spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { busyboxImage, CH_RUN, chRun, cleanup, copyWithLibs, ERROR_LINE, run, tmp } from "../helpers.ts";
@@ -408,6 +420,27 @@ describe("descriptors, signals, resources", () => {
     await done;
     for (let i = 0; i < 100 && existsSync(`/proc/${inner}`); i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(!existsSync(`/proc/${inner}`), "the command died with ch-run");
+  });
+
+  it("gives the command blocking standard descriptors and no ignored signal (Node's own settings)", () => {
+    // A FIFO opened O_NONBLOCK: the flag belongs to the open file, which the command shares.
+    const fifo = join(dir, "fifo");
+    run("mkfifo", [fifo]);
+    const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    try {
+      const r = spawnSync(CH_RUN, [img, "--", "grep", "-E", "^(flags|SigIgn)", "/proc/self/fdinfo/1", "/proc/self/status"], {
+        stdio: ["ignore", fd, "pipe"],
+        encoding: "utf8",
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const buf = Buffer.alloc(4096);
+      const out = buf.subarray(0, readSync(fd, buf)).toString();
+      const flags = Number.parseInt(/fdinfo\/1:flags:\s+([0-7]+)/.exec(out)?.[1] ?? "", 8);
+      assert.equal(flags & constants.O_NONBLOCK, 0, out);
+      assert.match(out, /status:SigIgn:\s+0+\n/);
+    } finally {
+      closeSync(fd);
+    }
   });
 
   it("runs a plan too large for the launcher's arguments on the clone path", () => {
