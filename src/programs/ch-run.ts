@@ -1,6 +1,7 @@
 // ch-run: run a command in a container. The command line is read by container/options.ts, the
 // image found by container/image.ts, the container planned by container/plan.ts and started by
-// sys/launch.ts; this file ties them together.
+// sys/exec-launch.ts (a directory image without --join: this process becomes the container) or
+// sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
 import { existsSync, realpathSync } from "node:fs";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
