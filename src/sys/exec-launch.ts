@@ -75,22 +75,25 @@ function readLimits(): string {
   }
 }
 
-/** Whether the launcher at `file` can be executed here (not so under qemu-user without
- * binfmt_misc, say): tried once, without a plan (it must say so and exit 31), and remembered
- * beside it for the file as it is now (its stamp, which changes whenever it is rewritten). */
-function runs(file: string): boolean {
+/** Whether the launcher at `file` can be executed here: null if so, else why ("noexec" where
+ * another directory may do; not so under qemu-user without binfmt_misc, say). Tried once,
+ * without a plan (it must say so and exit 31), and remembered beside it for the file as it is
+ * now (its stamp, which changes whenever it is rewritten). */
+function cantRun(file: string): string | null {
   const marker = `${file}.runs`;
   let id: string;
   try {
     id = readFileSync(`${file}.verified`, "utf8");
-  } catch {
-    return false;
+  } catch (e) {
+    return `${file}.verified: ${(e as Error).message}`;
   }
   try {
-    if (readFileSync(marker, "utf8") === id) return true;
+    if (readFileSync(marker, "utf8") === id) return null;
   } catch {}
   const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
-  if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? "")) return false;
+  if ((r.error as { code?: string } | undefined)?.code === "EACCES") return "noexec";
+  if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? ""))
+    return `${file} does not run here (${r.error?.message ?? `status ${r.status ?? r.signal}`})`;
   const tmp = `${marker}.${process.pid}.${Date.now()}.tmp`;
   try {
     writeFileSync(tmp, id, { mode: 0o600, flag: "wx" });
@@ -98,7 +101,7 @@ function runs(file: string): boolean {
   } catch {
     rmSync(tmp, { force: true });
   }
-  return true;
+  return null;
 }
 
 /** Lays the program out for the launcher: see exec.c for the format. */
@@ -197,10 +200,12 @@ export function execLaunch(spec: ExecSpec): string {
           why.push(`${dirname(file)}: mounted noexec`);
           return undefined;
         }
-        if (!runs(file)) {
-          why.push(`${file}: does not run here`);
+        const cant = cantRun(file);
+        if (cant === "noexec") {
+          why.push(`${dirname(file)}: not executable there`);
           return undefined;
         }
+        if (cant) return cant; // the same in any directory
         execve.call(process, file, args, {});
         return "process.execve() returned";
       },

@@ -443,6 +443,22 @@ describe("descriptors, signals, resources", () => {
     }
   });
 
+  it("passes over a private directory mounted noexec for its launcher", () => {
+    // In a mount namespace of its own, $TMPDIR is a tmpfs mounted noexec: the launcher goes to the
+    // next place (~/.cache/charliecloud), and the container starts from there.
+    const home = join(dir, "noexec-home");
+    const t = join(dir, "noexec-tmp");
+    mkdirSync(home);
+    mkdirSync(t);
+    const script = 'mount -t tmpfs -o noexec tmpfs "$TMPDIR" && exec "$0" "$1" -- echo "$$"';
+    const r = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN, img], {
+      env: { PATH: "/usr/bin:/bin", HOME: home, USER: "u", TMPDIR: t },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^\d+\n$/);
+    assert.ok(readdirSync(join(home, ".cache/charliecloud")).some((f) => f.startsWith("ch-run-exec-")));
+  });
+
   it("runs a plan too large for the launcher's arguments on the clone path", () => {
     // 1.6 MB of environment: ch-run starts (under the 2 MB that an 8 MiB stack allows), but the
     // plan, which holds it, is too large for the launcher's arguments (E2BIG).
