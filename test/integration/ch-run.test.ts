@@ -443,6 +443,19 @@ describe("descriptors, signals, resources", () => {
     }
   });
 
+  it("prints a step that fails in the container's setup as one error line, then the warnings again", () => {
+    const r = chRun(["--mount=/x", "-c", "/no/such/dir", img, "--", "true"]);
+    assert.equal(r.status, 31);
+    const w = "warning: --mount invalid with directory image, ignoring";
+    const p = "ch-run\\[\\d+\\]: ";
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^${p}${w}\\n${p}error: can't cd to /no/such/dir: No such file or directory \\(execute\\.ts:\\d+ 2\\)\\n${p}warning: reprinting first 1 warning\\(s\\)\\n${p}${w}\\n$`,
+      ),
+    );
+  });
+
   it("passes over a private directory mounted noexec for its launcher", () => {
     // In a mount namespace of its own, $TMPDIR is a tmpfs mounted noexec: the launcher goes to the
     // next place (~/.cache/charliecloud), and the container starts from there.
