@@ -4,7 +4,6 @@
 // command: one process from start to end, as Charliecloud's C ch-run. No koffi, no clone, no
 // waiter: ch-run's PID is the command's, and signals reach the command as they would reach any
 // process.
-import { spawnSync } from "node:child_process";
 import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { hostArch } from "./arch.ts";
@@ -90,6 +89,8 @@ function cantRun(file: string): string | null {
   try {
     if (readFileSync(marker, "utf8") === id) return null;
   } catch {}
+  // node:child_process only here, once per launcher file: loading it costs a start ~3 ms.
+  const { spawnSync } = process.getBuiltinModule("node:child_process");
   const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
   if ((r.error as { code?: string } | undefined)?.code === "EACCES") return "noexec";
   if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? ""))
