@@ -47,6 +47,24 @@ try {
   const nodeMedian = res[res.length - 1].median;
   for (const r of res.filter((x) => x.command.startsWith("ch-run")))
     console.log(`  ${r.command} / node -e 0: x${(r.median / nodeMedian).toFixed(2)}`);
+  // The same, interleaved (one of each in turn, so that the machine's drift hits all alike),
+  // timed from here (spawnSync adds the same few ms to each).
+  const cmds = [["ch-run", chRun, [img, "--", "/bin/true"]]];
+  if (baseline) cmds.push(["ch-run (baseline)", baseline, [img, "--", "/bin/true"]]);
+  cmds.push(["node -e 0", node, ["-e", "0"]]);
+  const times = cmds.map(() => []);
+  for (let i = 0; i < Number(runs); i++)
+    cmds.forEach(([, cmd, args], k) => {
+      const t0 = performance.now();
+      spawnSync(cmd, args, { stdio: "ignore" });
+      times[k].push(performance.now() - t0);
+    });
+  const med = (a) => a.sort((x, y) => x - y)[a.length >> 1];
+  const meds = times.map(med);
+  console.log("\ninterleaved, median (ms):");
+  cmds.forEach(([name], k) => {
+    console.log(`  ${name.padEnd(30)} ${meds[k].toFixed(1)}  x${(meds[k] / meds[meds.length - 1]).toFixed(2)} node -e 0`);
+  });
   // Peak memory of one launch (the whole process: Node, then the launcher, then the command).
   for (const [name, bin] of [["ch-run", chRun], ...(baseline ? [["ch-run (baseline)", baseline]] : [])]) {
     const peaks = Array.from({ length: 5 }, () => {
