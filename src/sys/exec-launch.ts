@@ -29,8 +29,9 @@ export interface ExecSpec {
 }
 
 const MAGIC = 0x3130434558454843n; // "CHEXEC01"
-/** Largest base64 argument: MAX_ARG_STRLEN (32 pages) less the NUL, a multiple of 4. */
-const CHUNK = 131068;
+/** Largest base64 chunk: MAX_ARG_STRLEN (32 pages) less the NUL and a name ("P999="), a
+ * multiple of 4. */
+const CHUNK = 131064;
 
 /** sourceLocation() for many errors made at few places: their stacks are read as call sites
  * (V8 formats no text), and each distinct stack is looked up once. */
@@ -91,7 +92,7 @@ function cantRun(file: string): string | null {
   } catch {}
   // node:child_process only here, once per launcher file: loading it costs a start ~3 ms.
   const { spawnSync } = process.getBuiltinModule("node:child_process");
-  const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"] });
+  const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"], env: {} });
   if ((r.error as { code?: string } | undefined)?.code === "EACCES") return "noexec";
   if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? ""))
     return `${file} does not run here (${r.error?.message ?? `status ${r.status ?? r.signal}`})`;
@@ -150,11 +151,13 @@ export function execPayload(b: ProgramBuilder, tail: string): Buffer {
   return out;
 }
 
-/** The launcher's arguments after argv[0]: the payload, base64, in chunks execve(2) takes. */
-export function payloadArgs(payload: Uint8Array): string[] {
+/** The launcher's environment: the payload, base64, in chunks execve(2) takes, named P0, P1...
+ * in order. Not in its arguments: every user may read those in /proc/PID/cmdline, and the plan
+ * holds the command's environment. */
+export function payloadEnv(payload: Uint8Array): Record<string, string> {
   const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("base64");
-  const out: string[] = [];
-  for (let i = 0; i < text.length; i += CHUNK) out.push(text.slice(i, i + CHUNK));
+  const out: Record<string, string> = {};
+  for (let i = 0; i < text.length; i += CHUNK) out[`P${i / CHUNK}`] = text.slice(i, i + CHUNK);
   return out;
 }
 
@@ -179,7 +182,8 @@ export function execProgram(spec: ExecSpec): ProgramBuilder {
  * doesn't run here, a plan too large for the arguments), with why: the caller then takes the
  * clone path. */
 export function execLaunch(spec: ExecSpec): string {
-  const args = [process.argv0 || "ch-run", ...payloadArgs(execPayload(execProgram(spec), spec.tail))];
+  const args = [process.argv0 || "ch-run"];
+  const env = payloadEnv(execPayload(execProgram(spec), spec.tail));
   const native = blobs[hostArch()];
   const execve = process.execve;
   if (!execve) return "this Node has no process.execve()";
@@ -195,7 +199,8 @@ export function execLaunch(spec: ExecSpec): string {
       (file, why) => {
         // This Node's process.execve() aborts the process when execve(2) fails: everything
         // that could make it fail is checked first.
-        const size = args.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
+        const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
+        const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
         if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
         if ((mountFlagsOf(dirname(file)) ?? 0) & ST_NOEXEC) {
           why.push(`${dirname(file)}: mounted noexec`);
@@ -207,7 +212,7 @@ export function execLaunch(spec: ExecSpec): string {
           return undefined;
         }
         if (cant) return cant; // the same in any directory
-        execve.call(process, file, args, {});
+        execve.call(process, file, args, env);
         return "process.execve() returned";
       },
     );

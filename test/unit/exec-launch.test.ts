@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
 import { setProgram } from "../../src/sys/errors.ts";
-import { execPayload, execProgram, payloadArgs } from "../../src/sys/exec-launch.ts";
+import { execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
@@ -113,7 +113,7 @@ describe("launcher executable", () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   const launch = (b: ProgramBuilder, tail = "") =>
-    spawnSync(exe, payloadArgs(execPayload(b, tail)), { encoding: "utf8", argv0: "ch-run" });
+    spawnSync(exe, [], { encoding: "utf8", argv0: "ch-run", env: payloadEnv(execPayload(b, tail)) });
 
   it("prints a failed step in Charliecloud's format, then the tail, and exits with its status", () => {
     setProgram("ch-run");
@@ -137,7 +137,9 @@ describe("launcher executable", () => {
     // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
     const script = 'echo "$$ $((${#A} + ${#B} + ${#C}))"; grep -E "^Sig(Ign|Blk)" /proc/self/status';
     b.execve(["/bin/sh"], ["sh", "-c", script], big, { what: "can't execve(2)", exit: 49 });
-    const r = spawnSync("sh", ["-c", 'trap "" PIPE; exec "$0" "$@" & echo "$!"; wait', exe, ...payloadArgs(execPayload(b, ""))], {
+    // The plan in the environment, which the shell passes on with a variable of its own or two.
+    const r = spawnSync("sh", ["-c", 'trap "" PIPE; exec "$0" & echo "$!"; wait', exe], {
+      env: { ...payloadEnv(execPayload(b, "")), PATH: "/usr/bin:/bin" },
       encoding: "utf8",
     });
     const lines = r.stdout.trim().split("\n");
@@ -148,10 +150,10 @@ describe("launcher executable", () => {
   });
 
   it("refuses to run without a plan, or with a damaged one", () => {
-    const r = spawnSync(exe, [], { encoding: "utf8" });
+    const r = spawnSync(exe, ["plan?"], { encoding: "utf8", env: { PATH: "/bin" } });
     assert.equal(r.status, 31);
     assert.match(r.stderr, /launcher: no plan/);
-    const bad = spawnSync(exe, ["A".repeat(100)], { encoding: "utf8" });
+    const bad = spawnSync(exe, [], { encoding: "utf8", env: { P0: "A".repeat(100) } });
     assert.equal(bad.status, 31);
     assert.match(bad.stderr, /launcher: bad plan/);
   });

@@ -2,7 +2,10 @@
    (process.execve), which then sets the container up and execs the command in the same process,
    as Charliecloud's C ch-run does: no clone, no waiter, ch-run's PID is the command's.
 
-   argv[1..] is the plan, base64 in chunks (each a multiple of 4 characters), which decode to:
+   The environment is the plan, base64 in chunks (each a multiple of 4 characters) as the values
+   of P0=..., P1=... in order (other variables are ignored), not the arguments: /proc/PID/cmdline is readable by every
+   user, /proc/PID/environ only by ours, and the plan holds the command's environment. The
+   chunks decode to:
      words (little-endian 64-bit): magic "CHEXEC01", nrelocs, prog, msgs, tail, tail_len,
                                    then nrelocs offsets into the program
    (prog, msgs, tail: byte offsets in the payload). The program at `prog` is the one
@@ -56,6 +59,14 @@ static int b64(char c) {
   return -1;
 }
 
+/* Whether s is one of the plan's chunks: P<digits>=... (anything else is ignored). */
+static int plan_var(const char *s) {
+  if (s[0] != 'P' || s[1] < '0' || s[1] > '9') return 0;
+  for (s++; *s >= '0' && *s <= '9'; s++) {
+  }
+  return *s == '=';
+}
+
 static void append(char *buf, i64 *len, i64 cap, const char *s, i64 n) {
   for (i64 i = 0; i < n && *len < cap; i++) buf[(*len)++] = s[i];
 }
@@ -93,7 +104,7 @@ __attribute__((noreturn)) static void fail(unsigned char *base, i64 *hdr, i64 i,
 
 __attribute__((noreturn, used)) void exec_main(i64 *sp) {
   i64 argc = sp[0];
-  char **argv = (char **)(sp + 1);
+  char **envp = (char **)(sp + 1 + argc + 1);
   /* Signals first: a signal during setup acts as on any process. */
   i64 zero[4] = {0, 0, 0, 0};
   for (i64 s = 1; s <= 64; s++)
@@ -105,8 +116,9 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
   }
   /* Decode the plan. */
   i64 total = 0;
-  for (i64 a = 1; a < argc; a++)
-    for (char *c = argv[a]; *c; c++) total++;
+  for (char **e = envp; *e; e++)
+    if (plan_var(*e))
+      for (char *c = *e; *c; c++) total++;
   if (total < 64) {
     say("ch-run: error: launcher: no plan (it is started by ch-run only)\n");
     die(31);
@@ -118,8 +130,11 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
     die(31);
   }
   i64 n = 0;
-  for (i64 a = 1; a < argc; a++) {
-    char *c = argv[a];
+  for (char **e = envp; *e; e++) {
+    if (!plan_var(*e)) continue;
+    char *c = *e + 1;
+    while (*c != '=') c++;
+    c++;
     while (c[0] && c[1] && c[2] && c[3]) {
       int v0 = b64(c[0]), v1 = b64(c[1]), v2 = b64(c[2]), v3 = b64(c[3]);
       if (v0 < 0 || v1 < 0) goto bad;
