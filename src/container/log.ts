@@ -56,8 +56,15 @@ export class RunLog {
   reprint(): void {
     if (this.reprinted || this.kept.length === 0) return;
     this.reprinted = true;
-    this.print(`${this.prefix()}warning: reprinting first ${this.kept.length} warning(s)`);
-    for (const t of this.kept) this.print(t);
+    this.print(this.reprintText().slice(0, -1));
+  }
+
+  /** What reprint() prints, for the launcher to print after an error of its own ("" if none). */
+  reprintText(): string {
+    if (this.kept.length === 0) return "";
+    return [`${this.prefix()}warning: reprinting first ${this.kept.length} warning(s)`, ...this.kept]
+      .map((l) => `${l}\n`)
+      .join("");
   }
 
   /** The command has started: nothing is printed again. */

@@ -1,7 +1,8 @@
 // ch-run: run a command in a container. The command line is read by container/options.ts, the
 // image found by container/image.ts, the container planned by container/plan.ts and started by
-// sys/launch.ts; this file ties them together.
-import { existsSync } from "node:fs";
+// sys/exec-launch.ts (a directory image without --join: this process becomes the container) or
+// sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
+import { existsSync, realpathSync } from "node:fs";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { describeOp, execute } from "../container/execute.ts";
@@ -17,6 +18,9 @@ import { SYSLOG_ENABLED, syslogMessage, syslogSocket } from "../container/syslog
 import { programFor } from "../dispatch.ts";
 import { storageDir } from "../image/storage.ts";
 import { ChError, usageError } from "../sys/errors.ts";
+import { execLaunch } from "../sys/exec-launch.ts";
+import { inheritedFds } from "../sys/fds.ts";
+import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import type { ProgramBuilder } from "../sys/program.ts";
@@ -28,18 +32,42 @@ function calledAs(): string {
   return programFor(name) === "ch-run" ? name : "ch-run";
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** libc through koffi, loaded only when needed: not on the fast path (it costs ~16 ms). */
+async function lib(): Promise<ReturnType<typeof libc>> {
   await loadLibc();
-  // First thing, as Charliecloud does: every command line is logged, even a wrong one.
-  if (SYSLOG_ENABLED)
-    libc().sendLog(
-      syslogSocket(process.env),
-      syslogMessage(calledAs(), process.getuid?.() ?? 0, [process.argv0, ...process.argv.slice(2)]),
-    );
+  return libc();
+}
+
+/** Every command line is logged, even a wrong one, as Charliecloud does: first thing, or on the
+ * fast path by the launcher, first thing it does. */
+class Syslog {
+  readonly message: [string, string] | null = SYSLOG_ENABLED
+    ? [syslogSocket(process.env), syslogMessage(calledAs(), process.getuid?.() ?? 0, [process.argv0, ...process.argv.slice(2)])]
+    : null;
+  private sent = false;
+  async now(): Promise<void> {
+    if (!this.message || this.sent) return;
+    this.sent = true;
+    (await lib()).sendLog(...this.message);
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const syslog = new Syslog();
+  try {
+    return await dispatch(argv, syslog);
+  } catch (e) {
+    await syslog.now();
+    throw e;
+  }
+}
+
+async function dispatch(argv: string[], syslog: Syslog): Promise<number> {
   const log = new RunLog();
   process.on("exit", () => log.reprint());
   const p = parseRunArgs(argv, existsSync);
   const name = calledAs();
+  if (p.kind !== "run") await syslog.now();
   switch (p.kind) {
     case "help":
       process.stdout.write(argpHelp(name, ARGS_DOC, `\n${SUMMARY}`, SPECS, AFTER_OPTIONS));
@@ -73,20 +101,25 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`usage: ${name} [OPTION...] ${ARGS_DOC}\n`);
       throw usageError("IMAGE and/or COMMAND not specified");
   }
-  return run(p.args, log);
+  return run(p.args, log, syslog);
 }
 
-function run(parsed: RunArgs, log: RunLog): never {
+async function run(parsed: RunArgs, log: RunLog, syslog: Syslog): Promise<never> {
   const { opts, image, unsafe } = parsed;
   log.verbosity = opts.verbosity;
   for (const w of parsed.warnings) log.warning(w);
   const euid = process.geteuid?.() ?? 0;
   const egid = process.getegid?.() ?? 0;
-  const c = libc();
-  const user = process.env.USER || c.getpwuid(euid)?.name;
+  const user = process.env.USER || filePasswd(euid)?.name || (await lib()).getpwuid(euid)?.name;
   if (!user) throw new ChError("$USER not set and UID not found");
   const storage = storageDir(parsed.storage, process.env, user);
   const found = findImage(image, storage, opts.write, unsafe);
+  // A directory image without --join: planned here, then this process becomes the container.
+  if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
+    return runDirect(parsed, found.root, { euid, egid, user }, log, syslog);
+  await syslog.now();
+  await loadLibc();
+  const c = libc();
   const squash = found.kind === "squash" ? prepareSquash(found.file, parsed.mount, storage) : null;
   const root = squash ? squash.mnt : (found as { root: string }).root;
   // The image as ch-run sees it: a SquashFS image only inside the container's namespaces.
@@ -180,4 +213,62 @@ function run(parsed: RunArgs, log: RunLog): never {
     peers?.abort();
     throw e;
   }
+}
+
+/** The fast path: a directory image, no --join. The plan is made here from files alone (no
+ * koffi), then ch-run replaces itself with the launcher executable, which makes the container
+ * and execs the command in this same process. If no launcher can be executed here, the clone
+ * path (sys/launch.ts) runs the same plan. */
+async function runDirect(
+  parsed: RunArgs,
+  root: string,
+  ids: { euid: number; egid: number; user: string },
+  log: RunLog,
+  syslog: Syslog,
+): Promise<never> {
+  const { opts } = parsed;
+  const { euid, egid, user } = ids;
+  const say = (s: string) => log.verbose(s);
+  if (parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
+  say(`join: 0 0 (null) 0`);
+  let real = root;
+  try {
+    real = realpathSync(root);
+  } catch {}
+  const flags = mountFlagsOf(real) ?? (await lib()).mountFlags(root);
+  const uid = opts.uid ?? euid;
+  const gid = opts.gid ?? egid;
+  const pw = filePasswd(uid) ?? (await lib()).getpwuid(uid);
+  const gr = fileGroup(gid) ?? (await lib()).getgrgid(gid);
+  const p = plan(opts, {
+    euid,
+    egid,
+    user,
+    env: process.env,
+    cwd: process.cwd(),
+    image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
+    passwd: (u) => (u === uid ? pw : filePasswd(u)),
+    group: (g) => (g === gid ? gr : fileGroup(g)),
+    fs: realFs,
+  });
+  for (const w of p.warnings) log.warning(w);
+  for (const l of p.log) say(l);
+  for (const op of p.ops) say(describeOp(op));
+  const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
+  const build = (b: ProgramBuilder, beforeExec: () => void) => {
+    execute(p.ops.slice(0, -1), b);
+    beforeExec();
+    execute(p.ops.slice(-1), b);
+  };
+  // Node marks inherited descriptors close-on-exec at start-up: only libc can keep them.
+  const inherited = inheritedFds();
+  if (inherited.length) {
+    const c = await lib();
+    for (const fd of inherited) c.keepOnExec(fd);
+  }
+  const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText() });
+  say(`no launcher executable (${why}): starting the container from Node`);
+  await syslog.now();
+  await loadLibc();
+  launch({ euid, egid, nullFds, build, ready: () => log.commandStarted() });
 }

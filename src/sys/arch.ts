@@ -26,6 +26,9 @@ export interface SyscallNumbers {
   ioctl: number;
   getppid: number;
   setxattr: number;
+  socket: number;
+  connect: number;
+  sendto: number;
 }
 
 export const SYSCALLS: Record<Arch, SyscallNumbers> = {
@@ -53,6 +56,9 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     ioctl: 16,
     getppid: 110,
     setxattr: 188,
+    socket: 41,
+    connect: 42,
+    sendto: 44,
   },
   arm64: {
     read: 63,
@@ -78,6 +84,9 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     ioctl: 29,
     getppid: 173,
     setxattr: 5,
+    socket: 198,
+    connect: 203,
+    sendto: 206,
   },
 };
 

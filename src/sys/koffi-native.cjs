@@ -1,231 +1,38 @@
 // Loads koffi's native module inside the single executable. esbuild points koffi's own
 // require("@koromix/koffi-<platform>") here (build/build.mjs).
 //
-// The module travels as an SEA asset. It is written once per version into a directory that only
-// the invoking user can write, checked for owner and mode, and verified by its SHA-256 before
-// process.dlopen() (see load()): a file another user could have planted or changed is never loaded.
-//
-// Where: the first of these that works, node-local ones first, so that a job starting on 1,000
-// nodes doesn't write 1,000 copies into one shared home directory: $XDG_RUNTIME_DIR/charliecloud;
-// ${TMPDIR:-/tmp}/.charliecloud-UID (hidden: $TMPDIR is the container's /tmp; a directory anyone could have made first: made with mode 0700,
-// then checked with lstat, so a symlink, another owner or a mode others can write is refused; its
-// parent must be sticky if others can write it); ${XDG_CACHE_HOME:-~/.cache}/charliecloud. A
-// directory where the module won't load (a file system mounted noexec) passes to the next. Where
-// one is shared (a home directory over NFS), the first start writes the module and the others
-// wait for it (a lock file made with O_EXCL); names written are unique across hosts (host name,
-// PID, random), and every file appears whole (write aside, then rename).
+// The module travels as an SEA asset; private-file.cjs writes it once per version into a private
+// node-local directory, verified by its SHA-256, and it is loaded from there with
+// process.dlopen(). A directory where it won't load (a file system mounted noexec) passes to the
+// next.
 "use strict";
-const fs = require("node:fs");
-const path = require("node:path");
 const sea = require("node:sea");
+const { withPrivateFile } = require("./private-file.cjs");
 
 /* global __KOFFI_SHA256__, __KOFFI_VERSION__ */
 const expected = __KOFFI_SHA256__;
 const version = __KOFFI_VERSION__;
 
-/** How long to wait for another process writing the module before writing it ourselves. */
-const WAIT_MS = 15_000;
-
-function fail(msg) {
-  const e = new Error(msg);
-  e.chKoffi = true;
-  throw e;
-}
-
-/** Makes dir (mode 0700) if it doesn't exist; returns why it can't be ours, or null: it must be
- * a directory (not a symlink) owned by us that others can't write, in a parent that others can't
- * rename it out of (and put their own in its place). */
-function privateDir(dir, makeParents) {
-  const euid = process.geteuid();
-  const parent = path.dirname(dir);
-  if (makeParents) fs.mkdirSync(parent, { recursive: true, mode: 0o700 });
-  const pst = fs.statSync(parent);
-  if (pst.mode & 0o002 && !(pst.mode & 0o1000)) return `${parent}: writable by others and not sticky`;
-  try {
-    fs.mkdirSync(dir, { mode: 0o700 });
-  } catch (e) {
-    if (e.code !== "EEXIST") throw e;
-  }
-  const st = fs.lstatSync(dir);
-  if (st.isSymbolicLink()) return `${dir}: a symbolic link`;
-  if (!st.isDirectory()) return `${dir}: not a directory`;
-  if (st.uid !== euid) return `${dir}: owned by UID ${st.uid}, not ${euid}`;
-  if (st.mode & 0o022) return `${dir}: writable by others (mode ${(st.mode & 0o777).toString(8)})`;
-  return null;
-}
-
-/** The directories to try, in order: [path, whether to make its parents]. */
-function candidates() {
-  const env = process.env;
-  const abs = (p) => p && path.isAbsolute(p);
-  const out = [];
-  if (abs(env.XDG_RUNTIME_DIR)) out.push([path.join(env.XDG_RUNTIME_DIR, "charliecloud"), false]);
-  out.push([path.join(abs(env.TMPDIR) ? env.TMPDIR : "/tmp", `.charliecloud-${process.geteuid()}`), false]);
-  if (abs(env.XDG_CACHE_HOME)) out.push([path.join(env.XDG_CACHE_HOME, "charliecloud"), true]);
-  else if (abs(env.HOME)) out.push([path.join(env.HOME, ".cache", "charliecloud"), true]);
-  return out;
-}
-
-function sha256(buf) {
-  // node:crypto only when a check is due: loading it costs milliseconds at every start.
-  return require("node:crypto").createHash("sha256").update(buf).digest("hex");
-}
-
-/** What identifies the file's content without reading it: the kernel sets the change time on
- * every write, chmod or rename, and no one can set it back. No device number: an NFS mount's
- * differs from node to node. */
-function identity(file) {
-  const st = fs.statSync(file, { bigint: true });
-  if (Number(st.uid) !== process.geteuid()) fail(`${file}: owned by UID ${st.uid}, not ${process.geteuid()}`);
-  return `${expected} ${st.ino} ${st.size} ${st.mtimeNs} ${st.ctimeNs}\n`;
-}
-
-/** Whether the stamp says file was verified as it is now. */
-function stamped(file, stamp) {
-  try {
-    return fs.readFileSync(stamp, "utf8") === identity(file);
-  } catch (e) {
-    if (e.chKoffi) throw e;
-    return false;
-  }
-}
-
-/** Whether file holds the module. */
-function good(file) {
-  try {
-    return sha256(fs.readFileSync(file)) === expected;
-  } catch (e) {
-    if (e.code === "ENOENT") return false;
-    throw e;
-  }
-}
-
-/** A name beside file that no other process, here or on another host, uses. */
-function aside(file) {
-  const host = require("node:os")
-    .hostname()
-    .replace(/[^A-Za-z0-9.-]/g, "_");
-  return `${file}.${host}.${process.pid}.${require("node:crypto").randomBytes(6).toString("hex")}.tmp`;
-}
-
-function writeAtomically(file, data) {
-  const tmp = aside(file);
-  try {
-    fs.writeFileSync(tmp, data, { mode: 0o600, flag: "wx" });
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
-function sleep(ms) {
-  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
-}
-
-/** Writes the module and its stamp, verified. */
-function install(file, stamp) {
-  const bytes = Buffer.from(sea.getRawAsset("koffi.node"));
-  if (sha256(bytes) !== expected) fail("embedded native module is corrupt (hash mismatch)");
-  writeAtomically(file, bytes);
-  if (!good(file)) fail(`${file}: changed while being written`);
-  writeAtomically(stamp, identity(file));
-}
-
-/** Makes sure file holds the module, verified: as it is, or written by us, or by another process
- * that holds the lock (waited for). */
-function ensure(file) {
-  const stamp = `${file}.verified`;
-  if (stamped(file, stamp)) return;
-  if (good(file)) {
-    writeAtomically(stamp, identity(file));
-    return;
-  }
-  const lock = `${file}.lock`;
-  let end = 0;
-  let seen = null;
-  for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
-    let fd = -1;
-    try {
-      fd = fs.openSync(lock, "wx", 0o600);
-    } catch (e) {
-      if (e.code !== "EEXIST") throw e;
-    }
-    if (fd >= 0) {
-      try {
-        // It may have been written between our check and the lock.
-        if (!stamped(file, stamp)) install(file, stamp);
-      } finally {
-        fs.closeSync(fd);
-        fs.rmSync(lock, { force: true });
-      }
-      return;
-    }
-    // Another process writes it (maybe on another node sharing this directory): wait for it.
-    if (stamped(file, stamp)) return;
-    let cur = null;
-    try {
-      const st = fs.statSync(lock);
-      cur = `${st.ino} ${st.mtimeMs}`;
-    } catch (e) {
-      if (e.code !== "ENOENT") throw e;
-      continue; // released: take it
-    }
-    if (cur !== seen) {
-      // A new writer: give it its time.
-      seen = cur;
-      end = Date.now() + WAIT_MS;
-    } else if (Date.now() > end) {
-      // Its writer died or is stuck: write our own (the rename keeps the file whole either way),
-      // and drop that lock if it is still the one we waited on.
-      install(file, stamp);
-      try {
-        const st = fs.statSync(lock);
-        if (`${st.ino} ${st.mtimeMs}` === seen) fs.rmSync(lock, { force: true });
-      } catch {
-        // gone already
-      }
-      return;
-    }
-    sleep(wait);
-  }
-}
-
 function load() {
-  const why = [];
-  for (const [dir, makeParents] of candidates()) {
-    let r;
-    try {
-      r = privateDir(dir, makeParents);
-    } catch (e) {
-      why.push(`${dir}: ${e.message}`);
-      continue;
-    }
-    if (r) {
-      why.push(r);
-      continue;
-    }
-    const file = path.join(dir, `koffi-${version}-${process.arch}-${expected.slice(0, 16)}.node`);
-    try {
-      ensure(file);
-    } catch (e) {
-      if (e.chKoffi) throw e;
-      why.push(`${dir}: ${e.message}`);
-      continue;
-    }
-    const m = { exports: {} };
-    try {
-      process.dlopen(m, file);
-    } catch (e) {
-      // A file system mounted noexec ("failed to map segment from shared object"): try the next.
-      why.push(`${file}: ${e.message}`);
-      continue;
-    }
-    return m.exports;
-  }
-  fail(
-    `no private directory for the native module (${why.join("; ")}); ` +
-      "set XDG_CACHE_HOME (or TMPDIR) to a directory only you can write",
+  return withPrivateFile(
+    {
+      what: "native module",
+      name: `koffi-${version}-${process.arch}-${expected.slice(0, 16)}.node`,
+      sha256: expected,
+      bytes: () => Buffer.from(sea.getRawAsset("koffi.node")),
+      mode: 0o600,
+    },
+    (file, why) => {
+      const m = { exports: {} };
+      try {
+        process.dlopen(m, file);
+      } catch (e) {
+        // A file system mounted noexec ("failed to map segment from shared object"): try the next.
+        why.push(`${file}: ${e.message}`);
+        return undefined;
+      }
+      return m.exports;
+    },
   );
 }
 

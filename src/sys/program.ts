@@ -145,6 +145,41 @@ export class ProgramBuilder implements Syscalls {
     }
   }
 
+  /** The same for ch-run's launcher executable (exec.c), which is the command's own process:
+   * it resets signals and O_NONBLOCK itself, and ch-run kept the inherited descriptors before
+   * it replaced itself with the launcher. */
+  beforeExecHere(nullFds: number[]): void {
+    const n = this.nr;
+    this.op(n.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
+    if (nullFds.length) {
+      this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
+      for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
+    }
+  }
+
+  /** Sends a message to a syslog socket, as libc.sendLog() does; nothing fails (a datagram
+   * socket, else a stream one: only the kind the socket is connects). */
+  sendLog(path: string, message: string): void {
+    const n = this.nr;
+    const name = new TextEncoder().encode(path);
+    if (name.length >= 108) return;
+    const addr = new Uint8Array(2 + name.length + 1);
+    new DataView(addr.buffer).setUint16(0, 1 /* AF_UNIX */, true);
+    addr.set(name, 2);
+    const why = { what: "syslog" };
+    const MSG_NOSIGNAL = 0x4000;
+    for (const [type, text] of [
+      [2, message],
+      [1, `${message}\0`],
+    ] as const) {
+      const bytes = new TextEncoder().encode(text);
+      this.op(n.socket, [1, type | O_CLOEXEC, 0], why, { dst: 2, soft: true });
+      this.op(n.connect, [{ reg: 2 }, { bytes: addr }, addr.length], why, { soft: true });
+      this.op(n.sendto, [{ reg: 2 }, { bytes }, bytes.length, MSG_NOSIGNAL, 0, 0], why, { soft: true });
+      this.op(n.close, [{ reg: 2 }], why, { soft: true });
+    }
+  }
+
   // --- Syscalls ---
 
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null, why: Why): void {

@@ -44,9 +44,13 @@ describe("/tmp is the host's $TMPDIR", () => {
     mkdirSync(job);
     writeFileSync(join(job, "file-in-tmpdir"), "");
     // Charliecloud's own test: only the file of $TMPDIR, and $TMPDIR itself unset inside.
+    // ch-run's private files (launcher, koffi's module) go to $XDG_RUNTIME_DIR when a login set
+    // it, else into $TMPDIR: give it one, as a login session would.
+    const runtime = join(dir, "runtime");
+    mkdirSync(runtime, { mode: 0o700 });
     // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
     const r = chRun([img, "--", "sh", "-c", 'ls -1 /tmp; echo "TMPDIR=${TMPDIR-unset}"; touch /tmp/made-inside'], {
-      env: env({ TMPDIR: job }),
+      env: env({ TMPDIR: job, XDG_RUNTIME_DIR: runtime }),
     });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, "file-in-tmpdir\nTMPDIR=unset\n");

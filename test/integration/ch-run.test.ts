@@ -1,7 +1,19 @@
 // ch-run as an ordinary user: a real container from a busybox image made offline.
 import assert from "node:assert/strict";
-import { type ChildProcess, type StdioOptions, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, type StdioOptions, spawn, spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { busyboxImage, CH_RUN, chRun, cleanup, copyWithLibs, ERROR_LINE, run, tmp } from "../helpers.ts";
@@ -246,7 +258,10 @@ describe("environment", () => {
 describe("exit status and errors", () => {
   it("exits with the command's status, and 128+N for signal N", () => {
     assert.equal(chRun([img, "--", "sh", "-c", "exit 7"]).status, 7);
-    assert.equal(chRun([img, "--", "sh", "-c", "kill -TERM $$"]).status, 143);
+    // ch-run is its command's process (as Charliecloud's, which execs it): a command killed by a
+    // signal kills ch-run, and a shell says 128+N.
+    assert.equal(chRun([img, "--", "sh", "-c", "kill -TERM $$"]).signal, "SIGTERM");
+    assert.equal(run("sh", ["-c", `"$0" "$1" -- sh -c 'kill -TERM $$'; echo $?`, CH_RUN, img]).stdout, "143\n");
   });
 
   it("exits 49 when the command can't be executed", () => {
@@ -381,20 +396,20 @@ describe("descriptors, signals, resources", () => {
     assert.match(out(), /end/);
   });
 
-  it("holds under 1 MiB while the command runs, and leaves no process behind", async () => {
-    const { child, out } = await start([img, "--", "sh", "-c", "echo ready $$; sleep 2"]);
+  it("is its command's process: the same PID, a signal to it reaches the command, nothing left behind", async () => {
+    const { child, out } = await start([
+      img,
+      "--",
+      "sh",
+      "-c",
+      "trap 'echo got-TERM $$; exit 5' TERM; echo ready $$; while :; do sleep 0.05; done",
+    ]);
+    assert.equal(Number(/ready (\d+)/.exec(out())?.[1]), child.pid, "the command's PID is ch-run's");
     const done = exited(child);
-    // Under load, ch-run may still be finishing its hand-over to the waiter: give it a moment.
-    const rssNow = () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"))?.[1]);
-    let rss = rssNow();
-    for (let i = 0; i < 50 && rss >= 1024; i++) {
-      await new Promise((r) => setTimeout(r, 20));
-      rss = rssNow();
-    }
-    assert.ok(rss < 1024, `ch-run holds ${rss} kB`);
-    const inner = Number(/ready (\d+)/.exec(out())?.[1]);
-    assert.equal(await done, 0);
-    assert.ok(!existsSync(`/proc/${inner}`), "the command's process is gone");
+    process.kill(child.pid ?? 0, "SIGTERM");
+    assert.equal(await done, 5);
+    assert.match(out(), new RegExp(`got-TERM ${child.pid}`));
+    assert.ok(!existsSync(`/proc/${child.pid}`), "no process left");
   });
 
   it("leaves the command no orphan when ch-run is killed with SIGKILL", { timeout: 20_000 }, async () => {
@@ -407,6 +422,73 @@ describe("descriptors, signals, resources", () => {
     assert.ok(!existsSync(`/proc/${inner}`), "the command died with ch-run");
   });
 
+  it("gives the command blocking standard descriptors and no ignored signal (Node's own settings)", () => {
+    // A FIFO opened O_NONBLOCK: the flag belongs to the open file, which the command shares.
+    const fifo = join(dir, "fifo");
+    run("mkfifo", [fifo]);
+    const fd = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    try {
+      const r = spawnSync(CH_RUN, [img, "--", "grep", "-E", "^(flags|SigIgn)", "/proc/self/fdinfo/1", "/proc/self/status"], {
+        stdio: ["ignore", fd, "pipe"],
+        encoding: "utf8",
+      });
+      assert.equal(r.status, 0, r.stderr);
+      const buf = Buffer.alloc(4096);
+      const out = buf.subarray(0, readSync(fd, buf)).toString();
+      const flags = Number.parseInt(/fdinfo\/1:flags:\s+([0-7]+)/.exec(out)?.[1] ?? "", 8);
+      assert.equal(flags & constants.O_NONBLOCK, 0, out);
+      assert.match(out, /status:SigIgn:\s+0+\n/);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it("prints a step that fails in the container's setup as one error line, then the warnings again", () => {
+    const r = chRun(["--mount=/x", "-c", "/no/such/dir", img, "--", "true"]);
+    assert.equal(r.status, 31);
+    const w = "warning: --mount invalid with directory image, ignoring";
+    const p = "ch-run\\[\\d+\\]: ";
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^${p}${w}\\n${p}error: can't cd to /no/such/dir: No such file or directory \\(execute\\.ts:\\d+ 2\\)\\n${p}warning: reprinting first 1 warning\\(s\\)\\n${p}${w}\\n$`,
+      ),
+    );
+  });
+
+  it("passes over a private directory mounted noexec for its launcher", () => {
+    // In a mount namespace of its own, $TMPDIR is a tmpfs mounted noexec: the launcher goes to the
+    // next place (~/.cache/charliecloud), and the container starts from there.
+    const home = join(dir, "noexec-home");
+    const t = join(dir, "noexec-tmp");
+    mkdirSync(home);
+    mkdirSync(t);
+    const script = 'mount -t tmpfs -o noexec tmpfs "$TMPDIR" && exec "$0" "$1" -- echo "$$"';
+    const r = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN, img], {
+      env: { PATH: "/usr/bin:/bin", HOME: home, USER: "u", TMPDIR: t },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^\d+\n$/);
+    assert.ok(readdirSync(join(home, ".cache/charliecloud")).some((f) => f.startsWith("ch-run-exec-")));
+  });
+
+  it("runs a plan too large for the launcher's arguments on the clone path", () => {
+    // 1.6 MB of environment: ch-run starts (under the 2 MB that an 8 MiB stack allows), but the
+    // plan, which holds it, is too large for the launcher's arguments (E2BIG).
+    const big: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) big[`BIG${i}`] = "x".repeat(100_000);
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
+    const r = run("sh", ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "-v", img, "--", "sh", "-c", "echo ${#BIG15}"], {
+      env: { ...process.env, ...big },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /no launcher executable \(plan too large for the launcher's arguments \(\d+ bytes\)\): starting the container from Node/,
+    );
+    assert.equal(r.stdout, "100000\n");
+  });
+
   it("writes no temporary files", () => {
     // Other test files run beside this one, so look only at what ch-run could leave: its own
     // TMPDIR stays empty, and nothing of its kind appears in /tmp.
@@ -417,11 +499,20 @@ describe("descriptors, signals, resources", () => {
     chRun([img, "--", "true"], { env });
     chRun([img, "--", "no-such-command"], { env });
     chRun(["-b", "/no/such", img, "--", "true"], { env });
-    // Only the native module's private cache (hidden, made once; see koffi-native.cjs).
-    assert.deepEqual(
-      readdirSync(own).filter((f) => f !== `.charliecloud-${process.geteuid?.()}`),
-      [],
+    // Only the private directory of the files ch-run runs from (the launcher, koffi's module),
+    // which stay for the next start: no temporary file.
+    const kept = readdirSync(own);
+    assert.ok(
+      kept.every((f) => f === `.charliecloud-${uid}`),
+      kept.join(" "),
     );
+    for (const f of kept.flatMap((d) => readdirSync(join(own, d))))
+      assert.match(
+        f,
+        new RegExp(
+          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$`,
+        ),
+      );
     const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));
     assert.deepEqual(added, []);
   });

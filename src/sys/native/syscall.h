@@ -23,6 +23,9 @@ static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_exit_group 231
 #define NR_close_range 436
 #define NR_tgkill 234
+#define NR_mmap 9
+#define NR_rt_sigaction 13
+#define NR_fcntl 72
 #elif defined(__aarch64__)
 static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
   register i64 x8 __asm__("x8") = n;
@@ -48,6 +51,9 @@ static inline i64 sys6(i64 n, i64 a, i64 b, i64 c, i64 d, i64 e, i64 f) {
 #define NR_exit_group 94
 #define NR_close_range 436
 #define NR_tgkill 131
+#define NR_mmap 222
+#define NR_rt_sigaction 134
+#define NR_fcntl 25
 #else
 #error "unsupported architecture"
 #endif

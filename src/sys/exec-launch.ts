@@ -1,0 +1,222 @@
+// ch-run's fast path: the whole container setup is planned here, then ch-run's Node process
+// replaces itself (process.execve) with the launcher executable (native/exec.c), which creates
+// its own user and mount namespaces, writes its own ID maps, runs the plan and execs the
+// command: one process from start to end, as Charliecloud's C ch-run. No koffi, no clone, no
+// waiter: ch-run's PID is the command's, and signals reach the command as they would reach any
+// process.
+import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { hostArch } from "./arch.ts";
+import { formatError } from "./errors.ts";
+import { mountFlagsOf } from "./hostfacts.ts";
+import { blobs } from "./native/blobs.ts";
+import { withPrivateFile } from "./private-file.cjs";
+import { ProgramBuilder } from "./program.ts";
+import { sourceLocation } from "./sourcemap.ts";
+import { CLONE_NEWNS, CLONE_NEWUSER } from "./syscalls.ts";
+
+export interface ExecSpec {
+  euid: number;
+  egid: number;
+  /** Descriptors to point at /dev/null for the command (ch-run -qq, -qqq). */
+  nullFds: number[];
+  /** A message for syslog, sent first (path of the socket, message). */
+  syslog: [string, string] | null;
+  /** Adds the setup steps, then calls beforeExec(), then adds the execve(2) step. */
+  build(b: ProgramBuilder, beforeExec: () => void): void;
+  /** Written after an error line of the launcher's (the warnings ch-run reprints). */
+  tail: string;
+}
+
+const MAGIC = 0x3130434558454843n; // "CHEXEC01"
+/** Largest base64 chunk: MAX_ARG_STRLEN (32 pages) less the NUL and a name ("P999="), a
+ * multiple of 4. */
+const CHUNK = 131064;
+
+/** sourceLocation() for many errors made at few places: their stacks are read as call sites
+ * (V8 formats no text), and each distinct stack is looked up once. */
+function locator(): (at: Error) => string {
+  const cache = new Map<string, string>();
+  return (at) => {
+    const prepare = Error.prepareStackTrace;
+    let sites: NodeJS.CallSite[] | string;
+    Error.prepareStackTrace = (_e, s) => s;
+    try {
+      sites = at.stack as unknown as NodeJS.CallSite[] | string;
+    } finally {
+      Error.prepareStackTrace = prepare;
+    }
+    if (!Array.isArray(sites)) return sourceLocation(at); // formatted before
+    const stack = sites.map((c) => `    at f (${c.getFileName()}:${c.getLineNumber()}:${c.getColumnNumber()})`).join("\n");
+    let hit = cache.get(stack);
+    if (hit === undefined) {
+      hit = sourceLocation({ name: "Error", message: "", stack: `Error\n${stack}` });
+      cache.set(stack, hit);
+    }
+    return hit;
+  };
+}
+
+const ST_NOEXEC = 8;
+
+/** How many bytes of arguments execve(2) takes here: a quarter of the stack's soft limit, at
+ * most 6 MiB, at least 128 KiB (the kernel's bprm_stack_limits()), less a margin. */
+export function argLimit(limits = readLimits()): number {
+  const m = /^Max stack size\s+(\S+)/m.exec(limits);
+  const soft = m && m[1] !== "unlimited" ? Number(m[1]) : Number.POSITIVE_INFINITY;
+  return Math.max(Math.min(soft / 4, 6 << 20), 128 << 10) - 4096;
+}
+
+function readLimits(): string {
+  try {
+    return readFileSync("/proc/self/limits", "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Whether the launcher at `file` can be executed here: null if so, else why ("noexec" where
+ * another directory may do; not so under qemu-user without binfmt_misc, say). Tried once,
+ * without a plan (it must say so and exit 31), and remembered beside it for the file as it is
+ * now (its stamp, which changes whenever it is rewritten). */
+function cantRun(file: string): string | null {
+  const marker = `${file}.runs`;
+  let id: string;
+  try {
+    id = readFileSync(`${file}.verified`, "utf8");
+  } catch (e) {
+    return `${file}.verified: ${(e as Error).message}`;
+  }
+  try {
+    if (readFileSync(marker, "utf8") === id) return null;
+  } catch {}
+  // node:child_process only here, once per launcher file: loading it costs a start ~3 ms.
+  const { spawnSync } = process.getBuiltinModule("node:child_process");
+  const r = spawnSync(file, [], { encoding: "utf8", stdio: ["ignore", "ignore", "pipe"], env: {} });
+  if ((r.error as { code?: string } | undefined)?.code === "EACCES") return "noexec";
+  if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? ""))
+    return `${file} does not run here (${r.error?.message ?? `status ${r.status ?? r.signal}`})`;
+  const tmp = `${marker}.${process.pid}.${Date.now()}.tmp`;
+  try {
+    writeFileSync(tmp, id, { mode: 0o600, flag: "wx" });
+    renameSync(tmp, marker);
+  } catch {
+    rmSync(tmp, { force: true });
+  }
+  return null;
+}
+
+/** Lays the program out for the launcher: see exec.c for the format. */
+export function execPayload(b: ProgramBuilder, tail: string): Buffer {
+  const { bytes, relocs } = b.layout();
+  const enc = new TextEncoder();
+  const strings: Uint8Array[] = [];
+  let stringsLen = 0;
+  const seen = new Map<string, number>();
+  const headerLen = (6 + relocs.length) * 8;
+  const prog = headerLen;
+  const msgs = prog + Math.ceil(bytes.length / 8) * 8;
+  const text0 = msgs + b.ops.length * 32;
+  const place = (s: string): [number, number] => {
+    const e = enc.encode(s);
+    let off = seen.get(s);
+    if (off === undefined) {
+      off = text0 + stringsLen;
+      seen.set(s, off);
+      strings.push(e);
+      stringsLen += e.length;
+    }
+    return [off, e.length];
+  };
+  const table = new BigInt64Array(b.ops.length * 4);
+  const where = locator();
+  b.ops.forEach((op, i) => {
+    if (op.soft) return;
+    const [h, hl] = place(formatError(op.why.what, 0, null));
+    const [w, wl] = place(where(op.at));
+    table.set([BigInt(h), BigInt(hl), BigInt(w), BigInt(wl)], 4 * i);
+  });
+  const [t, tl] = tail ? place(tail) : [0, 0];
+  const out = Buffer.alloc(text0 + stringsLen);
+  const header = new BigInt64Array([MAGIC, BigInt(relocs.length), BigInt(prog), BigInt(msgs), BigInt(t), BigInt(tl)]);
+  out.set(new Uint8Array(header.buffer), 0);
+  out.set(new Uint8Array(new BigInt64Array(relocs.map(BigInt)).buffer), 48);
+  out.set(bytes, prog);
+  out.set(new Uint8Array(table.buffer), msgs);
+  let off = text0;
+  for (const s of strings) {
+    out.set(s, off);
+    off += s.length;
+  }
+  return out;
+}
+
+/** The launcher's environment: the payload, base64, in chunks execve(2) takes, named P0, P1...
+ * in order. Not in its arguments: every user may read those in /proc/PID/cmdline, and the plan
+ * holds the command's environment. */
+export function payloadEnv(payload: Uint8Array): Record<string, string> {
+  const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("base64");
+  const out: Record<string, string> = {};
+  for (let i = 0; i < text.length; i += CHUNK) out[`P${i / CHUNK}`] = text.slice(i, i + CHUNK);
+  return out;
+}
+
+/** The program ch-run's launcher runs: syslog, its own namespaces and ID maps, the plan. */
+export function execProgram(spec: ExecSpec): ProgramBuilder {
+  const b = new ProgramBuilder(hostArch());
+  b.execMessages = false; // the launcher prints every failure itself
+  if (spec.syslog) b.sendLog(...spec.syslog);
+  b.unshare(CLONE_NEWUSER | CLONE_NEWNS, {
+    what: "can't create the container's user namespace (ch-checkns says what blocks it)",
+  });
+  const maps = { what: "can't write ID maps for the container's user namespace (are unprivileged user namespaces enabled?)" };
+  b.writeExisting("/proc/self/setgroups", "deny", maps);
+  b.writeExisting("/proc/self/uid_map", `0 ${spec.euid} 1\n`, maps);
+  b.writeExisting("/proc/self/gid_map", `0 ${spec.egid} 1\n`, maps);
+  spec.build(b, () => b.beforeExecHere(spec.nullFds));
+  return b;
+}
+
+/** Replaces this process with the launcher running the container; returns only if no launcher
+ * can be executed (no private directory for it, only noexec file systems, a launcher that
+ * doesn't run here, a plan too large for the arguments), with why: the caller then takes the
+ * clone path. */
+export function execLaunch(spec: ExecSpec): string {
+  const args = [process.argv0 || "ch-run"];
+  const env = payloadEnv(execPayload(execProgram(spec), spec.tail));
+  const native = blobs[hostArch()];
+  const execve = process.execve;
+  if (!execve) return "this Node has no process.execve()";
+  try {
+    return withPrivateFile(
+      {
+        what: "launcher",
+        name: `ch-run-exec-${process.arch}-${native.execSha256.slice(0, 16)}`,
+        sha256: native.execSha256,
+        bytes: () => Buffer.from(native.exec, "base64"),
+        mode: 0o700,
+      },
+      (file, why) => {
+        // This Node's process.execve() aborts the process when execve(2) fails: everything
+        // that could make it fail is checked first.
+        const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
+        const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
+        if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
+        if ((mountFlagsOf(dirname(file)) ?? 0) & ST_NOEXEC) {
+          why.push(`${dirname(file)}: mounted noexec`);
+          return undefined;
+        }
+        const cant = cantRun(file);
+        if (cant === "noexec") {
+          why.push(`${dirname(file)}: not executable there`);
+          return undefined;
+        }
+        if (cant) return cant; // the same in any directory
+        execve.call(process, file, args, env);
+        return "process.execve() returned";
+      },
+    );
+  } catch (e) {
+    return (e as Error).message;
+  }
+}

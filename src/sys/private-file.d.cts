@@ -1,0 +1,15 @@
+/** Content to keep in a private directory (private-file.cjs). */
+export interface PrivateContent {
+  /** What it is, for messages ("native module"). */
+  what: string;
+  /** The file's name in the directory. */
+  name: string;
+  sha256: string;
+  bytes(): Uint8Array;
+  mode: number;
+}
+
+/** Calls use(file, why) in each usable private directory in turn until it returns something
+ * other than undefined (why: reasons so far, to add to); returns that. */
+export function withPrivateFile<T>(c: PrivateContent, use: (file: string, why: string[]) => T | undefined): T;
+export function sha256(buf: Uint8Array): string;

@@ -1,0 +1,160 @@
+// ch-run's fast path without privilege: the launcher's plan and payload, the host facts read
+// from files, and the launcher executable itself running plans that need no namespace.
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
+import { setProgram } from "../../src/sys/errors.ts";
+import { execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
+import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
+import { blobs } from "../../src/sys/native/blobs.ts";
+import { ProgramBuilder } from "../../src/sys/program.ts";
+
+const nr = SYSCALLS[hostArch()];
+
+describe("host facts from files", () => {
+  const info = [
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+    "30 22 0:5 / /srv/ro\\040dir ro,nosuid,nodev,noatime shared:2 - ext4 /dev/sdb1 rw",
+    "31 22 0:6 / /srv/img rw,nosuid shared:3 - squashfs /dev/loop0 ro",
+    "32 22 0:7 / /srv/over rw,noexec - tmpfs tmpfs rw",
+    "33 22 0:8 / /srv/over rw,nodev - tmpfs tmpfs rw",
+  ].join("\n");
+
+  it("reads statvfs(3)'s flags from /proc/self/mountinfo", () => {
+    assert.equal(mountInfoFlags(info, "/home/u/img"), 4096); // ST_RELATIME
+    assert.equal(mountInfoFlags(info, "/srv/ro dir/img"), 1 | 2 | 4 | 1024); // octal escapes
+    assert.equal(mountInfoFlags(info, "/srv/img/x"), 1 | 2); // read-only super block
+    assert.equal(mountInfoFlags(info, "/srv/over/x"), 4); // the later of two mounts on one point
+    assert.equal(mountInfoFlags(info, "/srv/imgx"), 4096); // not under /srv/img
+    assert.equal(mountInfoFlags("", "/"), null);
+  });
+
+  it("finds users and groups in passwd(5) and group(5) texts", () => {
+    const pw = "root:x:0:0:root:/root:/bin/sh\n+nis::::::\nalice:x:1001:1002:Alice A.:/home/alice:/bin/bash\n";
+    assert.deepEqual(passwdEntry(pw, 1001), {
+      name: "alice",
+      uid: 1001,
+      gid: 1002,
+      gecos: "Alice A.",
+      dir: "/home/alice",
+      shell: "/bin/bash",
+    });
+    assert.equal(passwdEntry(pw, 4242), null);
+    assert.deepEqual(groupEntry("root:x:0:\nstaff:x:1002:alice,bob\n", 1002), { name: "staff", gid: 1002 });
+    assert.equal(groupEntry("root:x:0:\n", 5), null);
+  });
+});
+
+describe("launcher plan", () => {
+  it("makes its own namespaces and maps, runs the setup, sets no_new_privs, then execs", () => {
+    const b = execProgram({
+      euid: 1001,
+      egid: 1002,
+      nullFds: [1],
+      syslog: ["/dev/log", "<14>ch-run: hello"],
+      tail: "",
+      build(b, beforeExec) {
+        b.chdir("/srv", { what: "can't cd" });
+        beforeExec();
+        b.execve(["/bin/true"], ["true"], [], { what: "can't execve(2): true", exit: 49 });
+      },
+    });
+    const ops = b.ops;
+    const firstHard = ops.findIndex((o) => !o.soft);
+    assert.ok(
+      ops.slice(0, firstHard).some((o) => o.nr === nr.sendto),
+      "syslog first, and nothing of it can fail",
+    );
+    assert.equal(ops[firstHard].nr, nr.unshare);
+    assert.equal(ops[firstHard].args[0], 0x10000000 | 0x20000);
+    const written = ops
+      .filter((o) => o.nr === nr.write)
+      .map((o) => new TextDecoder().decode((o.args[1] as { bytes: Uint8Array }).bytes));
+    assert.deepEqual(written, ["deny", "0 1001 1\n", "0 1002 1\n"]);
+    const seq = ops.map((o) => o.nr);
+    const nnp = ops.findIndex((o) => o.nr === nr.prctl && o.args[0] === 38);
+    assert.ok(seq.indexOf(nr.chdir) < nnp && nnp < seq.indexOf(nr.dup3) && seq.indexOf(nr.dup3) < seq.indexOf(nr.execve));
+    assert.ok(!seq.includes(nr.read), "no gate: nothing waits for a parent");
+  });
+
+  it("lays out a payload: header, relocations, program, one message per step that can fail", () => {
+    setProgram("ch-run");
+    const b = new ProgramBuilder(hostArch());
+    b.execMessages = false;
+    b.chdir("/nowhere", { what: "can't cd to /nowhere" });
+    b.op(nr.close, [99], { what: "x" }, { soft: true });
+    const p = execPayload(b, "TAIL\n");
+    const w = new BigInt64Array(p.buffer, p.byteOffset, 6 + 1);
+    assert.equal(Buffer.from(p.subarray(0, 8)).toString(), "CHEXEC01");
+    assert.equal(w[1], 1n); // the chdir path's pointer
+    const msgs = Number(w[3]);
+    const table = new BigInt64Array(p.buffer.slice(p.byteOffset + msgs, p.byteOffset + msgs + 64));
+    const text = (off: bigint, len: bigint) => Buffer.from(p.subarray(Number(off), Number(off + len))).toString();
+    assert.equal(text(table[0], table[1]), `ch-run[${process.pid}]: error: can't cd to /nowhere`);
+    assert.match(text(table[2], table[3]), /^exec-launch\.test\.ts:\d+$/);
+    assert.deepEqual([...table.slice(4)], [0n, 0n, 0n, 0n]); // soft: never reported
+    assert.equal(text(w[4], w[5]), "TAIL\n");
+  });
+});
+
+describe("launcher executable", () => {
+  let dir: string;
+  let exe: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "ch-exec-"));
+    exe = join(dir, "launcher");
+    writeFileSync(exe, Buffer.from(blobs[hostArch()].exec, "base64"));
+    chmodSync(exe, 0o700);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const launch = (b: ProgramBuilder, tail = "") =>
+    spawnSync(exe, [], { encoding: "utf8", argv0: "ch-run", env: payloadEnv(execPayload(b, tail)) });
+
+  it("prints a failed step in Charliecloud's format, then the tail, and exits with its status", () => {
+    setProgram("ch-run");
+    const b = new ProgramBuilder(hostArch());
+    b.execMessages = false;
+    b.chdir("/", { what: "can't cd to /" });
+    b.chdir("/no/such/dir", { what: "can't cd to /no/such/dir", exit: 42 });
+    const r = launch(b, "ch-run[1]: warning: reprinting first 1 warning(s)\nch-run[1]: warning: w\n");
+    assert.equal(r.status, 42);
+    // The PID in the message is the planning process's: in ch-run, the launcher's own.
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: error: can't cd to \/no\/such\/dir: No such file or directory \(exec-launch\.test\.ts:\d+ 2\)\nch-run\[1\]: warning: reprinting first 1 warning\(s\)\nch-run\[1\]: warning: w\n$/,
+    );
+  });
+
+  it("execs the command in its own process, with a plan larger than one argument, signals at their defaults", () => {
+    const b = new ProgramBuilder(hostArch());
+    b.execMessages = false;
+    const big = ["A", "B", "C"].map((v) => `${v}=${"x".repeat(100_000)}`); // three base64 arguments
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
+    const script = 'echo "$$ $((${#A} + ${#B} + ${#C}))"; grep -E "^Sig(Ign|Blk)" /proc/self/status';
+    b.execve(["/bin/sh"], ["sh", "-c", script], big, { what: "can't execve(2)", exit: 49 });
+    // The plan in the environment, which the shell passes on with a variable of its own or two.
+    const r = spawnSync("sh", ["-c", 'trap "" PIPE; exec "$0" & echo "$!"; wait', exe], {
+      env: { ...payloadEnv(execPayload(b, "")), PATH: "/usr/bin:/bin" },
+      encoding: "utf8",
+    });
+    const lines = r.stdout.trim().split("\n");
+    const pid = lines.find((l) => /^\d+$/.test(l)); // the shell's $!: in any order with the rest
+    const [line, ...sigs] = lines.filter((l) => l !== pid);
+    assert.equal(line, `${pid} 300000`, r.stderr);
+    assert.deepEqual(sigs, ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"]);
+  });
+
+  it("refuses to run without a plan, or with a damaged one", () => {
+    const r = spawnSync(exe, ["plan?"], { encoding: "utf8", env: { PATH: "/bin" } });
+    assert.equal(r.status, 31);
+    assert.match(r.stderr, /launcher: no plan/);
+    const bad = spawnSync(exe, [], { encoding: "utf8", env: { P0: "A".repeat(100) } });
+    assert.equal(bad.status, 31);
+    assert.match(bad.stderr, /launcher: bad plan/);
+  });
+});
