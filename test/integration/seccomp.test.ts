@@ -10,7 +10,7 @@ import { seccompFilter } from "../../src/container/seccomp.ts";
 import { hostArch } from "../../src/sys/arch.ts";
 import { loadLibc } from "../../src/sys/libc.ts";
 import { probe } from "../../src/sys/probe.ts";
-import { busyboxImage, chRun, cleanup, DIST, ROOT, run, tmp } from "../helpers.ts";
+import { busyboxImage, CH_RUN, chRun, cleanup, DIST, ERROR_LINE, ROOT, run, tmp } from "../helpers.ts";
 
 let dir: string;
 let img: string;
@@ -30,6 +30,8 @@ before(async () => {
     join(ROOT, "test/fixtures/seccomp-check.c"),
   ]);
   assert.equal(cc.status, 0, cc.stderr);
+  const cd = run("gcc", ["-O2", "-o", join(dir, "deny-seccomp"), join(ROOT, "test/fixtures/deny-seccomp.c")]);
+  assert.equal(cd.status, 0, cd.stderr);
   storage = join(dir, "storage");
 });
 after(() => cleanup(dir));
@@ -79,6 +81,17 @@ describe("ch-run --seccomp", () => {
       probe((b) => b.seccomp(new Uint8Array(0), { what: "probe" })),
       false,
     );
+  });
+
+  it("a filter that can't be installed is ch-run's one-line error, exit 31", () => {
+    // Under a filter of its own that refuses seccomp(2) with EACCES.
+    const deny = (args: string[]) => run(join(dir, "deny-seccomp"), [CH_RUN, ...args]);
+    const r = deny(["--seccomp", img, "--", "true"]);
+    assert.equal(r.status, 31, r.stderr);
+    assert.match(r.stderr, ERROR_LINE);
+    assert.match(r.stderr, /error: can't install seccomp\(2\) filter for root emulation \(--seccomp\): Permission denied/);
+    assert.equal(deny([img, "--", "true"]).status, 0, "the same without --seccomp works");
+    assert.equal(deny(["--feature=seccomp"]).status, 1);
   });
 });
 
