@@ -151,3 +151,29 @@ describe("ch-image build: root emulation", () => {
     assert.equal(args("apt3"), "/bin/apt-get install -y hello\n/bin/foo -c\n/bin/apt-get update\n");
   });
 });
+
+describe("ch-image build: apt-get under root emulation", () => {
+  const tarball = process.env.CH_TEST_DEBIAN_IMAGE;
+  const skip = tarball ? false : "CH_TEST_DEBIAN_IMAGE unset (.ci/setup-debian.sh sets it)";
+  const IMAGE = join(DIST, "ch-image");
+  const image = (args: string[]) =>
+    run(IMAGE, args, { cwd: dir, env: { ...process.env, CH_IMAGE_STORAGE: storage }, timeout: 300_000 });
+
+  it("RUN apt-get install of a package from Debian's mirror; with --force=none it fails", { skip }, () => {
+    const i = image(["import", tarball as string, "deb"]);
+    assert.equal(i.status, 0, i.stderr);
+    const ctx = join(dir, "ctx-deb");
+    mkdirSync(ctx);
+    writeFileSync(
+      join(ctx, "Dockerfile"),
+      "FROM deb\nRUN apt-get update && apt-get install -y --no-install-recommends hello && hello > /hello.out\n",
+    );
+    const r = image(["build", "-t", "debhello", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(run("cat", [join(storage, "img/debhello+latest/hello.out")]).stdout, "Hello, world!\n");
+    assert.ok(existsSync(join(storage, "img/debhello+latest/usr/bin/hello")));
+    const n = image(["build", "--force=none", "-t", "debhello2", ctx]);
+    assert.notEqual(n.status, 0);
+    assert.match(n.stderr, /setgroups .*Operation not permitted/);
+  });
+});
