@@ -204,6 +204,7 @@ describe("argp behaviour: help, usage, version, usage errors", () => {
       );
       assert.match(r.stdout, /^ {2}-W, --write-fake\[=SIZE\] +overlay read-write tmpfs on top of image$/m);
       assert.match(r.stdout, /^ {2}-\?, --help +give this help list$/m);
+      assert.match(r.stdout, /^ {6}--seccomp +fake success for some syscalls with seccomp\(2\)$/m);
       assert.match(r.stdout, /You cannot use this program to actually change your UID\.\n$/);
     }
     const u = chRun(["--usage"]);
