@@ -10,8 +10,9 @@
 // - RUN goes through ch-run, this same executable, as Charliecloud's does: `ch-run --unsafe -w
 //   -u0 -g0 --no-passwd --cd WORKDIR IMAGE -- CMD` (--unsafe: the image is a directory in
 //   storage), with the stage's variables (ENV and ARG in scope, the proxy variables) as its
-//   environment. Root emulation (--force=seccomp, Charliecloud's default) is not here yet: RUN
-//   runs as with --force=none, so chown(2) and the like fail.
+//   environment. Root emulation (--force=seccomp, Charliecloud's default) adds `--seccomp`
+//   (container/seccomp.ts: chown(2), setuid(2) and the like succeed without effect) and the
+//   --force-cmd arguments (force.ts: apt-get told to stay root); --force=none neither.
 // - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
 //   then the base image's, then ENV.
 // - USER is recorded in ch/metadata.json (and pushed), but RUN still runs as root (uid 0 in the
@@ -30,9 +31,11 @@ import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
+import type { ForceCmd } from "./cli.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
 import { Downloader } from "./download.ts";
+import { DEFAULT_FORCE_CMDS, forceCommand } from "./force.ts";
 import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Plan, Stage } from "./stages.ts";
 import { type BuildArgs, StageScope } from "./vars.ts";
@@ -52,6 +55,8 @@ export interface BuildContext {
   /** The context directory; null with the Dockerfile on standard input and no context. */
   context: string | null;
   force: "seccomp" | "none";
+  /** --force-cmd's list; null for the default (force.ts). */
+  forceCmds?: ForceCmd[] | null;
 }
 
 interface StageState {
@@ -259,9 +264,6 @@ export class Builder {
           throw sysError(`can't read: ${p}`, e);
         }
     }
-    const runs = this.plan.order.some((i) => this.plan.stages[i].instructions.some((inst) => inst.keyword === "run"));
-    if (runs && this.ctx.force === "seccomp")
-      warn("root emulation (--force=seccomp) is not available yet in this version: RUN runs as with --force=none");
     this.download = new Downloader(join(storage.root, "dlcache"), this.ctx.client.tlsVerify);
     try {
       await installImage(storage.imagePath(name), async (partial) => {
@@ -454,6 +456,14 @@ export class Builder {
       argv = [...meta.shell, `${line}\n${inst.heredocs.map((h) => `${h.content}${h.name}\n`).join("")}`];
     else argv = [...meta.shell, line];
     if (argv.length === 0) throw new ChError(`${where(inst)}: RUN: no command`);
+    const seccomp = this.ctx.force === "seccomp";
+    if (seccomp && script === null) {
+      const forced = forceCommand(argv, !inst.json, this.ctx.forceCmds ?? DEFAULT_FORCE_CMDS);
+      if (forced.some((a, i) => a !== argv[i]) || forced.length !== argv.length) {
+        info(`--force=seccomp: modified command: ${JSON.stringify(forced)}`);
+        argv = forced;
+      }
+    }
     // The command's environment is ch-run's: the stage's variables, but ch-run itself needs
     // the host's XDG_*, TMPDIR or HOME (its native module's private directory), which are then
     // unset or set back to the stage's values (ch-run sets HOME).
@@ -468,6 +478,7 @@ export class Builder {
     }
     const [exe, pre] = selfAs("ch-run");
     const opts = ["-s", this.ctx.storage.root, "--unsafe", "-w", "-u0", "-g0", "--no-passwd", "--env-no-expand", ...envArgs];
+    if (seccomp) opts.push("--seccomp");
     const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
     let r: ReturnType<typeof spawnSync>;
     try {

@@ -34,13 +34,13 @@ export const BUILD_SPECS: OptSpec[] = [
     name: "force",
     arg: "optional",
     argName: "MODE",
-    help: "build: root emulation MODE: seccomp (default; not available yet: as none) or none",
+    help: "build: root emulation MODE: seccomp (default) or none",
   },
   {
     name: "force-cmd",
     arg: "required",
     argName: "CMD,ARG1[,ARG2...]",
-    help: "build: add ARGs to command CMD in RUN (repeatable; needs seccomp mode: ignored yet)",
+    help: "build: add ARGs to command CMD in RUN (repeatable; implies --force=seccomp)",
   },
   { name: "no-cache", arg: "none", help: "build: don't use the build cache (every build runs every instruction yet)" },
   { name: "parse-only", arg: "none", help: "build: parse the Dockerfile, print its instructions (JSON lines), stop" },
@@ -256,6 +256,7 @@ export async function build(
     client,
     context: context === "-" ? null : realpathSync(resolve(context)),
     force: o.force,
+    forceCmds: o.forceCmds,
   });
   await builder.build(tag);
   return 0;

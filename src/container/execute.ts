@@ -1,7 +1,9 @@
 // The small executor: runs a plan's operations through a Syscalls implementation.
+import { type Arch, hostArch } from "../sys/arch.ts";
 import { EXIT_EXEC } from "../sys/errors.ts";
 import { CLONE_NEWUSER, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, type Syscalls } from "../sys/syscalls.ts";
 import type { Op } from "./plan.ts";
+import { seccompFilter } from "./seccomp.ts";
 
 export function describeOp(op: Op): string {
   switch (op.op) {
@@ -27,12 +29,15 @@ export function describeOp(op: Op): string {
       return `user namespace: uid ${op.uid}, gid ${op.gid}`;
     case "chdir":
       return `cd ${op.path}`;
+    case "seccomp":
+      return "seccomp(2) filter for root emulation";
     case "exec":
       return `execve ${op.argv[0]}`;
   }
 }
 
-export function execute(ops: Op[], sys: Syscalls): void {
+/** Runs `ops` through `sys`; `arch` is the one the program runs as (the seccomp filter's). */
+export function execute(ops: Op[], sys: Syscalls, arch: Arch = hostArch()): void {
   for (const op of ops) {
     switch (op.op) {
       case "private":
@@ -82,6 +87,9 @@ export function execute(ops: Op[], sys: Syscalls): void {
         break;
       case "chdir":
         sys.chdir(op.path, { what: `can't cd to ${op.path}` });
+        break;
+      case "seccomp":
+        sys.seccomp(seccompFilter(arch), { what: "can't install seccomp(2) filter for root emulation (--seccomp)" });
         break;
       case "exec":
         sys.execve(op.candidates, op.argv, op.env, { what: `can't execve(2): ${op.argv[0]}`, exit: EXIT_EXEC });

@@ -2,6 +2,7 @@
 // does; but found out by trying, not from a table fixed when it was built.
 import { PROBE_DIR, probe, setxattr } from "../sys/probe.ts";
 import { fnmatch } from "./fnmatch.ts";
+import { seccompFilter } from "./seccomp.ts";
 import { squashUsable } from "./squash.ts";
 
 export const FEATURES = ["extglob", "overlayfs", "seccomp", "squash", "tmpfs-xattrs"] as const;
@@ -31,6 +32,15 @@ export function tmpfsXattrsWork(): boolean {
   });
 }
 
+/** Whether ch-run --seccomp works here: the filter installs, and kexec_load(2), refused to an
+ * ordinary user, then returns 0. */
+export function seccompWorks(): boolean {
+  return probe((b) => {
+    b.seccomp(seccompFilter(b.arch), { what: "probe" });
+    b.op(b.nr.kexec_load, [0, 0, 0, 0], { what: "probe" }, { expect: 0 });
+  });
+}
+
 export function featureEnabled(name: Feature): boolean {
   switch (name) {
     case "extglob":
@@ -39,7 +49,7 @@ export function featureEnabled(name: Feature): boolean {
     case "overlayfs":
       return overlayWorks();
     case "seccomp":
-      return false; // no --seccomp in this ch-run
+      return seccompWorks();
     case "squash":
       return squashUsable();
     case "tmpfs-xattrs":

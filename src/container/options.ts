@@ -14,7 +14,7 @@ export const SUMMARY = "Run a command in a Charliecloud container.";
 export const AFTER_OPTIONS =
   "Example:\n\n  $ ch-run /data/foo -- echo hello\n  hello\n\nYou cannot use this program to actually change your UID.\n";
 
-/** Charliecloud's options and help texts (--seccomp aside: this ch-run has none). */
+/** Charliecloud's options and help texts. */
 export const SPECS: OptSpec[] = [
   { name: "bind", short: "b", arg: "required", argName: "SRC[:DST]", help: "mount SRC at guest DST (default: same as SRC)" },
   { name: "cd", short: "c", arg: "required", argName: "DIR", help: "initial working directory in container" },
@@ -31,6 +31,7 @@ export const SPECS: OptSpec[] = [
   { name: "no-passwd", arg: "none", help: "don't bind-mount /etc/{passwd,group}" },
   { name: "private-tmp", short: "t", arg: "none", help: "use container-private /tmp" },
   { name: "quiet", short: "q", arg: "none", help: "print less output (can be repeated)" },
+  { name: "seccomp", arg: "none", help: "fake success for some syscalls with seccomp(2)" },
   { name: "set-env", arg: "optional", argName: "ARG", help: "set env. variables per ARG (newline-delimited)" },
   { name: "set-env0", arg: "optional", argName: "ARG", help: "set env. variables per ARG (null-delimited)" },
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set DIR as storage directory" },
@@ -189,6 +190,9 @@ export function parseRunArgs(argv: string[], exists: (path: string) => boolean =
           break;
         case "private-tmp":
           o.privateTmp = true;
+          break;
+        case "seccomp":
+          o.seccomp = true;
           break;
         case "quiet":
           if (verbosity > 0) throw usageError("--quiet incompatible with --verbose");

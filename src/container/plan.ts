@@ -31,6 +31,8 @@ export interface RunOptions {
   env: EnvOp[];
   envNoExpand: boolean;
   verbosity: number;
+  /** --seccomp: root emulation (seccomp.ts) installed before execve(2). */
+  seccomp: boolean;
 }
 
 /** ch-run's defaults: what no option changes. */
@@ -49,6 +51,7 @@ export function defaultRunOptions(argv: string[] = []): RunOptions {
     env: [],
     envNoExpand: false,
     verbosity: 0,
+    seccomp: false,
   };
 }
 
@@ -79,6 +82,7 @@ export type Op =
   | { op: "pivot"; root: string }
   | { op: "userns"; uid: number; gid: number }
   | { op: "chdir"; path: string }
+  | { op: "seccomp" }
   | { op: "exec"; candidates: string[]; argv: string[]; env: string[] };
 
 export interface Plan {
@@ -221,6 +225,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) }); // else / from the pivot
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
+  if (o.seccomp) ops.push({ op: "seccomp" });
   ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
   log.push(`executing: ${argvToString(o.argv)}`);
   return { ops, warnings, log };
@@ -248,6 +253,7 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
   if (pmixDir && view.resolve(pmixDir).type !== "dir") pmixLog(log, pmixDir, pmixHashEnv(env.env));
   const ops: Op[] = [];
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) });
+  if (o.seccomp) ops.push({ op: "seccomp" });
   ops.push({
     op: "exec",
     candidates: execCandidates(o.argv[0], env.env.get("PATH")),

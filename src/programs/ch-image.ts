@@ -48,8 +48,8 @@ const SUBCOMMANDS = `Subcommands:
   build [-t TAG] [-f DOCKERFILE] [--build-arg KEY[=VALUE]] [--parse-only] CONTEXT
                                 build image TAG from a Dockerfile (--parse-only: print its
                                 instructions as JSON lines); no build cache yet: every build
-                                runs every instruction; RUN without root emulation (as
-                                --force=none)
+                                runs every instruction; RUN with root emulation
+                                (--force=seccomp) unless --force=none
   pull [-a ARCH] [--last-layer N] REF [DEST]
                                 pull image REF from its registry into storage (as REF, or DEST;
                                 DEST starting with / ./ ../ is a directory to unpack into)

@@ -29,6 +29,26 @@ export interface SyscallNumbers {
   socket: number;
   connect: number;
   sendto: number;
+  seccomp: number;
+  // What root emulation (--seccomp) fakes; the legacy chown, lchown and mknod exist on x86-64
+  // only (aarch64 has just the *at forms).
+  chown?: number;
+  lchown?: number;
+  fchown: number;
+  fchownat: number;
+  setuid: number;
+  setgid: number;
+  setreuid: number;
+  setregid: number;
+  setresuid: number;
+  setresgid: number;
+  setfsuid: number;
+  setfsgid: number;
+  setgroups: number;
+  capset: number;
+  mknod?: number;
+  mknodat: number;
+  kexec_load: number;
 }
 
 export const SYSCALLS: Record<Arch, SyscallNumbers> = {
@@ -59,6 +79,24 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     socket: 41,
     connect: 42,
     sendto: 44,
+    seccomp: 317,
+    chown: 92,
+    lchown: 94,
+    fchown: 93,
+    fchownat: 260,
+    setuid: 105,
+    setgid: 106,
+    setreuid: 113,
+    setregid: 114,
+    setresuid: 117,
+    setresgid: 119,
+    setfsuid: 122,
+    setfsgid: 123,
+    setgroups: 116,
+    capset: 126,
+    mknod: 133,
+    mknodat: 259,
+    kexec_load: 246,
   },
   arm64: {
     read: 63,
@@ -87,8 +125,26 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     socket: 198,
     connect: 203,
     sendto: 206,
+    seccomp: 277,
+    fchown: 55,
+    fchownat: 54,
+    setuid: 146,
+    setgid: 144,
+    setreuid: 145,
+    setregid: 143,
+    setresuid: 147,
+    setresgid: 149,
+    setfsuid: 151,
+    setfsgid: 152,
+    setgroups: 159,
+    capset: 91,
+    mknodat: 33,
+    kexec_load: 104,
   },
 };
+
+/** seccomp_data.arch: AUDIT_ARCH_X86_64 and AUDIT_ARCH_AARCH64 (EM_* | 64-bit | little-endian). */
+export const AUDIT_ARCH: Record<Arch, number> = { x64: 0xc000003e, arm64: 0xc00000b7 };
 
 export function hostArch(): Arch {
   if (process.arch === "x64") return "x64";

@@ -17,11 +17,21 @@ const PR_SET_PDEATHSIG = 1;
 const PR_SET_NO_NEW_PRIVS = 38;
 const SIG_SETMASK = 2;
 const EEXIST = 17;
+const SECCOMP_SET_MODE_FILTER = 1;
 
 const OP_WORDS = 10;
 const HEADER_WORDS = 3;
 
-type Arg = number | bigint | { str: string } | { strs: string[] } | { bytes: Uint8Array } | { reg: number };
+/** An argument: a number, a register, or a pointer to data laid out after the ops: a string,
+ * a NULL-terminated array of strings, bytes, or a struct sock_fprog around a filter. */
+type Arg =
+  | number
+  | bigint
+  | { str: string }
+  | { strs: string[] }
+  | { bytes: Uint8Array }
+  | { fprog: Uint8Array }
+  | { reg: number };
 
 interface Op {
   nr: number;
@@ -234,6 +244,12 @@ export class ProgramBuilder implements Syscalls {
     });
   }
 
+  seccomp(filter: Uint8Array, why: Why): void {
+    // An unprivileged filter needs no_new_privs (set again before execve(2): no harm).
+    this.op(this.nr.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
+    this.op(this.nr.seccomp, [SECCOMP_SET_MODE_FILTER, 0, { fprog: filter }], why);
+  }
+
   // --- serialization ---
 
   /** Serializes the program as if loaded at `base`. */
@@ -284,7 +300,12 @@ export class ProgramBuilder implements Syscalls {
         } else {
           if ("str" in a) v = cstr(a.str);
           else if ("bytes" in a) v = place(a.bytes);
-          else {
+          else if ("fprog" in a) {
+            // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+            const filter = place(a.fprog);
+            v = place(new Uint8Array(new BigInt64Array([BigInt(a.fprog.length / 8), filter]).buffer));
+            relocs.push(Number(v) + 8);
+          } else {
             const ptrs = new BigInt64Array(a.strs.length + 1);
             a.strs.forEach((s, k) => {
               ptrs[k] = cstr(s);

@@ -58,6 +58,8 @@ export interface Syscalls {
   chdir(path: string, why: Why): void;
   pivotRoot(newRoot: string, putOld: string, why: Why): void;
   unshare(flags: number, why: Why): void;
+  /** Installs a seccomp(2) filter (struct sock_filter array), setting no_new_privs first. */
+  seccomp(filter: Uint8Array, why: Why): void;
   /** execve(2) each candidate in turn, as execvp(3) does; the last failure is reported. */
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void;
 }
@@ -91,6 +93,9 @@ export class Recorder implements Syscalls {
   }
   unshare(flags: number): void {
     this.log(`unshare ${flags & CLONE_NEWUSER ? "CLONE_NEWUSER" : ""}${flags & CLONE_NEWNS ? "CLONE_NEWNS" : ""}`);
+  }
+  seccomp(filter: Uint8Array): void {
+    this.log(`seccomp ${filter.length / 8} instructions`);
   }
   execve(candidates: string[], argv: string[]): void {
     this.log(`execve ${candidates.join("|")} ${JSON.stringify(argv)}`);
