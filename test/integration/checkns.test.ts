@@ -101,7 +101,7 @@ describe("ch-checkns", () => {
     );
     assert.match(
       lines[1],
-      /^ch-run\[\d+\]: error: can't create the container's user namespace \(ch-checkns says what blocks it\): No space left on device \(launch\.ts:\d+ 28\)$/,
+      /^ch-run\[\d+\]: error: can't create the container's user namespace \(ch-checkns says what blocks it\): No space left on device \((exec-)?launch\.ts:\d+ 28\)$/,
     );
   });
 
