@@ -73,7 +73,7 @@ export type Parsed =
   | { kind: "test"; test: "log" | "log-fail"; verbosity: number }
   /** getopt refused an option: argp's message and hint, exit 64. */
   | { kind: "getopt-error"; message: string }
-  /** No IMAGE or no COMMAND. */
+  /** No IMAGE. */
   | { kind: "missing" };
 
 /** strtol(3) as Charliecloud's parse_int() uses it, with its messages (and the value). */
@@ -252,7 +252,8 @@ export function parseRunArgs(argv: string[], exists: (path: string) => boolean =
     throw e;
   }
   o.verbosity = verbosity;
-  if (positionals.length < 2) return { kind: "missing" };
+  // IMAGE alone: the image's ENTRYPOINT and CMD, if it has them (ch-run.ts; argv stays empty).
+  if (positionals.length < 1) return { kind: "missing" };
   const [image, ...cmd] = positionals;
   o.argv = cmd;
   if (join && joinPid !== null) throw usageError("--join-pid and --join are mutually exclusive");

@@ -5,6 +5,7 @@
 import { existsSync, realpathSync } from "node:fs";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
+import { imageDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
 import { prefixedFs, realFs } from "../container/hostfs.ts";
@@ -98,13 +99,18 @@ async function dispatch(argv: string[], syslog: Syslog): Promise<number> {
       process.stderr.write(`${name}: ${p.message}\nTry '${name} --help' or '${name} --usage' for more information.\n`);
       return 64; // EX_USAGE, as argp
     case "missing":
-      process.stdout.write(`usage: ${name} [OPTION...] ${ARGS_DOC}\n`);
-      throw usageError("IMAGE and/or COMMAND not specified");
+      throw missing(name);
   }
-  return run(p.args, log, syslog);
+  return run(p.args, log, syslog, name);
 }
 
-async function run(parsed: RunArgs, log: RunLog, syslog: Syslog): Promise<never> {
+/** Charliecloud's answer to a missing IMAGE or COMMAND: usage on stdout, then the error. */
+function missing(name: string): Error {
+  process.stdout.write(`usage: ${name} [OPTION...] ${ARGS_DOC}\n`);
+  return usageError("IMAGE and/or COMMAND not specified");
+}
+
+async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): Promise<never> {
   const { opts, image, unsafe } = parsed;
   log.verbosity = opts.verbosity;
   for (const w of parsed.warnings) log.warning(w);
@@ -114,6 +120,17 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog): Promise<never>
   if (!user) throw new ChError("$USER not set and UID not found");
   const storage = storageDir(parsed.storage, process.env, user);
   const found = findImage(image, storage, opts.write, unsafe);
+  // No command: the image's ENTRYPOINT then CMD, in its WORKDIR unless --cd; chosen here, before
+  // either launch path. A SquashFS image's metadata is only readable once mounted: not used.
+  if (opts.argv.length === 0) {
+    if (found.kind === "squash") throw usageError("COMMAND not specified: a SquashFS image's ENTRYPOINT and CMD are not used");
+    const d = imageDefaults(found.root);
+    for (const w of d.warnings) log.warning(w);
+    if (d.argv.length === 0) throw missing(name);
+    opts.argv = d.argv;
+    if (opts.cd === null && d.cwd !== null) opts.cd = d.cwd;
+    log.verbose(`no command: the image's ENTRYPOINT and CMD: ${JSON.stringify(d.argv)}`);
+  }
   // A directory image without --join: planned here, then this process becomes the container.
   if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
     return runDirect(parsed, found.root, { euid, egid, user }, log, syslog);

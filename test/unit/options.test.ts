@@ -39,7 +39,10 @@ describe("ch-run options", () => {
     assert.deepEqual(parseRunArgs(["img", "-b"]), { kind: "getopt-error", message: "option requires an argument -- 'b'" });
     assert.deepEqual(parseRunArgs(["--bogus=1"]), { kind: "getopt-error", message: "unrecognized option '--bogus=1'" });
     assert.deepEqual(parseRunArgs([]), { kind: "missing" });
-    assert.deepEqual(parseRunArgs(["-v", "img"]), { kind: "missing" });
+    // IMAGE alone: an empty command, for the image's ENTRYPOINT and CMD (ch-run decides).
+    const alone = parseRunArgs(["-v", "img"]);
+    assert.equal(alone.kind, "run");
+    if (alone.kind === "run") assert.deepEqual([alone.args.image, alone.args.opts.argv], ["img", []]);
   });
 
   it("reads integers as Charliecloud's parse_int() does", () => {
