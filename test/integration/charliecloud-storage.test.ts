@@ -20,6 +20,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from "node:fs";
@@ -426,12 +427,16 @@ describe("the storage lock is Charliecloud's", () => {
     const fifo = fresh(".fifo");
     assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
     const ours = spawn(IMAGE, ["-s", st, "import", fifo, "y"], { env: chEnv(), stdio: "ignore" });
-    let state = probe(lock);
-    for (let i = 0; i < 200 && state === "got"; i++) {
-      await new Promise((r) => setTimeout(r, 25));
-      state = probe(lock);
-    }
-    assert.equal(state, "busy", "Charliecloud is kept out while we hold it");
+    // Wait for our lock in /proc/locks (probing with lockf() meanwhile could take the lock just
+    // when ch-image tries, and ch-image then rightly gives up), then probe once.
+    const ino = statSync(lock).ino;
+    const held = () =>
+      readFileSync("/proc/locks", "utf8")
+        .split("\n")
+        .some((l) => l.includes(`:${ino} `));
+    for (let i = 0; i < 600 && !held(); i++) await new Promise((r) => setTimeout(r, 25));
+    assert.ok(held(), "ch-image took the storage lock");
+    assert.equal(probe(lock), "busy", "Charliecloud is kept out while we hold it");
     ours.kill("SIGKILL");
     await new Promise((r) => ours.once("exit", r));
     assert.equal(probe(lock), "got", "no stale lock: it ended with our process");
