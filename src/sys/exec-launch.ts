@@ -4,13 +4,13 @@
 // command: one process from start to end, as Charliecloud's C ch-run. No koffi, no clone, no
 // waiter: ch-run's PID is the command's, and signals reach the command as they would reach any
 // process.
-import { readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, realpathSync } from "node:fs";
 import { dirname } from "node:path";
 import { hostArch } from "./arch.ts";
 import { formatError } from "./errors.ts";
 import { mountFlagsOf } from "./hostfacts.ts";
 import { blobs } from "./native/blobs.ts";
-import { withPrivateFile } from "./private-file.cjs";
+import { withPrivateFile, writeAtomically } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
 import { sourceLocation } from "./sourcemap.ts";
 import { CLONE_NEWNS, CLONE_NEWUSER } from "./syscalls.ts";
@@ -96,12 +96,10 @@ function cantRun(file: string): string | null {
   if ((r.error as { code?: string } | undefined)?.code === "EACCES") return "noexec";
   if (r.status !== 31 || !/launcher: no plan/.test(r.stderr ?? ""))
     return `${file} does not run here (${r.error?.message ?? `status ${r.status ?? r.signal}`})`;
-  const tmp = `${marker}.${process.pid}.${Date.now()}.tmp`;
   try {
-    writeFileSync(tmp, id, { mode: 0o600, flag: "wx" });
-    renameSync(tmp, marker);
+    writeAtomically(marker, id);
   } catch {
-    rmSync(tmp, { force: true });
+    // only a note that saves the trial next time
   }
   return null;
 }
@@ -182,11 +180,11 @@ export function execProgram(spec: ExecSpec): ProgramBuilder {
  * doesn't run here, a plan too large for the arguments), with why: the caller then takes the
  * clone path. */
 export function execLaunch(spec: ExecSpec): string {
+  const execve = process.execve;
+  if (!execve) return "this Node has no process.execve()";
   const args = [process.argv0 || "ch-run"];
   const env = payloadEnv(execPayload(execProgram(spec), spec.tail));
   const native = blobs[hostArch()];
-  const execve = process.execve;
-  if (!execve) return "this Node has no process.execve()";
   try {
     return withPrivateFile(
       {
@@ -202,7 +200,7 @@ export function execLaunch(spec: ExecSpec): string {
         const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
         const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
         if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
-        if ((mountFlagsOf(dirname(file)) ?? 0) & ST_NOEXEC) {
+        if ((mountFlagsOf(realpathSync(dirname(file))) ?? 0) & ST_NOEXEC) {
           why.push(`${dirname(file)}: mounted noexec`);
           return undefined;
         }

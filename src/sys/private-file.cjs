@@ -21,7 +21,7 @@ const WAIT_MS = 15_000;
 
 function fail(msg) {
   const e = new Error(msg);
-  e.chKoffi = true;
+  e.chPrivate = true;
   throw e;
 }
 
@@ -33,7 +33,11 @@ function privateDir(dir, makeParents) {
   const parent = path.dirname(dir);
   if (makeParents) fs.mkdirSync(parent, { recursive: true, mode: 0o700 });
   const pst = fs.statSync(parent);
-  if (pst.mode & 0o002 && !(pst.mode & 0o1000)) return `${parent}: writable by others and not sticky`;
+  // Whoever may rename entries of the parent could swap our directory for theirs between this
+  // check and the use of a file in it: only we, root, or (sticky) no one but an entry's owner.
+  if (pst.uid !== euid && pst.uid !== 0) return `${parent}: owned by UID ${pst.uid}, neither you nor root`;
+  if (pst.mode & 0o022 && !(pst.mode & 0o1000))
+    return `${parent}: writable by ${pst.mode & 0o002 ? "others" : "its group"} and not sticky (mode ${(pst.mode & 0o777).toString(8)})`;
   try {
     fs.mkdirSync(dir, { mode: 0o700 });
   } catch (e) {
@@ -78,7 +82,7 @@ function stamped(file, stamp, expected) {
   try {
     return fs.readFileSync(stamp, "utf8") === identity(file, expected);
   } catch (e) {
-    if (e.chKoffi) throw e;
+    if (e.chPrivate) throw e;
     return false;
   }
 }
@@ -186,7 +190,7 @@ function ensure(file, c) {
 }
 
 /** Calls use(file) with content c in each usable private directory in turn, until it returns
- * something other than undefined; returns that. Throws (e.chKoffi set) when no directory is usable,
+ * something other than undefined; returns that. Throws (e.chPrivate set) when no directory is usable,
  * or when embedded content is corrupt. c.name(dir) names the file. */
 function withPrivateFile(c, use) {
   const why = [];
@@ -206,7 +210,7 @@ function withPrivateFile(c, use) {
     try {
       ensure(file, c);
     } catch (e) {
-      if (e.chKoffi) throw e;
+      if (e.chPrivate) throw e;
       why.push(`${dir}: ${e.message}`);
       continue;
     }
@@ -219,4 +223,4 @@ function withPrivateFile(c, use) {
   );
 }
 
-module.exports = { withPrivateFile, sha256 };
+module.exports = { withPrivateFile, sha256, writeAtomically };

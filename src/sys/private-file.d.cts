@@ -13,3 +13,5 @@ export interface PrivateContent {
  * other than undefined (why: reasons so far, to add to); returns that. */
 export function withPrivateFile<T>(c: PrivateContent, use: (file: string, why: string[]) => T | undefined): T;
 export function sha256(buf: Uint8Array): string;
+/** Writes file whole: aside (a name unique across hosts), then renamed into place. */
+export function writeAtomically(file: string, data: string | Uint8Array, mode?: number): void;

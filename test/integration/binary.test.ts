@@ -148,6 +148,13 @@ describe("one executable", () => {
     const r2 = run(CH_RUN, ["/nonexistent", "--", "true"], { env: { ...env, TMPDIR: open } });
     assert.match(r2.stderr, /can't find image: \/nonexistent/);
     assert.deepEqual(readdirSync(open), []);
+    // A parent its group may write (not sticky) is no better: a member could swap our directory.
+    const shared = join(dir, "plant-group");
+    mkdirSync(shared);
+    chmodSync(shared, 0o775);
+    const r4 = run(CH_RUN, ["/nonexistent", "--", "true"], { env: { ...env, TMPDIR: shared } });
+    assert.match(r4.stderr, /can't find image: \/nonexistent/);
+    assert.deepEqual(readdirSync(shared), []);
     // Another user's directory at that name (another user can't be made here: in a user
     // namespace, a bind mount of /usr there shows as owned by an unmapped UID), and no other place.
     const theirs = join(dir, "plant-theirs");

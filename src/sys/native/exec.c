@@ -145,9 +145,18 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
   }
   i64 *hdr = (i64 *)base;
   /* "CHEXEC01" little-endian */
-  if (n < 48 || hdr[0] != 0x3130434558454843L || 48 + hdr[1] * 8 > n) goto bad;
+  if (n < 48 || hdr[0] != 0x3130434558454843L || hdr[1] < 0 || 48 + hdr[1] * 8 > n) goto bad;
+  if (hdr[2] < 0 || hdr[2] + 24 > n || hdr[2] % 8) goto bad;
   struct prog *p = (struct prog *)(base + hdr[2]);
-  for (i64 r = 0; r < hdr[1]; r++) *(i64 *)((unsigned char *)p + hdr[6 + r]) += (i64)p;
+  if (p->nops < 0 || hdr[2] + 24 + p->nops * (i64)sizeof(struct op) > n) goto bad;
+  for (i64 r = 0; r < hdr[1]; r++) {
+    if (hdr[6 + r] < 0 || hdr[2] + hdr[6 + r] + 8 > n) goto bad;
+    *(i64 *)((unsigned char *)p + hdr[6 + r]) += (i64)p;
+  }
+  /* This launcher runs one stage and prints its own messages: a second stage (nr -1) or a
+     message table (flag bit 30), which only launcher.c knows, is a plan meant for the other. */
+  for (i64 i = 0; i < p->nops; i++)
+    if (p->ops[i].nr == -1 || (p->ops[i].flags >> 30) & 1) goto bad;
 
   i64 reg[15];
   for (i64 i = 0; i < p->nops; i++) {
