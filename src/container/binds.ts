@@ -101,7 +101,7 @@ export class ContainerView {
 
 /** The directories `mkdir -p` must make for a path that resolved to missing (container paths,
  * outermost first): from its first missing component down to the path itself. */
-export function missingDirs(r: Resolved): string[] {
+export function missingDirs(r: Pick<Resolved, "path" | "missing">): string[] {
   if (r.missing === null) return [];
   const dirs: string[] = [];
   for (let p = r.path; p !== posix.dirname(r.missing); p = posix.dirname(p)) dirs.unshift(p);

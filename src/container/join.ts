@@ -284,6 +284,9 @@ export class Peers {
         }
         // What a group whose first peer and holder died leaves (a node's crash, kill -9 of all).
         this.say(`join: removing the IPC resources of a dead peer group: ${this.sharedPath}`);
+        // We are about to be first: the holder must run before the shared file exists, so that a
+        // kill -9 of this ch-run from then on still leaves nothing in /dev/shm.
+        if (this.startHolder) holder ??= this.startHolder(this);
         unlinkSync(this.sharedPath);
       }
     } catch (e) {

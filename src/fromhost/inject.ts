@@ -20,7 +20,7 @@ import {
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
 import type { Plan } from "./plan.ts";
 
 interface Item {
@@ -142,10 +142,24 @@ export class Injection {
     return left;
   }
 
-  /** Done: removes what was replaced. */
+  /** Done: removes what was replaced; the injected files stay whatever happens, and the
+   * directories get their modes back. */
   finish(): void {
-    for (const it of this.items) if (it.old) unlinkSync(it.old);
-    this.relock();
+    const left: string[] = [];
+    try {
+      for (const it of this.items) {
+        const old = it.old;
+        if (!old) continue;
+        try {
+          unlinkSync(old);
+        } catch {
+          left.push(old);
+        }
+      }
+    } finally {
+      this.relock();
+    }
+    if (left.length) warn(`injected, but could not remove the files replaced; remove them by hand: ${left.join(", ")}`);
   }
 
   private relock(): void {

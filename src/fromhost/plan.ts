@@ -16,6 +16,7 @@
 //   - files in a bin or sbin directory: /usr/bin;
 //   - anything else needs --dest.
 import { posix } from "node:path";
+import { missingDirs } from "../container/binds.ts";
 import type { HostFs } from "../container/hostfs.ts";
 import { ChError } from "../sys/errors.ts";
 import { inBinDir, isLibfabric, isProvider, isSharedLibrary, type LdDir } from "./host.ts";
@@ -388,13 +389,6 @@ export function planInjection(reqs: Request[], host: HostFacts, img: ImageFacts,
 }
 
 /** Directories from the first missing component of `r` down to r.path. */
-function missingDirs(r: InImage): string[] {
-  if (r.missing === null) return [];
-  const dirs: string[] = [];
-  for (let p = r.path; p !== posix.dirname(r.missing); p = posix.dirname(p)) dirs.unshift(p);
-  return dirs;
-}
-
 /** A directory resolved in the image, or as given if it can't be. */
 function resolveQuiet(img: ImageFacts, dir: string): string {
   try {

@@ -16,6 +16,20 @@ const ST_BY_OPTION: Record<string, number> = {
   relatime: 4096, // ST_RELATIME
 };
 
+// Each file is read once per process: ch-run looks several users, groups and mounts up before it
+// execs away, and nothing it does in between changes them.
+const texts = new Map<string, string | null>();
+function read(file: string): string | null {
+  if (!texts.has(file)) {
+    try {
+      texts.set(file, readFileSync(file, "utf8"));
+    } catch {
+      texts.set(file, null);
+    }
+  }
+  return texts.get(file) ?? null;
+}
+
 const unoctal = (s: string) => s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
 
 /** statvfs(3) f_flag of the mount holding `path` (a real path), from a /proc/self/mountinfo
@@ -41,11 +55,8 @@ export function mountInfoFlags(mountinfo: string, path: string): number | null {
 
 /** The mount flags of `path` (a real path) on this host; null if /proc/self/mountinfo can't tell. */
 export function mountFlagsOf(path: string): number | null {
-  try {
-    return mountInfoFlags(readFileSync("/proc/self/mountinfo", "utf8"), path);
-  } catch {
-    return null;
-  }
+  const text = read("/proc/self/mountinfo");
+  return text === null ? null : mountInfoFlags(text, path);
 }
 
 /** The entry for `uid` in a passwd(5) text; null if none. */
@@ -68,20 +79,12 @@ export function groupEntry(text: string, gid: number): Group | null {
   return null;
 }
 
-const read = (file: string) => {
-  try {
-    return readFileSync(file, "utf8");
-  } catch {
-    return "";
-  }
-};
-
 /** getpwuid(3) from /etc/passwd alone; null if not there (NSS may still know it). */
 export function filePasswd(uid: number): Passwd | null {
-  return passwdEntry(read("/etc/passwd"), uid);
+  return passwdEntry(read("/etc/passwd") ?? "", uid);
 }
 
 /** getgrgid(3) from /etc/group alone; null if not there. */
 export function fileGroup(gid: number): Group | null {
-  return groupEntry(read("/etc/group"), gid);
+  return groupEntry(read("/etc/group") ?? "", gid);
 }

@@ -8,6 +8,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  rmSync,
   statSync,
   symlinkSync,
   writeFileSync,
@@ -466,6 +467,37 @@ describe("injecting, all or nothing (real directories)", () => {
     inject(plan, () => {});
     assert.equal(statSync(join(root, "usr/bin")).mode & 0o777, 0o555);
     assert.equal(readFileSync(join(root, "usr/bin/b"), "utf8"), "new b");
+  });
+
+  it("a replaced file that can't be removed afterwards: injected, a warning naming it, modes restored", () => {
+    const { root, plan } = setup();
+    chmodSync(join(root, "usr/bin"), 0o555);
+    let aside = "";
+    const out: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string) => {
+      out.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      inject(plan, () => {
+        // The copy of keep set aside becomes a directory with something in it: unlink(2) fails.
+        aside = readdirSync(join(root, "usr/bin")).find((f) => f.startsWith(".ch-fromhost-old")) ?? "";
+        rmSync(join(root, "usr/bin", aside));
+        mkdirSync(join(root, "usr/bin", aside));
+        writeFileSync(join(root, "usr/bin", aside, "x"), "");
+      });
+    } finally {
+      process.stderr.write = write;
+    }
+    assert.ok(aside);
+    assert.equal(readFileSync(join(root, "usr/bin/keep"), "utf8"), "new keep");
+    assert.match(
+      out.join(""),
+      new RegExp(`warning: injected, but could not remove the files replaced; remove them by hand: .*${aside}`),
+    );
+    assert.equal(statSync(join(root, "usr/bin")).mode & 0o777, 0o555, "directory mode restored");
+    chmodSync(join(root, "usr/bin"), 0o755);
   });
 
   it("never writes through a symlink at the destination: it is replaced", () => {
