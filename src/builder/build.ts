@@ -255,10 +255,15 @@ export class Builder {
     storage.lock();
     this.storageReal = realpathSync(storage.root);
     if (this.ctx.context !== null) {
+      // A symlink is followed, as Docker does, but only inside the context: ignored silently,
+      // it would let COPY take the very files it was written to keep out.
       const p = join(this.ctx.context, ".dockerignore");
-      if (lstatOrNull(p)?.isFile())
+      const r = resolveIn(this.ctx.context, ".dockerignore", true);
+      if (r.escaped)
+        throw new ChError(`${p}: a symbolic link out of the context; make it a file in the context (or a link inside it)`);
+      if (r.st?.isFile())
         try {
-          this.ignore = new IgnoreMatcher(readFileSync(p, "utf8"));
+          this.ignore = new IgnoreMatcher(readFileSync(r.host, "utf8"));
         } catch (e) {
           if (e instanceof ChError) throw new ChError(`${p}: ${e.message}`);
           throw sysError(`can't read: ${p}`, e);
@@ -296,7 +301,8 @@ export class Builder {
 
   private say(inst: Instruction, text = inst.text): void {
     this.step++;
-    info(`${String(this.step).padStart(3)}. ${text}`);
+    // A password in a URL (refused by ADD, but written in the Dockerfile) is not repeated.
+    info(`${String(this.step).padStart(3)}. ${text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*):[^\s/@]*@/gi, "$1:***@")}`);
   }
 
   private async stage(stage: Stage): Promise<void> {

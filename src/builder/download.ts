@@ -106,6 +106,13 @@ export class Downloader {
   /** url's content, checked against sum if given; `tmp` is where a download not cached is
    * written; `what` (FILE:LINE: ADD) begins every message. */
   async fetch(url: string, sum: Checksum | null, tmp: string, what: string): Promise<Downloaded> {
+    // Before the URL is printed anywhere: it must not carry a password to stderr or a log file.
+    let parsed: URL | null = null;
+    try {
+      parsed = new URL(url);
+    } catch {}
+    if (parsed && (parsed.username || parsed.password))
+      throw new ChError(`${what}: credentials in a URL are not supported: ${parsed.origin}`);
     if (sum === null) {
       await this.download(url, null, tmp, what);
       return { path: tmp, cached: false, mtime: lstatSync(tmp).mtime };
@@ -167,9 +174,15 @@ export class Downloader {
             throw new ChError(
               `${what}: can't download ${url}: ${n >= REDIRECTS ? "too many redirects" : "redirect without a location"}`,
             );
+          const from = u;
           u = new URL(loc, u);
           if (u.protocol !== "http:" && u.protocol !== "https:")
             throw new ChError(`${what}: can't download ${url}: redirected to a URL that isn't http or https: ${u.href}`);
+          // Without a checksum, HTTPS is all that vouches for the file that goes into the image.
+          if (u.protocol === "http:" && from.protocol === "https:" && this.tlsVerify)
+            throw new ChError(
+              `${what}: can't download ${url}: redirected from HTTPS to plain HTTP (${u.href}); use --tls-no-verify to allow it`,
+            );
           verbose(`${what}: redirected to ${u.href}`);
           res = await this.get(t, u, what);
         }

@@ -132,7 +132,7 @@ function patternBody(p: string, doubleStar: boolean): string {
   return re;
 }
 
-export function globRegExp(component: string): RegExp {
+export function goGlobRegExp(component: string): RegExp {
   return new RegExp(`^${patternBody(component, false)}$`, "s");
 }
 
@@ -157,7 +157,7 @@ export function expandGlob(root: string, pattern: string): string[] {
       }
       const r = resolveIn(root, dir, true);
       if (!r.st?.isDirectory()) continue;
-      const re = globRegExp(part);
+      const re = goGlobRegExp(part);
       for (const name of readdirSync(r.host).sort()) if (re.test(name)) next.push(dir === "" ? name : `${dir}/${name}`);
     }
     found = next;

@@ -309,7 +309,10 @@ export class Storage {
     // ch-run made STORAGE/mnt alone (SquashFS images' mount point) before it made whole storage
     // directories: a directory holding nothing else (or a lock) is still new.
     if (entries.some((e) => e !== "mnt" && e !== "lock")) {
-      if (!entries.includes("version")) throw new ChError(`storage directory seems invalid (no version file): ${this.root}`);
+      if (!entries.includes("version"))
+        throw new ChError(
+          `storage directory seems invalid (no version file): ${this.root}; if it is not a storage directory, use -s DIR or $CH_IMAGE_STORAGE for another one`,
+        );
       const v = this.readVersion();
       if (v !== STORAGE_VERSION && v !== OLD_VERSION) throw this.incompatible(v);
       this.version = v;
@@ -336,8 +339,9 @@ export class Storage {
     }
     this.lock();
     if (this.version === OLD_VERSION) this.migrate();
-    this.makeLayout();
     if (this.version === null) {
+      // The version first: a run killed while making the layout leaves a storage directory
+      // that the next run recognizes and completes (makeLayout() makes what is missing).
       try {
         writeFileAtomic(this.versionFile, `${STORAGE_VERSION}\n`);
       } catch (e) {
@@ -346,6 +350,7 @@ export class Storage {
       this.version = STORAGE_VERSION;
       (opts.quiet ? verbose : info)(`initialized storage directory: v${STORAGE_VERSION} ${this.root}`);
     }
+    this.makeLayout();
   }
 
   /** Makes the directories of the version 7 layout that are missing. */
@@ -630,7 +635,8 @@ export class Storage {
     if (st.isSymbolicLink()) throw new ChError(`not deleting a symbolic link: ${this.root}; delete it or its target yourself`);
     this.checkPart(this.root, st, "directory");
     const entries = readdirSync(this.root);
-    if (entries.length > 0 && !entries.includes("version"))
+    // As exists() decides: what holds more than ch-run's mnt/ and a lock needs a version file.
+    if (entries.some((e) => e !== "mnt" && e !== "lock") && !entries.includes("version"))
       throw new ChError(`not a storage directory, not deleting: ${this.root}`);
     if (entries.includes("lock")) {
       this.state = true;
@@ -641,8 +647,8 @@ export class Storage {
     if (entries.includes("dlcache")) parts.push("download cache");
     if (entries.includes("bucache")) parts.push("Charliecloud's build cache");
     info(`deleting storage directory: ${this.root} (${parts.join(", ")})`);
+    forceRemove(this.root); // still locked: no other ch-image starts in it meanwhile
     this.unlock();
-    forceRemove(this.root);
     this.state = null;
     this.version = null;
   }

@@ -197,7 +197,6 @@ export async function pullImage(
     const { manifest, index } = await fetchManifest(reg, ref, arch);
     // Only now, with something to write, is the storage directory made (if need be) and locked.
     storage.init();
-    storage.lock();
     // Config.
     if (opts.alwaysDownload) cache.forget(manifest.config.digest);
     const tooBig = (n: number) =>

@@ -18,12 +18,14 @@ import {
   writeFileSync,
 } from "node:fs";
 import { createServer, type Server } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
 import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { makeCA } from "../registry/certs.ts";
 import { chEnv, chImage } from "../registry/chimage.ts";
 import { type Registry, startRegistry } from "../registry/registry.ts";
 
@@ -81,6 +83,26 @@ after(() => {
 });
 
 describe("ch-image build", () => {
+  it(".dockerignore as a symlink: followed inside the context, refused out of it", () => {
+    const inside = context("ign-in", {
+      "secret.key": "no\n",
+      "ok.txt": "yes\n",
+      "rules/ignore": "*.key\n",
+      ".dockerignore": ["link", "rules/ignore"],
+      Dockerfile: "FROM bb\nCOPY . /ctx/\n",
+    });
+    const r = image(["build", "-t", "ign-in", inside]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(existsSync(img("ign-in", "ctx/secret.key")), false, "the linked rules were applied");
+    assert.equal(text(img("ign-in", "ctx/ok.txt")), "yes\n");
+    const outside = context("ign-out", { ".dockerignore": ["link", "/etc/hostname"], Dockerfile: "FROM bb\nCOPY . /ctx/\n" });
+    const o = image(["build", "-t", "ign-out", outside]);
+    assert.equal(o.status, 1);
+    assert.match(o.stderr, /\.dockerignore: a symbolic link out of the context; make it a file in the context/);
+    assert.equal(existsSync(img("ign-out")), false);
+    assert.equal(image(["delete", "ign-in"]).status, 0); // later tests list the storage
+  });
+
   it("FROM an image in storage, ARG/ENV/WORKDIR in RUN and in ch/metadata.json, COPY by Docker's rules", () => {
     const ctx = context("ctx1", {
       "a.txt": "A\n",
@@ -546,6 +568,39 @@ ADD ${base}/files/hello.txt ${base}/cached.bin ./
     assert.match(fixed.stderr, /warning: \S+:2: ADD: cached download of \S+ is wrong; downloading it again/);
     assert.equal(text(img("urls3", "c")), "cache me\n");
     assert.equal(hits.get("/cached.bin"), (n ?? 0) + 1);
+  });
+
+  it("a URL with credentials is refused before it is printed; HTTPS redirected to HTTP is refused", async () => {
+    const u = new URL(`${base}/files/hello.txt`);
+    u.username = "user";
+    u.password = "s3cret";
+    const cred = await build("cred", `FROM bb\nADD ${u.href} /x\n`);
+    assert.equal(cred.status, 1);
+    assert.match(cred.stderr, /Dockerfile:2: ADD: credentials in a URL are not supported: http:\/\/127\.0\.0\.1:\d+/);
+    assert.doesNotMatch(cred.stdout + cred.stderr, /s3cret/);
+    // An HTTPS server (the test CA, trusted through SSL_CERT_FILE) that redirects to plain HTTP.
+    const ca = makeCA(join(dir, "url-ca"));
+    const tlsServer = createHttpsServer({ cert: readFileSync(ca.serverCert), key: readFileSync(ca.serverKey) }, (_req, res) =>
+      res.writeHead(302, { Location: `${base}/files/hello.txt` }).end(),
+    );
+    await new Promise<void>((r) => tlsServer.listen(0, "127.0.0.1", r));
+    try {
+      const https = `https://127.0.0.1:${(tlsServer.address() as AddressInfo).port}/down`;
+      const ctx = mkdtempSync(join(dir, "urlctx-"));
+      writeFileSync(join(ctx, "Dockerfile"), `FROM bb\nADD ${https} /x\n`);
+      const env = chEnv({ caBundle: ca.bundle, extra: { CH_IMAGE_STORAGE: storage } });
+      const down = await chImage(["build", "-t", "down", ctx], env);
+      assert.equal(down.status, 1, down.stderr);
+      assert.match(
+        down.stderr,
+        /ADD: can't download https:\S+: redirected from HTTPS to plain HTTP \(http:\S+\); use --tls-no-verify/,
+      );
+      const allowed = await chImage(["--tls-no-verify", "build", "-t", "down", ctx], env);
+      assert.equal(allowed.status, 0, allowed.stderr);
+      assert.equal(text(img("down", "x")), "hello\n");
+    } finally {
+      tlsServer.close();
+    }
   });
 
   it("a --checksum mismatch and an HTTP 404 are errors naming the line; nothing is kept", async () => {
