@@ -104,6 +104,25 @@ async function dispatch(argv: string[], syslog: Syslog): Promise<number> {
   return run(p.args, log, syslog, name);
 }
 
+/** The command's descriptors that become /dev/null: stdout with -qq, stderr too with -qqq. */
+function nullFdsFor(verbosity: number): number[] {
+  return verbosity <= -2 ? (verbosity <= -3 ? [1, 2] : [1]) : [];
+}
+
+/** Prints a plan's warnings, and its steps with -v. */
+function showPlan(p: Plan, log: RunLog): void {
+  for (const w of p.warnings) log.warning(w);
+  for (const l of p.log) log.verbose(l);
+  for (const op of p.ops) log.verbose(describeOp(op));
+}
+
+/** Adds a plan to the launcher's program: its steps, then beforeExec(), then the exec. */
+function addPlan(p: Plan, b: ProgramBuilder, beforeExec: () => void): void {
+  execute(p.ops.slice(0, -1), b);
+  beforeExec();
+  execute(p.ops.slice(-1), b);
+}
+
 /** Charliecloud's answer to a missing IMAGE or COMMAND: usage on stdout, then the error. */
 function missing(name: string): Error {
   process.stdout.write(`usage: ${name} [OPTION...] ${ARGS_DOC}\n`);
@@ -120,6 +139,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   if (!user) throw new ChError("$USER not set and UID not found");
   const storage = storageDir(parsed.storage, process.env, user);
   const found = findImage(image, storage, opts.write, unsafe);
+  if (found.kind !== "squash" && parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
   // No command: the image's ENTRYPOINT then CMD, in its WORKDIR unless --cd; chosen here, before
   // either launch path. A SquashFS image's metadata is only readable once mounted: not used.
   if (opts.argv.length === 0) {
@@ -142,17 +162,12 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   // The image as ch-run sees it: a SquashFS image only inside the container's namespaces.
   let fs = realFs;
   let seen = root;
-  if (!squash && parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
-  const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
+  const nullFds = nullFdsFor(opts.verbosity);
   const say = (s: string) => log.verbose(s);
-  /** Prints a plan's warnings (and steps, with -v), then adds it to the child's program. */
+  /** Prints a plan, then adds it to the child's program. */
   const build = (p: Plan, b: ProgramBuilder, beforeExec: () => void) => {
-    for (const w of p.warnings) log.warning(w);
-    for (const l of p.log) say(l);
-    for (const op of p.ops) say(describeOp(op));
-    execute(p.ops.slice(0, -1), b);
-    beforeExec();
-    execute(p.ops.slice(-1), b);
+    showPlan(p, log);
+    addPlan(p, b, beforeExec);
   };
   /** Runs the command in the container of process `target` (a --join peer). */
   const joinContainer = (target: number, peers: Peers | null): never => {
@@ -246,7 +261,6 @@ async function runDirect(
   const { opts } = parsed;
   const { euid, egid, user } = ids;
   const say = (s: string) => log.verbose(s);
-  if (parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
   say(`join: 0 0 (null) 0`);
   let real = root;
   try {
@@ -268,15 +282,9 @@ async function runDirect(
     group: (g) => (g === gid ? gr : fileGroup(g)),
     fs: realFs,
   });
-  for (const w of p.warnings) log.warning(w);
-  for (const l of p.log) say(l);
-  for (const op of p.ops) say(describeOp(op));
-  const nullFds = opts.verbosity <= -2 ? (opts.verbosity <= -3 ? [1, 2] : [1]) : [];
-  const build = (b: ProgramBuilder, beforeExec: () => void) => {
-    execute(p.ops.slice(0, -1), b);
-    beforeExec();
-    execute(p.ops.slice(-1), b);
-  };
+  showPlan(p, log);
+  const nullFds = nullFdsFor(opts.verbosity);
+  const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
   // Node marks inherited descriptors close-on-exec at start-up: only libc can keep them.
   const inherited = inheritedFds();
   if (inherited.length) {
