@@ -91,20 +91,23 @@ describe("one executable", () => {
     const cache = join(dir, "cache");
     mkdirSync(cache, { mode: 0o700 }); // $XDG_RUNTIME_DIR is made by the login, never by us
     const env = { ...process.env, XDG_RUNTIME_DIR: cache, XDG_CACHE_HOME: cache };
-    assert.equal(run(join(DIST, "ch-run"), [img, "--", "true"], { env }).status, 0);
+    // --join takes the clone path, which always needs libc (the fast path loads the module only
+    // for an inherited descriptor or a user /etc/passwd lacks, so it wouldn't test the loading).
+    const args = ["--join-ct=1", "--join-tag=native", img, "--", "true"];
+    assert.equal(run(join(DIST, "ch-run"), args, { env }).status, 0);
     const [name] = readdirSync(join(cache, "charliecloud")).filter((f) => f.endsWith(".node"));
     const file = join(cache, "charliecloud", name);
     const good = readFileSync(file);
     assert.equal(sha(good), KOFFI_SHA);
     // Tampered with: it is replaced from the copy inside the executable before loading.
     writeFileSync(file, "not a shared object");
-    assert.equal(run(join(DIST, "ch-run"), [img, "--", "true"], { env }).status, 0);
+    assert.equal(run(join(DIST, "ch-run"), args, { env }).status, 0);
     assert.ok(readFileSync(file).equals(good));
     // A directory others can write is refused, with what to do, when every place is such.
     const tmpd = join(dir, "native-tmp");
     mkdirSync(join(tmpd, `.charliecloud-${UID}`), { recursive: true });
     for (const d of [join(cache, "charliecloud"), join(tmpd, `.charliecloud-${UID}`)]) chmodSync(d, 0o777);
-    const r = run(join(DIST, "ch-run"), [img, "--", "true"], { env: { ...env, TMPDIR: tmpd } });
+    const r = run(join(DIST, "ch-run"), args, { env: { ...env, TMPDIR: tmpd } });
     assert.equal(r.status, 31);
     assert.match(
       r.stderr,
