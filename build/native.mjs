@@ -51,7 +51,9 @@ function compiler(arch) {
 const sha = (b) => createHash("sha256").update(b).digest("hex");
 const sourceHash = sha(
   Buffer.concat(
-    ["syscall.h", "prog.h", "launcher.c", "waiter.c", "holder.c", "exec.c", "errno.txt"].map((f) => readFileSync(join(src, f))),
+    ["syscall.h", "prog.h", "supervise.h", "launcher.c", "waiter.c", "holder.c", "exec.c", "errno.txt"].map((f) =>
+      readFileSync(join(src, f)),
+    ),
   ),
 );
 const CROSS_PACKAGES = "gcc libc6-dev gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu";

@@ -3,7 +3,7 @@ import { type Arch, hostArch } from "../sys/arch.ts";
 import { EXIT_EXEC } from "../sys/errors.ts";
 import { CLONE_NEWUSER, MNT_DETACH, MS_BIND, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, type Syscalls } from "../sys/syscalls.ts";
 import type { Op } from "./plan.ts";
-import { seccompFilter } from "./seccomp.ts";
+import { NOTIFY_FALLBACK_WARNING, seccompFilter } from "./seccomp.ts";
 
 export function describeOp(op: Op): string {
   switch (op.op) {
@@ -30,7 +30,7 @@ export function describeOp(op: Op): string {
     case "chdir":
       return `cd ${op.path}`;
     case "seccomp":
-      return "seccomp(2) filter for root emulation";
+      return `seccomp(2) filter for root emulation${op.notify ? ", POSIX ACLs faked by a supervisor" : ""}`;
     case "exec":
       return `execve ${op.argv[0]}`;
   }
@@ -89,7 +89,11 @@ export function execute(ops: Op[], sys: Syscalls, arch: Arch = hostArch()): void
         sys.chdir(op.path, { what: `can't cd to ${op.path}` });
         break;
       case "seccomp":
-        sys.seccomp(seccompFilter(arch), { what: "can't install seccomp(2) filter for root emulation (--seccomp)" });
+        if (op.notify)
+          sys.seccompNotify(seccompFilter(arch, true), seccompFilter(arch), op.warn ? NOTIFY_FALLBACK_WARNING : null, {
+            what: "can't install seccomp(2) filter for root emulation (--seccomp)",
+          });
+        else sys.seccomp(seccompFilter(arch), { what: "can't install seccomp(2) filter for root emulation (--seccomp)" });
         break;
       case "exec":
         sys.execve(op.candidates, op.argv, op.env, { what: `can't execve(2): ${op.argv[0]}`, exit: EXIT_EXEC });

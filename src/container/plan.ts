@@ -9,6 +9,7 @@ import type { HostFs } from "./hostfs.ts";
 import { Mounts } from "./mounts.ts";
 import { groupFile, passwdFile } from "./passwd.ts";
 import { pmixHashEnv, pmixServerDir, pmixStep } from "./pmix.ts";
+import { notifyKernel } from "./seccomp.ts";
 import { argvToString } from "./syslog.ts";
 
 export interface Bind {
@@ -68,6 +69,8 @@ export interface HostFacts {
   passwd(uid: number): Passwd | null;
   group(gid: number): Group | null;
   fs: HostFs;
+  /** The kernel's release (uname -r), for what --seccomp can do; unknown: assume a recent one. */
+  kernel?: string;
 }
 
 export type Op =
@@ -82,7 +85,8 @@ export type Op =
   | { op: "pivot"; root: string }
   | { op: "userns"; uid: number; gid: number }
   | { op: "chdir"; path: string }
-  | { op: "seccomp" }
+  /** notify: with the supervisor that fakes POSIX ACLs; warn: its fallback warning printed. */
+  | { op: "seccomp"; notify: boolean; warn: boolean }
   | { op: "exec"; candidates: string[]; argv: string[]; env: string[] };
 
 export interface Plan {
@@ -225,7 +229,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) }); // else / from the pivot
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
-  if (o.seccomp) ops.push({ op: "seccomp" });
+  if (o.seccomp) ops.push(seccompOp(o, h.kernel, warnings));
   ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
   log.push(`executing: ${argvToString(o.argv)}`);
   return { ops, warnings, log };
@@ -234,7 +238,7 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
 /** A --join peer's plan: the first peer set the container up, so only the environment, the
  * working directory and the command remain. `root` is the container's root as the host sees
  * it (/proc/PID/root). */
-export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs">, root: string): Plan {
+export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs" | "kernel">, root: string): Plan {
   const view = new ContainerView(root, h.fs);
   const home = o.home ? `/home/${h.user}` : view.resolve("/root").type === "dir" ? "/root" : "/";
   const env = buildEnv({
@@ -252,8 +256,9 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
   const pmixDir = pmixServerDir(h.env, h.fs);
   if (pmixDir && view.resolve(pmixDir).type !== "dir") pmixLog(log, pmixDir, pmixHashEnv(env.env));
   const ops: Op[] = [];
+  const warnings = [...env.warnings];
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) });
-  if (o.seccomp) ops.push({ op: "seccomp" });
+  if (o.seccomp) ops.push(seccompOp(o, h.kernel, warnings));
   ops.push({
     op: "exec",
     candidates: execCandidates(o.argv[0], env.env.get("PATH")),
@@ -261,7 +266,18 @@ export function planJoin(o: RunOptions, h: Pick<HostFacts, "env" | "user" | "fs"
     env: [...env.env].map(([k, v]) => `${k}=${v}`),
   });
   log.push(`executing: ${argvToString(o.argv)}`);
-  return { ops, warnings: env.warnings, log };
+  return { ops, warnings, log };
+}
+
+/** --seccomp's step: with the supervisor that fakes POSIX ACLs if the kernel can run it (else a
+ * warning now); its own warning, should the kernel refuse it after all, unless -qq. */
+function seccompOp(o: RunOptions, kernel: string | undefined, warnings: string[]): Op {
+  const notify = kernel === undefined || notifyKernel(kernel);
+  if (!notify)
+    warnings.push(
+      `--seccomp: Linux ${kernel} can't fake POSIX ACLs (needs 5.9 or later): setting them fails as without --seccomp`,
+    );
+  return { op: "seccomp", notify, warn: o.verbosity >= -1 };
 }
 
 function pmixLog(log: string[], dir: string, set: string | null): void {

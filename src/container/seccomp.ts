@@ -8,10 +8,16 @@
 //   passes unfiltered, as without emulation (it fails as it would; nothing is gained by it). On
 //   x86-64, x32 calls (nr with __X32_SYSCALL_BIT) would reach the same kernel code under other
 //   numbers, so they are refused outright with EPERM (Charliecloud's filter lets them through).
-// - Not faked: setting POSIX ACLs (setxattr of system.posix_acl_access or _default). The name
-//   is a pointer into the caller's memory, which classic BPF cannot read, and faking every
-//   setxattr would hide real failures; a user-notification supervisor could do it. So e.g.
-//   `apt-get install systemd` still fails, as it does with Charliecloud's.
+// - Setting a POSIX ACL (setxattr(2) and kin of system.posix_acl_access or _default) succeeds
+//   without effect too: systemd's package sets ACLs naming groups the container doesn't map,
+//   which the kernel refuses (EINVAL), so `apt-get install systemd` fails under Charliecloud.
+//   The name is a pointer into the caller's memory, which classic BPF can't read, and faking
+//   every setxattr would hide real failures (user.* and security.* keep their behaviour): the
+//   filter returns SECCOMP_RET_USER_NOTIF for the setxattr family, and a supervisor forked by
+//   the launcher reads the name and answers (src/sys/native/supervise.h). That needs Linux 5.9
+//   (SECCOMP_USER_NOTIF_FLAG_CONTINUE, and the listener's EPOLLHUP when no process is left,
+//   which ends the supervisor); on older kernels, or where the kernel refuses a listener (an
+//   outer supervisor has one), the filter without it is installed, with a warning.
 import { type Arch, AUDIT_ARCH, SYSCALLS, type SyscallNumbers } from "../sys/arch.ts";
 
 // struct sock_filter codes.
@@ -24,6 +30,7 @@ const RET_K = 0x06;
 
 export const SECCOMP_RET_ALLOW = 0x7fff0000;
 export const SECCOMP_RET_ERRNO = 0x00050000;
+export const SECCOMP_RET_USER_NOTIF = 0x7fc00000;
 const EPERM = 1;
 export const X32_SYSCALL_BIT = 0x40000000;
 const S_IFMT = 0o170000;
@@ -54,6 +61,21 @@ const MKNOD = [
   ["mknod", 1],
   ["mknodat", 2],
 ] as const satisfies readonly (readonly [keyof SyscallNumbers, number])[];
+
+/** The calls whose name argument the supervisor reads (supervise.h knows the same indices). */
+export const SETXATTR = ["setxattr", "lsetxattr", "fsetxattr", "setxattrat"] as const satisfies readonly (keyof SyscallNumbers)[];
+
+/** What ch-run prints when the kernel refuses the supervisor's listener at run time. */
+export const NOTIFY_FALLBACK_WARNING =
+  "--seccomp: the kernel refused a seccomp(2) listener here (an outer supervisor has one?): setting POSIX ACLs is not faked";
+
+/** Whether Linux `release` (uname -r) can run the supervisor: 5.9 or later. */
+export function notifyKernel(release: string): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  if (!m) return false;
+  const [major, minor] = [Number(m[1]), Number(m[2])];
+  return major > 5 || (major === 5 && minor >= 9);
+}
 
 interface Insn {
   code: number;
@@ -90,8 +112,9 @@ function assemble(insns: Insn[]): Uint8Array {
 /** offsetof(struct seccomp_data, args[i]), low 32 bits (both architectures are little-endian). */
 const argOffset = (i: number) => 16 + 8 * i;
 
-/** The filter for `arch`, as the bytes of its struct sock_filter array. */
-export function seccompFilter(arch: Arch): Uint8Array {
+/** The filter for `arch`, as the bytes of its struct sock_filter array; with `notify`, the
+ * setxattr family goes to the supervisor. */
+export function seccompFilter(arch: Arch, notify = false): Uint8Array {
   const nr = SYSCALLS[arch];
   const p: Insn[] = [];
   p.push({ code: LD_W_ABS, k: 4 }); // seccomp_data.arch
@@ -106,6 +129,7 @@ export function seccompFilter(arch: Arch): Uint8Array {
     const n = nr[name];
     if (n !== undefined) p.push({ code: JMP_JEQ_K, k: n, jt: name });
   }
+  if (notify) for (const name of SETXATTR) p.push({ code: JMP_JEQ_K, k: nr[name], jt: "notify" });
   p.push({ code: RET_K, k: SECCOMP_RET_ALLOW });
   for (const [name, arg] of MKNOD) {
     if (nr[name] === undefined) continue;
@@ -118,5 +142,6 @@ export function seccompFilter(arch: Arch): Uint8Array {
   p.push({ code: RET_K, k: SECCOMP_RET_ALLOW, label: "allow" });
   p.push({ code: RET_K, k: SECCOMP_RET_ERRNO | 0, label: "fake" });
   p.push({ code: RET_K, k: SECCOMP_RET_ERRNO | EPERM, label: "eperm" });
+  if (notify) p.push({ code: RET_K, k: SECCOMP_RET_USER_NOTIF, label: "notify" });
   return assemble(p);
 }

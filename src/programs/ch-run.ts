@@ -3,6 +3,7 @@
 // sys/exec-launch.ts (a directory image without --join: this process becomes the container) or
 // sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
 import { existsSync, realpathSync } from "node:fs";
+import { release } from "node:os";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { imageDefaults } from "../container/defaults.ts";
@@ -182,7 +183,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
           peers?.leave();
         },
         build: (b, beforeExec) =>
-          build(planJoin(opts, { env: process.env, user, fs: realFs }, `/proc/${target}/root`), b, beforeExec),
+          build(planJoin(opts, { env: process.env, user, fs: realFs, kernel: release() }, `/proc/${target}/root`), b, beforeExec),
       });
     } catch (e) {
       peers?.leave();
@@ -231,6 +232,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
           passwd: (uid) => c.getpwuid(uid),
           group: (gid) => c.getgrgid(gid),
           fs,
+          kernel: release(),
         });
         build(p, b, beforeExec);
       },
@@ -281,6 +283,7 @@ async function runDirect(
     passwd: (u) => (u === uid ? pw : filePasswd(u)),
     group: (g) => (g === gid ? gr : fileGroup(g)),
     fs: realFs,
+    kernel: release(),
   });
   showPlan(p, log);
   const nullFds = nullFdsFor(opts.verbosity);

@@ -26,6 +26,10 @@ export interface SyscallNumbers {
   ioctl: number;
   getppid: number;
   setxattr: number;
+  // Root emulation sends these to its supervisor (POSIX ACLs faked): setxattrat(2) is Linux 6.13's.
+  lsetxattr: number;
+  fsetxattr: number;
+  setxattrat: number;
   socket: number;
   connect: number;
   sendto: number;
@@ -76,6 +80,9 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     ioctl: 16,
     getppid: 110,
     setxattr: 188,
+    lsetxattr: 189,
+    fsetxattr: 190,
+    setxattrat: 463,
     socket: 41,
     connect: 42,
     sendto: 44,
@@ -122,6 +129,9 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     ioctl: 29,
     getppid: 173,
     setxattr: 5,
+    lsetxattr: 6,
+    fsetxattr: 7,
+    setxattrat: 463,
     socket: 198,
     connect: 203,
     sendto: 206,

@@ -8,7 +8,7 @@ import { ChError, sysError } from "./errors.ts";
 import { inheritedFds } from "./fds.ts";
 import { LibcError, libc, PROT_EXEC, PROT_READ } from "./libc.ts";
 import { blobs } from "./native/blobs.ts";
-import { ProgramBuilder, relocate } from "./program.ts";
+import { OP_SUPERVISE, ProgramBuilder, relocate } from "./program.ts";
 import { CLONE_NEWNS, CLONE_NEWUSER, SIGCHLD } from "./syscalls.ts";
 
 const O_CLOEXEC = 0o2000000;
@@ -59,8 +59,13 @@ export function mapProgram(b: ProgramBuilder) {
   const native = blobs[b.arch];
   const code = Buffer.from(native.launcher, "base64");
   const codeSize = roundUp(code.length, PAGE);
-  const prog = b.layout();
+  let prog = b.layout();
   const mem = c.mmap(codeSize + roundUp(prog.bytes.length, 16) + STACK);
+  const mapping = { address: mem.address, size: roundUp(mem.size, PAGE) };
+  if (b.ownMapping === null && b.ops.some((o) => o.nr === OP_SUPERVISE)) {
+    b.ownMapping = mapping;
+    prog = b.layout(); // the same size: only its values changed
+  }
   const progAddr = mem.address + BigInt(codeSize);
   relocate(prog.bytes, prog.relocs, progAddr);
   c.poke(mem, 0, code);
@@ -71,6 +76,7 @@ export function mapProgram(b: ProgramBuilder) {
     handler: mem.address + BigInt(native.forwardEntry),
     stackTop: mem.address + BigInt(mem.size),
     progAddr,
+    mapping,
   };
 }
 
@@ -136,6 +142,7 @@ export function launch(spec: LaunchSpec): never {
     spec.prepare?.(pid);
     b2.reportFd = repW;
     b2.indexBase = b1.ops.length;
+    b2.ownMapping = m.mapping; // the second stage runs on the first's code and stack
     spec.build(b2, () => b2.beforeExec(forwardedSignals(), [0, 1, 2, ...inherited], spec.nullFds, gateR));
     const bytes = b2.serialize(stage2Addr);
     if (bytes.length > STAGE2_MAX) throw new ChError(`container setup too large (${bytes.length} bytes; environment too big?)`);

@@ -2,7 +2,7 @@
 // native launcher (native/launcher.c) runs in the clone(2) child. Strings and arrays are laid out
 // after the ops; serialize() fixes their addresses once the program's memory is mapped.
 import { type Arch, SYSCALLS, type SyscallNumbers } from "./arch.ts";
-import { EXIT_ERR, formatError } from "./errors.ts";
+import { EXIT_ERR, formatError, programName } from "./errors.ts";
 import { sourceLocation } from "./sourcemap.ts";
 import type { Syscalls, Why } from "./syscalls.ts";
 
@@ -18,15 +18,19 @@ const PR_SET_NO_NEW_PRIVS = 38;
 const SIG_SETMASK = 2;
 const EEXIST = 17;
 const SECCOMP_SET_MODE_FILTER = 1;
+/** The pseudo-op that installs a supervised seccomp(2) filter (native/supervise.h). */
+export const OP_SUPERVISE = -2;
 
 const OP_WORDS = 10;
 const HEADER_WORDS = 3;
 
-/** An argument: a number, a register, or a pointer to data laid out after the ops: a string,
- * a NULL-terminated array of strings, bytes, or a struct sock_fprog around a filter. */
+/** An argument: a number, one known only when the program is laid out, a register, or a pointer
+ * to data laid out after the ops: a string, a NULL-terminated array of strings, bytes, or a
+ * struct sock_fprog around a filter. */
 type Arg =
   | number
   | bigint
+  | { late: () => bigint }
   | { str: string }
   | { strs: string[] }
   | { bytes: Uint8Array }
@@ -67,6 +71,10 @@ export class ProgramBuilder implements Syscalls {
   indexBase = 0;
   /** Whether the child prints an execve(2) failure itself (no one may be left to read it). */
   execMessages = true;
+  /** The mapping of the launcher's code and stack (mapProgram's), which a supervisor forked by
+   * this program keeps the pages of while it drops all others (a copy of Node's memory); null: drop none
+   * (exec.c, a small static program). */
+  ownMapping: { address: bigint; size: number } | null = null;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -250,6 +258,23 @@ export class ProgramBuilder implements Syscalls {
     this.op(this.nr.seccomp, [SECCOMP_SET_MODE_FILTER, 0, { fprog: filter }], why);
   }
 
+  seccompNotify(filter: Uint8Array, fallback: Uint8Array, warning: string | null, why: Why): void {
+    this.op(this.nr.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
+    const text = new TextEncoder().encode(warning === null ? "" : `${programName()}[${process.pid}]: warning: ${warning}\n`);
+    this.op(
+      OP_SUPERVISE,
+      [
+        { fprog: filter },
+        { fprog: fallback },
+        text.length ? { bytes: text } : 0,
+        text.length,
+        { late: () => this.ownMapping?.address ?? 0n },
+        { late: () => BigInt(this.ownMapping?.size ?? 0) },
+      ],
+      why,
+    );
+  }
+
   // --- serialization ---
 
   /** Serializes the program as if loaded at `base`. */
@@ -294,6 +319,7 @@ export class ProgramBuilder implements Syscalls {
       op.args.forEach((a, j) => {
         let v: bigint;
         if (typeof a === "number" || typeof a === "bigint") v = BigInt(a);
+        else if ("late" in a) v = a.late();
         else if ("reg" in a) {
           flags |= BigInt(a.reg + 1) << BigInt(4 * j);
           v = 0n;

@@ -60,6 +60,9 @@ export interface Syscalls {
   unshare(flags: number, why: Why): void;
   /** Installs a seccomp(2) filter (struct sock_filter array), setting no_new_privs first. */
   seccomp(filter: Uint8Array, why: Why): void;
+  /** The same with a supervisor (native/supervise.h) answering the filter's user notifications;
+   * `fallback` is installed instead, with `warning` printed, if the kernel refuses a listener. */
+  seccompNotify(filter: Uint8Array, fallback: Uint8Array, warning: string | null, why: Why): void;
   /** execve(2) each candidate in turn, as execvp(3) does; the last failure is reported. */
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void;
 }
@@ -96,6 +99,9 @@ export class Recorder implements Syscalls {
   }
   seccomp(filter: Uint8Array): void {
     this.log(`seccomp ${filter.length / 8} instructions`);
+  }
+  seccompNotify(filter: Uint8Array, fallback: Uint8Array, warning: string | null): void {
+    this.log(`seccomp ${filter.length / 8} instructions, supervised (else ${fallback.length / 8}${warning ? ", warning" : ""})`);
   }
   execve(candidates: string[], argv: string[]): void {
     this.log(`execve ${candidates.join("|")} ${JSON.stringify(argv)}`);

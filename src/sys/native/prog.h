@@ -1,6 +1,8 @@
 /* The program format the TypeScript side lays out (src/sys/program.ts), and the step both of its
    interpreters share: launcher.c (the clone(2) child) and exec.c (the executable ch-run
-   execve(2)s into). Needs syscall.h.
+   execve(2)s into). Needs syscall.h. nr OP_SUPERVISE (-2) is no system call but supervise()
+   (supervise.h: root emulation's seccomp(2) filter with its supervisor), with the same result
+   convention.
 
    Program layout (little-endian 64-bit words):
      header: nops, report_fd, index_base (added to op indices in reports)
@@ -12,6 +14,8 @@
           bit 30: on failure, first write a message to stderr, from the table at address `expect`:
                   entries {errno, text, length}, the last one with errno 0 for any other.
           bits 32..39: exit status on failure (0 means 31). */
+#include "supervise.h"
+
 struct op {
   i64 nr, a[6], flags, ok_errno, expect;
 };
@@ -35,7 +39,7 @@ static inline void op_args(const struct op *o, const i64 *reg, i64 *a) {
    returns whether it failed (soft or not), with its errno in *err (0 if the result was only
    not the one expected). */
 static inline int op_call(const struct op *o, i64 *reg, const i64 *a, i64 *err) {
-  i64 r = sys6(o->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+  i64 r = o->nr == OP_SUPERVISE ? supervise(a) : sys6(o->nr, a[0], a[1], a[2], a[3], a[4], a[5]);
   i64 dst = (o->flags >> 24) & 15;
   if (dst) reg[dst - 1] = r;
   *err = 0;
