@@ -3,16 +3,19 @@
 // its installation as ops of the launcher's program; --seccomp in the plan.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { execute } from "../../src/container/execute.ts";
 import { MemFs } from "../../src/container/hostfs.ts";
 import { parseRunArgs } from "../../src/container/options.ts";
 import { defaultRunOptions, planJoin } from "../../src/container/plan.ts";
-import { seccompFilter } from "../../src/container/seccomp.ts";
+import { notifyKernel, SETXATTR, seccompFilter } from "../../src/container/seccomp.ts";
 import { type Arch, AUDIT_ARCH, SYSCALLS } from "../../src/sys/arch.ts";
-import { ProgramBuilder } from "../../src/sys/program.ts";
+import { OP_SUPERVISE, ProgramBuilder } from "../../src/sys/program.ts";
+import { Recorder } from "../../src/sys/syscalls.ts";
 
 const ALLOW = 0x7fff0000;
 const ERRNO = 0x00050000;
 const KILL_PROCESS = 0x80000000;
+const USER_NOTIF = 0x7fc00000;
 
 /** struct seccomp_data: nr, arch, instruction_pointer, args[6] (little-endian). */
 function data(nr: number, arch: number, args: number[] = []): DataView {
@@ -172,8 +175,95 @@ for (const arch of ["x64", "arm64"] as Arch[]) {
       it("has no x32 case on aarch64 (nr with bit 30 is just an unknown call)", () => {
         assert.equal(run(0x40000000 | nr.setuid), ALLOW);
       });
+
+    describe("with the supervisor (POSIX ACLs)", () => {
+      const g = seccompFilter(arch, true);
+      const runN = (n: number, args: number[] = [], a = me) => runBpf(g, data(n, a, args));
+
+      it("sends the setxattr family, and nothing else, to the supervisor", () => {
+        const numbers = SETXATTR.map((k) => nr[k]);
+        assert.deepEqual(numbers, arch === "x64" ? [188, 189, 190, 463] : [5, 6, 7, 463]);
+        for (const n of numbers) {
+          assert.equal(runN(n, [0x1000, 0x2000, 0x3000, 28, 0]), USER_NOTIF, `nr ${n}`);
+          assert.equal(run(n, [0x1000, 0x2000, 0x3000, 28, 0]), ALLOW, `nr ${n} without the supervisor`);
+        }
+        for (const k of ["getxattr", "removexattr"] as const) {
+          const n = { x64: { getxattr: 191, removexattr: 197 }, arm64: { getxattr: 8, removexattr: 14 } }[arch][k];
+          assert.equal(runN(n), ALLOW, k);
+        }
+        for (let n = 0; n < 600; n++)
+          if (!numbers.includes(n)) assert.equal(runN(n, [0, S_IFCHR, S_IFCHR]), run(n, [0, S_IFCHR, S_IFCHR]), `nr ${n}`);
+      });
+
+      it("still fakes what the filter without it fakes", () => {
+        for (const name of FAKED_BOTH) assert.equal(runN(nr[name], [0, 1234, 1234]), ERRNO | 0, name);
+        assert.equal(runN(nr.mknodat, [-100, 0x1000, S_IFCHR | 0o666, 0x103]), ERRNO | 0);
+        assert.equal(runN(nr.mknodat, [-100, 0x1000, S_IFIFO | 0o666, 0]), ALLOW);
+      });
+
+      it("lets another ABI's setxattr through; refuses x32's (EPERM) on x86-64", () => {
+        const other = arch === "x64" ? 0x40000003 : 0x40000028;
+        assert.equal(runN(nr.setxattr, [0, 0], other), ALLOW);
+        if (arch === "x64") {
+          assert.equal(runN(0x40000000 | nr.setxattr), ERRNO | 1);
+          assert.equal(runN(0x40000000 | nr.fsetxattr), ERRNO | 1);
+        }
+      });
+    });
   });
 }
+
+describe("seccomp supervisor: kernel and plan", () => {
+  it("needs Linux 5.9 (CONTINUE and the listener's EPOLLHUP)", () => {
+    for (const r of ["5.9.0", "5.10.0-28-amd64", "5.14.0-427.el9.x86_64", "6.1.0-18-arm64", "6.18.44-fc-v657", "10.0"])
+      assert.equal(notifyKernel(r), true, r);
+    for (const r of ["5.8.18", "5.4.0-150-generic", "4.18.0-553.el8_10.x86_64", "3.10.0-1160.el7.x86_64", "", "x"])
+      assert.equal(notifyKernel(r), false, r);
+  });
+
+  it("--seccomp plans the supervisor on a recent kernel or an unknown one; else the filter alone, with a warning", () => {
+    const opts = { ...defaultRunOptions(["true"]), seccomp: true };
+    const plan = (kernel: string | undefined, o = opts) =>
+      planJoin(o, { env: { PATH: "/bin" }, user: "u", fs: new MemFs({}), kernel }, "/proc/1/root");
+    for (const k of ["6.1.0", "5.9.0", undefined]) {
+      const p = plan(k);
+      assert.deepEqual(
+        p.ops.find((o) => o.op === "seccomp"),
+        { op: "seccomp", notify: true, warn: true },
+      );
+      assert.deepEqual(p.warnings, []);
+    }
+    const old = plan("5.4.0-150-generic");
+    assert.deepEqual(
+      old.ops.find((o) => o.op === "seccomp"),
+      { op: "seccomp", notify: false, warn: true },
+    );
+    assert.deepEqual(old.warnings, [
+      "--seccomp: Linux 5.4.0-150-generic can't fake POSIX ACLs (needs 5.9 or later): setting them fails as without --seccomp",
+    ]);
+    // -qq: no warning from the launcher either (ch-run prints none at that level).
+    assert.deepEqual(
+      plan("6.1.0", { ...opts, verbosity: -2 }).ops.find((o) => o.op === "seccomp"),
+      { op: "seccomp", notify: true, warn: false },
+    );
+    assert.equal(plan("6.1.0", { ...opts, verbosity: -1 }).ops.find((o) => o.op === "seccomp")?.op, "seccomp");
+  });
+
+  it("executes as seccompNotify(filter with the supervisor, filter without it, warning)", () => {
+    const r = new Recorder();
+    const n = seccompFilter("x64", true).length / 8;
+    const m = seccompFilter("x64").length / 8;
+    execute([{ op: "seccomp", notify: true, warn: true }], r, "x64");
+    execute([{ op: "seccomp", notify: true, warn: false }], r, "x64");
+    execute([{ op: "seccomp", notify: false, warn: true }], r, "x64");
+    assert.deepEqual(r.calls, [
+      `seccomp ${n} instructions, supervised (else ${m}, warning)`,
+      `seccomp ${n} instructions, supervised (else ${m})`,
+      `seccomp ${m} instructions`,
+    ]);
+    assert.equal(n, m + SETXATTR.length + 1, "one jump per call and one return");
+  });
+});
 
 describe("seccomp filter installation", () => {
   it("is prctl(PR_SET_NO_NEW_PRIVS) then seccomp(SECCOMP_SET_MODE_FILTER, 0, &sock_fprog), relocated", () => {
@@ -197,6 +287,42 @@ describe("seccomp filter installation", () => {
       const at = Number(dv.getBigUint64(fprog + 8, true) - base);
       assert.ok(at > 0 && at + filter.length <= bytes.length, "sock_fprog.filter relocated into the program");
       assert.deepEqual(bytes.subarray(at, at + filter.length), filter);
+    }
+  });
+
+  it("with the supervisor: prctl, then OP_SUPERVISE(&fprog, &fallback, warning, length, mapping, size)", () => {
+    for (const arch of ["x64", "arm64"] as Arch[]) {
+      const b = new ProgramBuilder(arch);
+      const filter = seccompFilter(arch, true);
+      const fallback = seccompFilter(arch);
+      b.seccompNotify(filter, fallback, "no listener", { what: "can't install" });
+      b.seccompNotify(filter, fallback, null, { what: "can't install" });
+      assert.deepEqual(
+        b.ops.map((o) => o.nr),
+        [SYSCALLS[arch].prctl, OP_SUPERVISE, SYSCALLS[arch].prctl, OP_SUPERVISE],
+      );
+      const base = 0x7000_0000n;
+      const word = (bytes: Uint8Array, op: number, arg: number) =>
+        new DataView(bytes.buffer).getBigInt64(8 * (3 + 10 * op + 1 + arg), true);
+      const fprog = (bytes: Uint8Array, at: bigint) => {
+        const dv = new DataView(bytes.buffer);
+        const off = Number(at - base);
+        const f = Number(dv.getBigUint64(off + 8, true) - base);
+        return bytes.subarray(f, f + dv.getUint16(off, true) * 8);
+      };
+      let bytes = b.serialize(base);
+      assert.deepEqual(fprog(bytes, word(bytes, 1, 0)), filter);
+      assert.deepEqual(fprog(bytes, word(bytes, 1, 1)), fallback);
+      const text = `charliecloud[${process.pid}]: warning: no listener\n`;
+      const at = Number(word(bytes, 1, 2) - base);
+      assert.equal(word(bytes, 1, 3), BigInt(text.length));
+      assert.equal(new TextDecoder().decode(bytes.subarray(at, at + text.length)), text);
+      assert.deepEqual([word(bytes, 1, 4), word(bytes, 1, 5)], [0n, 0n], "exec.c: no mapping to keep");
+      assert.deepEqual([word(bytes, 3, 2), word(bytes, 3, 3)], [0n, 0n], "no warning");
+      // On the clone path, the mapping of the launcher's code and stack, known only once mapped.
+      b.ownMapping = { address: 0x7f00_1234_5000n, size: 0x13000 };
+      bytes = b.serialize(base);
+      assert.deepEqual([word(bytes, 1, 4), word(bytes, 1, 5)], [0x7f00_1234_5000n, 0x13000n], "not relocated");
     }
   });
 
