@@ -1,14 +1,28 @@
 // Root emulation, as an ordinary user: ch-run --seccomp makes chown(2), mknod(2) of a device and
 // kexec_load(2) succeed without effect, refuses x32 calls, lets a FIFO be made for real; without
-// it they fail. ch-image build passes --seccomp to RUN by default (--force=seccomp), not with
-// --force=none, and adds --force-cmd's arguments (apt-get's by default).
+// it they fail. Setting a POSIX ACL succeeds without effect too, through the supervisor, on both
+// launch paths, while user.* xattrs stay real; the supervisor leaves no process behind. ch-image
+// build passes --seccomp to RUN by default (--force=seccomp), not with --force=none, and adds
+// --force-cmd's arguments (apt-get's by default).
 import assert from "node:assert/strict";
-import { chmodSync, existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { seccompFilter } from "../../src/container/seccomp.ts";
+import { setTimeout as sleep } from "node:timers/promises";
+import { NOTIFY_FALLBACK_WARNING, seccompFilter } from "../../src/container/seccomp.ts";
 import { hostArch } from "../../src/sys/arch.ts";
-import { loadLibc } from "../../src/sys/libc.ts";
+import { LibcError, libc, loadLibc } from "../../src/sys/libc.ts";
 import { probe } from "../../src/sys/probe.ts";
 import { busyboxImage, CH_RUN, chRun, cleanup, DIST, ERROR_LINE, ROOT, run, tmp } from "../helpers.ts";
 
@@ -32,6 +46,12 @@ before(async () => {
   assert.equal(cc.status, 0, cc.stderr);
   const cd = run("gcc", ["-O2", "-o", join(dir, "deny-seccomp"), join(ROOT, "test/fixtures/deny-seccomp.c")]);
   assert.equal(cd.status, 0, cd.stderr);
+  const ca = run("gcc", ["-static", "-O2", "-o", join(dir, "acl-check"), join(ROOT, "test/fixtures/acl-check.c")]);
+  assert.equal(ca.status, 0, ca.stderr);
+  copyFileSync(join(dir, "acl-check"), join(img, "usr/bin/acl-check"));
+  chmodSync(join(img, "usr/bin/acl-check"), 0o755);
+  const cl = run("gcc", ["-O2", "-o", join(dir, "listener-exec"), join(ROOT, "test/fixtures/listener-exec.c")]);
+  assert.equal(cl.status, 0, cl.stderr);
   storage = join(dir, "storage");
 });
 after(() => cleanup(dir));
@@ -92,6 +112,165 @@ describe("ch-run --seccomp", () => {
     assert.match(r.stderr, /error: can't install seccomp\(2\) filter for root emulation \(--seccomp\): Permission denied/);
     assert.equal(deny([img, "--", "true"]).status, 0, "the same without --seccomp works");
     assert.equal(deny(["--feature=seccomp"]).status, 1);
+  });
+});
+
+/** acl-check's lines (test/fixtures/acl-check.c), by call: "RET ERRNO", or the value read. */
+function aclCheck(out: string): Map<string, string> {
+  return new Map(
+    out.split("\n").flatMap((l) => (/^(\S+) (?:= )?(.*)$/.exec(l) ? [[l.split(" ")[0], l.replace(/^\S+ (= )?/, "")]] : [])),
+  );
+}
+/** Every call of the setxattr family that sets an ACL naming group 4242. */
+const ACL_CALLS = [
+  "setxattr_access",
+  "lsetxattr_access",
+  "fsetxattr_access",
+  "setxattr_default",
+  "setxattrat_access",
+  "setxattr_default_split",
+];
+
+/** What acl-check must print under the supervisor (ACLs faked) or without it (the kernel's
+ * EINVAL: group 4242 is not mapped); the rest is the same either way. The file is the host's
+ * `f`: the user.* xattr is really there, no ACL is. */
+function assertAcls(out: string, faked: boolean, f: string): void {
+  const got = aclCheck(out);
+  for (const c of ACL_CALLS) assert.equal(got.get(c), faked ? "0 0" : "-1 22", `${c}:\n${out}`);
+  assert.equal(got.get("getxattr_access"), "-1 61", "no ACL set (ENODATA)");
+  assert.equal(got.get("setxattr_user_page_end"), "0 0", "a user.* name at the end of readable memory");
+  assert.equal(got.get("setxattr_user"), "0 0");
+  assert.equal(got.get("user.a"), "hello");
+  assert.equal(got.get("setxattr_enoent"), "-1 2");
+  assert.equal(got.get("setxattr_efault"), "-1 14", "a name the supervisor can't read: the kernel's EFAULT");
+  assert.equal(got.get("setxattr_bogus"), "-1 95");
+  assert.equal(libc().lgetxattr(f, "user.a").toString(), "hello");
+  assert.equal(libc().lgetxattr(f, "user.b").toString(), "x");
+  assert.throws(
+    () => libc().lgetxattr(f, "system.posix_acl_access"),
+    (e) => e instanceof LibcError && (e.errno === 61 || e.errno === 95),
+  );
+}
+
+/** The live supervisors ("ch-seccomp") in the user namespace of process `pid`. */
+function supervisorsOf(pid: number): number[] {
+  const ns = readlinkSync(`/proc/${pid}/ns/user`);
+  return readdirSync("/proc")
+    .filter((p) => /^\d+$/.test(p))
+    .filter((p) => {
+      try {
+        const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+        return stat.includes(" (ch-seccomp) ") && !/\) Z /.test(stat) && readlinkSync(`/proc/${p}/ns/user`) === ns;
+      } catch {
+        return false; // gone meanwhile, or not ours
+      }
+    })
+    .map(Number);
+}
+
+/** Whether process `pid` has exited (gone, or a zombie that nobody reaps yet). */
+function exited(pid: number): boolean {
+  try {
+    return /\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return true;
+  }
+}
+
+describe("ch-run --seccomp: POSIX ACLs faked by a supervisor", () => {
+  let n = 0;
+  /** A fresh directory in the image for acl-check; its path in the container and on the host. */
+  const fresh = (): [string, string] => {
+    const d = `acl${n++}`;
+    mkdirSync(join(img, "w", d));
+    return [`/w/${d}`, join(img, "w", d)];
+  };
+
+  it("an ACL naming an unmapped group succeeds without effect; user.* is real; bad calls fail; without --seccomp EINVAL", () => {
+    const [c, h] = fresh();
+    const r = chRun(["--seccomp", "-w", img, "--", "acl-check", c]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, "");
+    assertAcls(r.stdout, true, join(h, "f"));
+    const [c2, h2] = fresh();
+    const n = chRun(["-w", img, "--", "acl-check", c2]);
+    assert.equal(n.status, 0, n.stderr);
+    assertAcls(n.stdout, false, join(h2, "f"));
+  });
+
+  it("on the clone path too (a plan too large for the launcher's arguments), and for a --join-pid peer", {
+    timeout: 120_000,
+  }, async () => {
+    const [c, h] = fresh();
+    const big: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) big[`BIG${i}`] = "x".repeat(100_000);
+    const r = run("sh", ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "-v", "--seccomp", "-w", img, "--", "acl-check", c], {
+      env: { ...process.env, ...big },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /no launcher executable \(plan too large/);
+    assert.match(r.stderr, /seccomp\(2\) filter for root emulation, POSIX ACLs faked by a supervisor/);
+    assertAcls(r.stdout, true, join(h, "f"));
+    // A peer joins a container started without --seccomp: its filter and supervisor are its own.
+    const first = spawn(CH_RUN, ["-w", img, "--", "sh", "-c", "echo ready; read x"], { stdio: ["pipe", "pipe", "inherit"] });
+    try {
+      await new Promise((resolve) => first.stdout.once("data", resolve));
+      const [c2, h2] = fresh();
+      const j = chRun(["--seccomp", `--join-pid=${first.pid}`, img, "--", "acl-check", c2]);
+      assert.equal(j.status, 0, j.stderr);
+      assertAcls(j.stdout, true, join(h2, "f"));
+      const [c3] = fresh();
+      const jn = chRun([`--join-pid=${first.pid}`, img, "--", "acl-check", c3]);
+      assert.equal(aclCheck(jn.stdout).get("setxattr_access"), "-1 22", "the first one's container has no filter");
+    } finally {
+      first.stdin.end();
+      await new Promise((resolve) => first.once("exit", resolve));
+    }
+  });
+
+  it("ch-run's PID is the command's; its supervisor is nobody's child in the container, and gone once the command is", {
+    timeout: 120_000,
+  }, async () => {
+    const [c] = fresh();
+    // The command's children, read by the shell itself (no command substitution: no fork).
+    const script = `acl-check ${c} >/dev/null; read -r kids < /proc/$$/task/$$/children; echo "$$ [$kids]"; read x || true`;
+    const child = spawn(CH_RUN, ["--seccomp", "-w", img, "--", "sh", "-c", script], { stdio: ["pipe", "pipe", "inherit"] });
+    let sup: number[] = [];
+    try {
+      const line = await new Promise<string>((resolve) => child.stdout.once("data", (d) => resolve(String(d))));
+      assert.equal(line, `${child.pid} []\n`, "the command is ch-run's process, with no child");
+      sup = supervisorsOf(child.pid as number);
+      assert.equal(sup.length, 1, "one supervisor, in the container's user namespace");
+      const status = readFileSync(`/proc/${sup[0]}/status`, "utf8");
+      assert.match(status, /^CapEff:\s*0000000000080000$/m, "only CAP_SYS_PTRACE");
+      assert.deepEqual(readdirSync(`/proc/${sup[0]}/fd`), ["0"], "no descriptor but the listener");
+    } finally {
+      child.stdin.end();
+    }
+    const code = await new Promise((resolve) => child.once("exit", resolve));
+    assert.equal(code, 0);
+    // It exits once its listener reports that no process uses the filter: soon after ch-run is
+    // reaped, not at a time this test could know.
+    for (let i = 0; i < 600 && !exited(sup[0]); i++) await sleep(50);
+    assert.ok(exited(sup[0]), `supervisor ${sup[0]} still running after the container's last process`);
+  });
+
+  it("a listener the kernel refuses (an outer supervisor has one): the filter alone, with the launcher's warning", () => {
+    const [c, h] = fresh();
+    const outer = (args: string[]) => run(join(dir, "listener-exec"), [CH_RUN, ...args]);
+    const r = outer(["--seccomp", "-w", img, "--", "acl-check", c]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, `ch-run[${/^ch-run\[(\d+)\]/.exec(r.stderr)?.[1]}]: warning: ${NOTIFY_FALLBACK_WARNING}\n`);
+    assertAcls(r.stdout, false, join(h, "f"));
+    assert.match(
+      outer(["--seccomp", "-w", img, "--", "seccomp-check"]).stdout,
+      /^kexec_load 0 0$/m,
+      "the rest of emulation works",
+    );
+    const [c2] = fresh();
+    const q = outer(["-qq", "--seccomp", "-w", img, "--", "acl-check", c2]);
+    assert.equal(q.status, 0);
+    assert.equal(q.stderr, "", "no warning with -qq");
   });
 });
 
