@@ -228,22 +228,32 @@ describe("ch-run --seccomp: POSIX ACLs faked by a supervisor", () => {
     }
   });
 
-  it("ch-run's PID is the command's; its supervisor is nobody's child in the container, and gone once the command is", {
-    timeout: 120_000,
-  }, async () => {
+  /** Starts ch-run --seccomp with a command that prints its PID and its children, then waits
+   * for input; checks its one supervisor, and that it is gone once the command ends. */
+  async function supervised(env: NodeJS.ProcessEnv, check: (sup: number, line: string, pid: number) => void): Promise<void> {
     const [c] = fresh();
     // The command's children, read by the shell itself (no command substitution: no fork).
     const script = `acl-check ${c} >/dev/null; read -r kids < /proc/$$/task/$$/children; echo "$$ [$kids]"; read x || true`;
-    const child = spawn(CH_RUN, ["--seccomp", "-w", img, "--", "sh", "-c", script], { stdio: ["pipe", "pipe", "inherit"] });
+    const child = spawn(
+      "sh",
+      ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "--seccomp", "-w", img, "--", "sh", "-c", script],
+      {
+        env,
+        stdio: ["pipe", "pipe", "inherit"],
+      },
+    );
     let sup: number[] = [];
     try {
       const line = await new Promise<string>((resolve) => child.stdout.once("data", (d) => resolve(String(d))));
-      assert.equal(line, `${child.pid} []\n`, "the command is ch-run's process, with no child");
-      sup = supervisorsOf(child.pid as number);
+      sup = supervisorsOf(Number(line.split(" ")[0])); // the command's (ch-run's on the fast path)
       assert.equal(sup.length, 1, "one supervisor, in the container's user namespace");
-      const status = readFileSync(`/proc/${sup[0]}/status`, "utf8");
-      assert.match(status, /^CapEff:\s*0000000000080000$/m, "only CAP_SYS_PTRACE");
+      assert.match(readFileSync(`/proc/${sup[0]}/status`, "utf8"), /^CapEff:\s*0000000000080000$/m, "only CAP_SYS_PTRACE");
       assert.deepEqual(readdirSync(`/proc/${sup[0]}/fd`), ["0"], "no descriptor but the listener");
+      assert.doesNotMatch(
+        readFileSync(`/proc/${sup[0]}/stat`, "utf8"),
+        new RegExp(`^\\d+ \\(ch-seccomp\\) . ${line.split(" ")[0]} `),
+      );
+      check(sup[0], line, child.pid as number);
     } finally {
       child.stdin.end();
     }
@@ -253,6 +263,26 @@ describe("ch-run --seccomp: POSIX ACLs faked by a supervisor", () => {
     // reaped, not at a time this test could know.
     for (let i = 0; i < 600 && !exited(sup[0]); i++) await sleep(50);
     assert.ok(exited(sup[0]), `supervisor ${sup[0]} still running after the container's last process`);
+  }
+
+  it("ch-run's PID is the command's; its supervisor is nobody's child in the container, and gone once the command is", {
+    timeout: 120_000,
+  }, async () => {
+    await supervised(process.env, (_sup, line, pid) => {
+      assert.equal(line, `${pid} []\n`, "the command is ch-run's process, with no child");
+    });
+  });
+
+  it("on the clone path, the supervisor keeps no copy of Node's memory, and is gone once the command is", {
+    timeout: 120_000,
+  }, async () => {
+    const big: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) big[`BIG${i}`] = "x".repeat(100_000);
+    await supervised({ ...process.env, ...big }, (sup, line) => {
+      assert.match(line, /^\d+ \[\]\n$/, "the command has no child");
+      const rss = Number(/^VmRSS:\s*(\d+) kB$/m.exec(readFileSync(`/proc/${sup}/status`, "utf8"))?.[1]);
+      assert.ok(rss > 0 && rss < 1024, `supervisor's resident memory: ${rss} kB (Node's pages kept?)`);
+    });
   });
 
   it("a listener the kernel refuses (an outer supervisor has one): the filter alone, with the launcher's warning", () => {

@@ -163,6 +163,25 @@ __attribute__((noreturn)) static void sv_exit(i64 code) {
   __builtin_unreachable();
 }
 
+/* Drops the pages of [from, to), mapping by mapping: madvise(2) stops at the first that can't
+   be dropped ([vvar], io_uring's rings: EINVAL), so its first page is found by bisection and
+   skipped. The mappings stay: the kernel may still write to some (glibc's rseq(2) area in
+   Node's thread control block), so unmapping them would kill the supervisor. */
+static inline void sv_drop(unsigned long from, unsigned long to) {
+  while (from < to && sv_sys(SV_NR_madvise, from, to - from, SV_MADV_DONTNEED) == -SV_EINVAL) {
+    unsigned long ok = from, bad = to; /* madvise(from, ok - from) works, (from, bad - from) not */
+    while (bad - ok > SV_PAGE) {
+      unsigned long mid = (ok + (bad - ok) / 2) & ~(SV_PAGE - 1);
+      if (mid <= ok) mid = ok + SV_PAGE;
+      if (sv_sys(SV_NR_madvise, from, mid - from, SV_MADV_DONTNEED) == -SV_EINVAL)
+        bad = mid;
+      else
+        ok = mid;
+    }
+    from = bad; /* past the first page that can't be dropped */
+  }
+}
+
 /* The supervisor: the grandchild, on the socket's end `sock`. */
 __attribute__((noreturn)) static void sv_main(i64 sock, i64 keep, i64 keep_len) {
   sv_sys(SV_NR_setsid, 0, 0, 0);
@@ -177,12 +196,8 @@ __attribute__((noreturn)) static void sv_main(i64 sock, i64 keep, i64 keep_len) 
   unsigned long comm[2] = {0x6f636365732d6863UL, 0x706dUL}; /* "ch-seccomp" */
   sv_sys(SV_NR_prctl, SV_PR_SET_NAME, (i64)comm, 0);
   if (keep_len) {
-    /* The pages of everything but [keep, keep + keep_len) dropped, below it and above it (the
-       walk stops early at a mapping that can't be dropped, such as [vvar], near the top). The
-       mappings stay: the kernel may still write to some (glibc's rseq(2) area in Node's thread
-       control block), so unmapping them would kill the supervisor. */
-    sv_sys(SV_NR_madvise, 0, keep, SV_MADV_DONTNEED);
-    sv_sys(SV_NR_madvise, keep + keep_len, (1L << 60) - (keep + keep_len), SV_MADV_DONTNEED);
+    sv_drop(0, keep);
+    sv_drop(keep + keep_len, 1L << 60);
   }
   i64 listener = sv_pass(sock, -1);
   sv_sys(NR_close, sock, 0, 0);
