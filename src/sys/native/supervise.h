@@ -23,8 +23,9 @@
    the command's ever sees it, and ch-run's PID stays the command's). It gets the listener over
    a socketpair (SCM_RIGHTS), closes every other descriptor (no pipe reader waits for it), leaves
    the session (no terminal signal reaches it), keeps only CAP_SYS_PTRACE of the container's user
-   namespace (which lets it read the memory of the container's processes under Yama's
-   ptrace_scope 1 or 2 too), and exits when the listener reports EPOLLHUP: when the last process
+   namespace (which it needs to read the memory of the container's processes: of those that
+   have more capabilities, root's in a build, and of any under Yama's ptrace_scope 1 or 2), and
+   exits when the listener reports EPOLLHUP: when the last process
    under the filter is gone (Linux 5.9 or later; ch-run plans the fallback filter on older
    kernels). Its name is "ch-seccomp". */
 
