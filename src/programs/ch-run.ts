@@ -206,6 +206,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
     if (!claim.first) joinContainer(claim.pid, peers);
   }
   const first = peers;
+  let fusePid = 0;
   try {
     launch({
       euid,
@@ -213,14 +214,18 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
       nullFds,
       prepare: squash
         ? (pid) => {
-            mountSquash(pid, squash);
+            // A group's squashfuse outlives this first peer: its late peers need the image.
+            fusePid = mountSquash(pid, squash, group !== null);
             fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
             seen = `/proc/${pid}/root${root}`;
           }
         : undefined,
       build(b, beforeExec) {
         const flags = c.mountFlags(seen);
-        if (squash) say(`SquashFS ${squash.file} mounted at ${root}`);
+        if (squash) {
+          say(`SquashFS ${squash.file} mounted at ${root}`);
+          b.leaveFuseNamespace(root);
+        }
         const p = plan(opts, {
           euid,
           egid,
@@ -243,6 +248,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
     });
   } catch (e) {
     peers?.abort();
+    if (fusePid) c.kill(fusePid, 9); // detached, maybe still in the namespace where it mounted
     throw e;
   }
 }

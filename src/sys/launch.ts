@@ -226,15 +226,16 @@ export function launchJoined(spec: JoinSpec): never {
 }
 
 /** Starts a program inside the namespaces of process `target` (its user namespace, then its
- * mount namespace), as a child of this process that dies with it; returns its PID once
- * execve(2) succeeded. For FUSE servers that must mount inside a container. */
-export function spawnInNamespaces(target: number, path: string, argv: string[], envp: string[]): number {
+ * mount namespace), as a child of this process that dies with it (unless `detach`: then it
+ * lives on in a session of its own); returns its PID once execve(2) succeeded. For FUSE
+ * servers that must mount inside a container. */
+export function spawnInNamespaces(target: number, path: string, argv: string[], envp: string[], detach = false): number {
   const c = libc();
   const [repR, repW] = c.pipe2(O_CLOEXEC);
   const b = new ProgramBuilder(hostArch());
   b.reportFd = repW;
   b.execMessages = false; // this process reads the report until execve(2) succeeds
-  b.joinNamespaces(target);
+  b.joinNamespaces(target, detach);
   b.execve([path], argv, envp, { what: `can't execute ${path} in the container's namespaces` });
   const m = mapProgram(b);
   const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);

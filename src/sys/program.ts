@@ -4,7 +4,7 @@
 import { type Arch, SYSCALLS, type SyscallNumbers } from "./arch.ts";
 import { EXIT_ERR, formatError } from "./errors.ts";
 import { sourceLocation } from "./sourcemap.ts";
-import type { Syscalls, Why } from "./syscalls.ts";
+import { CLONE_NEWNS, MNT_DETACH, MS_PRIVATE, MS_REC, type Syscalls, type Why } from "./syscalls.ts";
 
 const AT_FDCWD = -100;
 const O_WRONLY = 0o1;
@@ -90,10 +90,12 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.close, [syncRead], { what: "can't close sync pipe" });
   }
 
-  /** Dies with the parent; enters the user, then the mount namespace of process `pid`. */
-  joinNamespaces(pid: number): void {
+  /** Enters the user, then the mount namespace of process `pid`; dies with the parent unless
+   * `detach` (then in a session of its own instead, out of reach of its terminal's signals). */
+  joinNamespaces(pid: number, detach = false): void {
     const n = this.nr;
-    this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
+    if (detach) this.op(n.setsid, [], { what: "can't start a new session" });
+    else this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
     for (const [ns, flag] of [
       ["user", 0x10000000],
       ["mnt", 0x20000],
@@ -121,6 +123,25 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.setns, [{ reg: 2 }, 0x20000], mnt);
     this.op(n.setns, [{ reg: 0 }, 0x10000000], user);
     for (const r of [0, 1, 2]) this.op(n.close, [{ reg: r }], user);
+  }
+
+  /** A SquashFS image's container: moves to a copy of its mount namespace, then unmounts
+   * `fuseMount` in the original one, where only the FUSE server stays. The mount then lives in
+   * the container's namespace alone, and dies with it (whoever was the last process in it: a
+   * --join group's late peer, say); the kernel then ends the FUSE connection and the server
+   * exits. The original's mounts are made private first, so that the unmount can't propagate. */
+  leaveFuseNamespace(fuseMount: string): void {
+    const n = this.nr;
+    const why = { what: "can't make a mount namespace of the container's own" };
+    const self = { str: "/proc/self/ns/mnt" };
+    this.mount(null, "/", null, MS_REC | MS_PRIVATE, null, why);
+    this.op(n.openat, [AT_FDCWD, self, O_CLOEXEC], why, { dst: 0 });
+    this.unshare(CLONE_NEWNS, why);
+    this.op(n.openat, [AT_FDCWD, self, O_CLOEXEC], why, { dst: 1 });
+    this.op(n.setns, [{ reg: 0 }, CLONE_NEWNS], why);
+    this.umount(fuseMount, MNT_DETACH, { what: `can't unmount ${fuseMount} outside the container` });
+    this.op(n.setns, [{ reg: 1 }, CLONE_NEWNS], why);
+    for (const r of [0, 1]) this.op(n.close, [{ reg: r }], why);
   }
 
   /** Maps the second-stage program from a memfd at a fixed address, and runs it. */
