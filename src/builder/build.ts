@@ -20,12 +20,13 @@
 //   after it says so. EXPOSE, HEALTHCHECK, STOPSIGNAL and ONBUILD are recorded as Docker's config
 //   has them; a base image's ONBUILD triggers are not run (a warning names them) nor inherited.
 import { spawnSync } from "node:child_process";
-import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
 import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
+import { copyTree } from "../image/special.ts";
 import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
@@ -181,26 +182,9 @@ function where(inst: Instruction): string {
   return `${inst.file}:${inst.line}`;
 }
 
-/** Copies an image directory (stage or storage) to make a stage from it. */
-function copyImageDir(src: string, dst: string): void {
-  try {
-    cpSync(src, dst, {
-      recursive: true,
-      verbatimSymlinks: true,
-      preserveTimestamps: true,
-      // FIFOs, sockets and devices a RUN left: not copied (an unprivileged image can't have
-      // devices, and Node's cp refuses the others).
-      filter: (path) => {
-        const st = lstatOrNull(path);
-        if (!st || st.isFile() || st.isDirectory() || st.isSymbolicLink()) return true;
-        warn(`not copying special file: ${path.slice(src.length) || "/"}`);
-        return false;
-      },
-    });
-  } catch (e) {
-    throw sysError(`can't copy image: ${src}`, e);
-  }
-}
+/** Copies an image directory (stage or storage) to make a stage from it (special.ts: FIFOs
+ * made again, sockets and device files left out with a warning). */
+const copyImageDir = copyTree;
 
 /** HEALTHCHECK as Docker's config keeps it. */
 export function healthcheckOf(inst: Instruction): Healthcheck {
@@ -315,12 +299,12 @@ export class Builder {
       const meta = baseMetadata(null);
       state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
     } else if (src.kind === "image") {
-      copyImageDir(await this.image(src.ref), dir);
+      await copyImageDir(await this.image(src.ref), dir);
       const meta = baseMetadata(dir);
       state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
     } else {
       const prev = this.states.get(src.index) as StageState;
-      copyImageDir(prev.dir, dir);
+      await copyImageDir(prev.dir, dir);
       state = { dir, meta: structuredClone(prev.meta), scope: prev.scope.child() };
     }
     fixupImage(dir);
