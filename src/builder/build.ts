@@ -31,7 +31,7 @@ import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
-import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
 import type { ForceCmd } from "./cli.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
@@ -472,7 +472,13 @@ export class Builder {
     const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
     let r: ReturnType<typeof spawnSync>;
     try {
-      r = spawnSync(exe, args, { stdio: "inherit", env, argv0: "ch-run" });
+      // ch-run says on descriptor 3 when the command starts, and whether its execve(2) failed:
+      // statuses 31 and 49 are then the command's own, or ch-run's, without guessing.
+      r = spawnSync(exe, args, {
+        stdio: ["inherit", "inherit", "inherit", "pipe"],
+        env: { ...env, CH_RUN_STATUS_FD: "3" },
+        argv0: "ch-run",
+      });
     } finally {
       if (script !== null)
         try {
@@ -484,8 +490,11 @@ export class Builder {
     if (r.error) throw sysError(`${where(inst)}: RUN: can't run ch-run`, r.error);
     if (r.signal) throw new ChError(`${where(inst)}: RUN: command killed by signal ${r.signal}: ${inst.text}`);
     if (r.status !== 0) {
-      // ch-run's own statuses: it said why on the line above.
-      const why = r.status === EXIT_EXEC ? " (could not be executed)" : r.status === EXIT_ERR ? " (ch-run failed)" : "";
+      // ch-run's own failures: it said why on the line above.
+      const said = String(r.output?.[3] ?? "");
+      if (!said.startsWith("started\n"))
+        throw new ChError(`${where(inst)}: RUN: ch-run failed (status ${r.status}), the command did not start: ${inst.text}`);
+      const why = said.includes("failed\n") ? " (could not be executed)" : "";
       throw new ChError(`${where(inst)}: RUN: command exited with status ${r.status}${why}: ${inst.text}`);
     }
   }

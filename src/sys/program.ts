@@ -58,6 +58,17 @@ export interface OpOptions {
 /** What execve(2) may fail with; the child prints these itself, pre-rendered. */
 const EXEC_ERRNOS = [2, 13, 8, 20, 40, 7, 26, 12, 1, 21, 36, 22, 80, 5, 24, 23, 14];
 
+/** The descriptor where ch-run tells whoever started it (ch-image build's RUN) that it is about
+ * to execve(2) the command ("started\n"), and that this failed ("failed\n"): a status of 31 or
+ * 49 is then the command's own, or ch-run's, without guessing (CH_RUN_STATUS_FD); -1: none. */
+let statusChannel = -1;
+
+export function setStatusFd(fd: number): void {
+  statusChannel = fd;
+}
+
+const FD_CLOEXEC = 1;
+
 export class ProgramBuilder implements Syscalls {
   readonly ops: Op[] = [];
   readonly nr: SyscallNumbers;
@@ -67,6 +78,8 @@ export class ProgramBuilder implements Syscalls {
   indexBase = 0;
   /** Whether the child prints an execve(2) failure itself (no one may be left to read it). */
   execMessages = true;
+  /** The status channel, once the command's execve(2) is next (see setStatusFd()). */
+  private statusFd = -1;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -170,6 +183,7 @@ export class ProgramBuilder implements Syscalls {
     for (const sig of resetSignals) this.op(n.rt_sigaction, [sig, zero, 0, 8], { what: `can't reset signal ${sig}` });
     this.op(n.rt_sigprocmask, [SIG_SETMASK, zero, 0, 8], { what: "can't unblock signals" });
     for (const fd of keepFds) this.op(n.fcntl, [fd, F_SETFD, 0], { what: `can't keep descriptor ${fd}` }, { soft: true });
+    this.commandStarts();
     if (nullFds.length) {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
@@ -182,10 +196,25 @@ export class ProgramBuilder implements Syscalls {
   beforeExecHere(nullFds: number[]): void {
     const n = this.nr;
     this.op(n.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
+    this.commandStarts();
     if (nullFds.length) {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
     }
+  }
+
+  /** Setup done: says so on the status channel, if any, which the command does not inherit. */
+  private commandStarts(): void {
+    if (statusChannel < 0) return;
+    this.statusFd = statusChannel;
+    const why = { what: "status channel" };
+    this.op(this.nr.fcntl, [this.statusFd, F_SETFD, FD_CLOEXEC], why, { soft: true });
+    this.statusWrite("started\n");
+  }
+
+  private statusWrite(text: string): void {
+    const bytes = new TextEncoder().encode(text);
+    this.op(this.nr.write, [this.statusFd, { bytes }, bytes.length], { what: "status channel" }, { soft: true });
   }
 
   /** Sends a message to a syslog socket, as libc.sendLog() does; nothing fails (a datagram
@@ -259,9 +288,18 @@ export class ProgramBuilder implements Syscalls {
     const e = { strs: envp };
     const where = this.execMessages ? sourceLocation(new Error()) : "";
     const messages: [number, string][] = [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
+    const fail = this.execMessages ? { messages } : {};
+    if (this.statusFd >= 0) {
+      // Each candidate, then the failure said on the status channel, then the last candidate
+      // again, whose failure is reported as usual.
+      for (const c of candidates) this.op(this.nr.execve, [{ str: c }, a, e], why, { soft: true });
+      this.statusWrite("failed\n");
+      this.op(this.nr.execve, [{ str: candidates[candidates.length - 1] }, a, e], why, fail);
+      return;
+    }
     candidates.forEach((c, i) => {
       const last = i === candidates.length - 1;
-      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? (this.execMessages ? { messages } : {}) : { soft: true });
+      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? fail : { soft: true });
     });
   }
 
