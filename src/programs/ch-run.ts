@@ -237,7 +237,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
       prepare: squash
         ? (pid) => {
             // A group's squashfuse outlives this first peer: its late peers need the image.
-            fusePid = mountSquash(pid, squash, group !== null);
+            fusePid = mountSquash(pid, squash, first ? (fuse) => first.guard(fuse) : null);
             fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
             seen = `/proc/${pid}/root${root}`;
           }

@@ -251,6 +251,9 @@ export interface Holder {
   /** First peer, under the group's lock: the holder opens the group's files (these inodes) and
    * takes the shared lock that keeps the group live. */
   claim(lockIno: bigint, sharedIno: bigint): void;
+  /** A detached squashfuse for the container, which the holder kills if ch-run dies or fails
+   * before hold(). */
+  guard(fusePid: number): void;
   /** Sends the container's PID; returns the holder's once it is in the container's namespaces. */
   hold(containerPid: number): number;
   /** Not needed (a peer that joins, a group of one): it exits. */
@@ -260,6 +263,7 @@ export interface Holder {
 const QUIT = 0n;
 const CLAIM = 1n;
 const HOLD = 2n;
+const FUSE = 3n;
 const HOLDER_STEPS = [
   "open the group's lock file",
   "open the group's shared file",
@@ -364,6 +368,9 @@ export function spawnHolder(dirFd: number, lockName: string, sharedName: string,
         done();
         throw e;
       }
+    },
+    guard(fusePid: number): void {
+      ask(FUSE, BigInt(fusePid), 0n, ["find squashfuse"], ` PID ${fusePid}`);
     },
     hold(containerPid: number): number {
       try {

@@ -139,6 +139,44 @@ describe("SquashFS images with --join", () => {
     assert.deepEqual(await groupGone(tag), []);
   });
 
+  it("kill -9 of the first peer while squashfuse mounts: its holder kills squashfuse, nothing is left", {
+    timeout: 60_000,
+  }, async () => {
+    // A squashfuse that never mounts, found first in PATH, says its PID.
+    const bin = join(dir, "slow-fuse");
+    const pidFile = join(dir, "slow-fuse.pid");
+    mkdirSync(bin);
+    writeFileSync(
+      join(bin, "squashfuse"),
+      `#!/bin/sh\necho $$ > ${pidFile}.new && mv ${pidFile}.new ${pidFile}\nexec sleep 60\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    const tag = `sq-kill-${process.pid}`;
+    const child = spawn(CH_RUN, JOIN(tag).concat("true"), {
+      stdio: "ignore",
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
+    });
+    let pid = 0;
+    for (let i = 0; i < 1000 && !pid; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      pid = existsSync(pidFile) ? Number(readFileSync(pidFile, "utf8")) : 0;
+    }
+    assert.ok(pid > 0, "the fake squashfuse started");
+    child.kill("SIGKILL");
+    const alive = () => {
+      try {
+        return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 250 && alive(); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(alive(), false, "squashfuse killed");
+    assert.deepEqual(await groupGone(tag), []);
+  });
+
   it("a first peer whose setup fails takes its squashfuse down and leaves nothing", { timeout: 60_000 }, async () => {
     const tag = `sq-fail-${process.pid}`;
     const r = chRun(["-b", `${join(dir, "absent")}:/mnt/1`, ...JOIN(tag), "true"]);
