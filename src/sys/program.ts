@@ -183,11 +183,11 @@ export class ProgramBuilder implements Syscalls {
     for (const sig of resetSignals) this.op(n.rt_sigaction, [sig, zero, 0, 8], { what: `can't reset signal ${sig}` });
     this.op(n.rt_sigprocmask, [SIG_SETMASK, zero, 0, 8], { what: "can't unblock signals" });
     for (const fd of keepFds) this.op(n.fcntl, [fd, F_SETFD, 0], { what: `can't keep descriptor ${fd}` }, { soft: true });
-    this.commandStarts();
     if (nullFds.length) {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
     }
+    this.commandStarts();
   }
 
   /** The same for ch-run's launcher executable (exec.c), which is the command's own process:
@@ -196,14 +196,15 @@ export class ProgramBuilder implements Syscalls {
   beforeExecHere(nullFds: number[]): void {
     const n = this.nr;
     this.op(n.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
-    this.commandStarts();
     if (nullFds.length) {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
     }
+    this.commandStarts();
   }
 
-  /** Setup done: says so on the status channel, if any, which the command does not inherit. */
+  /** Setup done, execve(2) next: says so on the status channel, if any, which the command does
+   * not inherit. Last: a failure after it would pass for the command's. */
   private commandStarts(): void {
     if (statusChannel < 0) return;
     this.statusFd = statusChannel;
