@@ -83,8 +83,8 @@ const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(
 /** Mounts the image inside the namespaces of process `pid` (the container, waiting for its
  * setup) and waits until the mount is there; returns squashfuse's PID. It dies with this
  * process unless `detach` (a --join group's container outlives its first peer; called with
- * squashfuse's PID at once, to have it killed should this process die before the container is
- * set up): then it ends when the container's mount namespace does (the container's setup leaves the namespace where
+ * squashfuse's PID before it runs, to have it killed should this process die before the
+ * container is set up): then it ends when the container's mount namespace does (the container's setup leaves the namespace where
  * squashfuse mounted it: ProgramBuilder.leaveFuseNamespace()). */
 export function mountSquash(
   pid: number,
@@ -97,14 +97,8 @@ export function mountSquash(
     m.fuse,
     ["squashfuse", "-f", m.file, m.mnt],
     [`PATH=${process.env.PATH ?? "/usr/bin:/bin"}`],
-    detach !== null,
+    detach,
   );
-  try {
-    detach?.(fusePid);
-  } catch (e) {
-    libc().kill(fusePid, 9);
-    throw e;
-  }
   const hostDev = statSync(m.mnt).dev;
   const inside = `/proc/${pid}/root${m.mnt}`;
   const deadline = Date.now() + timeoutMs;

@@ -226,20 +226,43 @@ export function launchJoined(spec: JoinSpec): never {
 }
 
 /** Starts a program inside the namespaces of process `target` (its user namespace, then its
- * mount namespace), as a child of this process that dies with it (unless `detach`: then it
- * lives on in a session of its own); returns its PID once execve(2) succeeded. For FUSE
- * servers that must mount inside a container. */
-export function spawnInNamespaces(target: number, path: string, argv: string[], envp: string[], detach = false): number {
+ * mount namespace), as a child of this process that dies with it; returns its PID once
+ * execve(2) succeeded. For FUSE servers that must mount inside a container. With `detach`, it
+ * lives on in a session of its own: detach() gets its PID first, to hand it to someone who ends
+ * it should this process die (it dies with this process until detach() has returned). */
+export function spawnInNamespaces(
+  target: number,
+  path: string,
+  argv: string[],
+  envp: string[],
+  detach: ((pid: number) => void) | null = null,
+): number {
   const c = libc();
   const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const [goR, goW] = detach ? c.pipe2(O_CLOEXEC) : [-1, -1];
   const b = new ProgramBuilder(hostArch());
   b.reportFd = repW;
   b.execMessages = false; // this process reads the report until execve(2) succeeds
-  b.joinNamespaces(target, detach);
+  b.joinNamespaces(target);
+  if (detach) b.detachWhenTold(goR, goW);
   b.execve([path], argv, envp, { what: `can't execute ${path} in the container's namespaces` });
   const m = mapProgram(b);
   const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);
   c.close(repW);
+  if (detach) {
+    c.close(goR);
+    try {
+      detach(pid);
+      c.write(goW, new Uint8Array([103]));
+    } catch (e) {
+      c.kill(pid, 9);
+      c.waitpid(pid);
+      c.close(repR);
+      throw e;
+    } finally {
+      c.close(goW);
+    }
+  }
   checkReport(repR, pid, b.ops);
   return pid;
 }

@@ -103,12 +103,10 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.close, [syncRead], { what: "can't close sync pipe" });
   }
 
-  /** Enters the user, then the mount namespace of process `pid`; dies with the parent unless
-   * `detach` (then in a session of its own instead, out of reach of its terminal's signals). */
-  joinNamespaces(pid: number, detach = false): void {
+  /** Dies with the parent; enters the user, then the mount namespace of process `pid`. */
+  joinNamespaces(pid: number): void {
     const n = this.nr;
-    if (detach) this.op(n.setsid, [], { what: "can't start a new session" });
-    else this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 9], { what: "can't set parent-death signal" });
     for (const [ns, flag] of [
       ["user", 0x10000000],
       ["mnt", 0x20000],
@@ -136,6 +134,19 @@ export class ProgramBuilder implements Syscalls {
     this.op(n.setns, [{ reg: 2 }, 0x20000], mnt);
     this.op(n.setns, [{ reg: 0 }, 0x10000000], user);
     for (const r of [0, 1, 2]) this.op(n.close, [{ reg: r }], user);
+  }
+
+  /** Detaches, once the parent says so on pipe `goRead` (it has handed this process to someone
+   * who ends it should the parent die): a session of its own, out of reach of its terminal's
+   * signals, and no parent-death signal. Until then it dies with the parent. */
+  detachWhenTold(goRead: number, goWrite: number): void {
+    const n = this.nr;
+    const why = { what: "can't detach" };
+    this.op(n.close, [goWrite], why);
+    this.op(n.read, [goRead, { bytes: new Uint8Array(8) }, 1], { what: "parent did not let it detach" }, { expect: 1 });
+    this.op(n.close, [goRead], why);
+    this.op(n.setsid, [], why);
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 0], why);
   }
 
   /** A SquashFS image's container: moves to a copy of its mount namespace, then unmounts
