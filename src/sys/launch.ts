@@ -253,15 +253,17 @@ export function spawnInNamespaces(
     c.close(goR);
     try {
       detach(pid);
-      c.write(goW, new Uint8Array([103]));
     } catch (e) {
       c.kill(pid, 9);
       c.waitpid(pid);
       c.close(repR);
-      throw e;
-    } finally {
       c.close(goW);
+      throw e;
     }
+    try {
+      c.write(goW, new Uint8Array([103]));
+    } catch {} // it failed before: its report says why
+    c.close(goW);
   }
   checkReport(repR, pid, b.ops);
   return pid;
