@@ -20,17 +20,18 @@
 //   after it says so. EXPOSE, HEALTHCHECK, STOPSIGNAL and ONBUILD are recorded as Docker's config
 //   has them; a base image's ONBUILD triggers are not run (a warning names them) nor inherited.
 import { spawnSync } from "node:child_process";
-import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
 import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
+import { copyTree } from "../image/special.ts";
 import { imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
-import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
 import type { ForceCmd } from "./cli.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
@@ -181,26 +182,9 @@ function where(inst: Instruction): string {
   return `${inst.file}:${inst.line}`;
 }
 
-/** Copies an image directory (stage or storage) to make a stage from it. */
-function copyImageDir(src: string, dst: string): void {
-  try {
-    cpSync(src, dst, {
-      recursive: true,
-      verbatimSymlinks: true,
-      preserveTimestamps: true,
-      // FIFOs, sockets and devices a RUN left: not copied (an unprivileged image can't have
-      // devices, and Node's cp refuses the others).
-      filter: (path) => {
-        const st = lstatOrNull(path);
-        if (!st || st.isFile() || st.isDirectory() || st.isSymbolicLink()) return true;
-        warn(`not copying special file: ${path.slice(src.length) || "/"}`);
-        return false;
-      },
-    });
-  } catch (e) {
-    throw sysError(`can't copy image: ${src}`, e);
-  }
-}
+/** Copies an image directory (stage or storage) to make a stage from it (special.ts: FIFOs
+ * made again, sockets and device files left out with a warning). */
+const copyImageDir = copyTree;
 
 /** HEALTHCHECK as Docker's config keeps it. */
 export function healthcheckOf(inst: Instruction): Healthcheck {
@@ -315,12 +299,12 @@ export class Builder {
       const meta = baseMetadata(null);
       state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
     } else if (src.kind === "image") {
-      copyImageDir(await this.image(src.ref), dir);
+      await copyImageDir(await this.image(src.ref), dir);
       const meta = baseMetadata(dir);
       state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
     } else {
       const prev = this.states.get(src.index) as StageState;
-      copyImageDir(prev.dir, dir);
+      await copyImageDir(prev.dir, dir);
       state = { dir, meta: structuredClone(prev.meta), scope: prev.scope.child() };
     }
     fixupImage(dir);
@@ -488,7 +472,13 @@ export class Builder {
     const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
     let r: ReturnType<typeof spawnSync>;
     try {
-      r = spawnSync(exe, args, { stdio: "inherit", env, argv0: "ch-run" });
+      // ch-run says on descriptor 3 when the command starts, and whether its execve(2) failed:
+      // statuses 31 and 49 are then the command's own, or ch-run's, without guessing.
+      r = spawnSync(exe, args, {
+        stdio: ["inherit", "inherit", "inherit", "pipe"],
+        env: { ...env, CH_RUN_STATUS_FD: "3" },
+        argv0: "ch-run",
+      });
     } finally {
       if (script !== null)
         try {
@@ -500,8 +490,11 @@ export class Builder {
     if (r.error) throw sysError(`${where(inst)}: RUN: can't run ch-run`, r.error);
     if (r.signal) throw new ChError(`${where(inst)}: RUN: command killed by signal ${r.signal}: ${inst.text}`);
     if (r.status !== 0) {
-      // ch-run's own statuses: it said why on the line above.
-      const why = r.status === EXIT_EXEC ? " (could not be executed)" : r.status === EXIT_ERR ? " (ch-run failed)" : "";
+      // ch-run's own failures: it said why on the line above.
+      const said = String(r.output?.[3] ?? "");
+      if (!said.startsWith("started\n"))
+        throw new ChError(`${where(inst)}: RUN: ch-run failed (status ${r.status}), the command did not start: ${inst.text}`);
+      const why = said.includes("failed\n") ? " (could not be executed)" : "";
       throw new ChError(`${where(inst)}: RUN: command exited with status ${r.status}${why}: ${inst.text}`);
     }
   }

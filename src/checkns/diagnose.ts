@@ -2,7 +2,9 @@
 // security modules, /dev/fuse, the storage directory's file system) and the probes' outcomes
 // to a list of checks, each ok or a problem that names what blocks it and the command that
 // fixes it. explainUserns() is reusable by anything that fails to make a user namespace.
+
 import type { ProbeResult } from "../sys/nsprobe.ts";
+import { errnoName as sysErrnoName } from "../sys/strerror.ts";
 import type { StepId } from "./steps.ts";
 
 export interface StorageFacts {
@@ -62,23 +64,9 @@ export interface Check {
   fix?: string;
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  1: "EPERM",
-  2: "ENOENT",
-  12: "ENOMEM",
-  13: "EACCES",
-  16: "EBUSY",
-  19: "ENODEV",
-  22: "EINVAL",
-  28: "ENOSPC",
-  30: "EROFS",
-  38: "ENOSYS",
-  87: "EUSERS",
-  95: "EOPNOTSUPP",
-};
-
-export function errnoName(e: number): string {
-  return ERRNO_NAMES[e] ?? (e ? `errno ${e}` : "an unexpected end");
+/** errno's name (the sys layer's table); 0: the probe ended without one. */
+function errnoName(e: number): string {
+  return e ? sysErrnoName(e) : "an unexpected end";
 }
 
 const S_ISUID = 0o4000;

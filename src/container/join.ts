@@ -297,6 +297,12 @@ export class Peers {
     }
   }
 
+  /** First peer: a detached squashfuse for its container, killed by the holder if this
+   * ch-run dies or fails before publish(). */
+  guard(fusePid: number): void {
+    this.holder?.guard(fusePid);
+  }
+
   /** First peer, its container ready (`pid`: its command): hands it to the holder, says which
    * process to join, then lets the others in. */
   publish(pid: number): void {

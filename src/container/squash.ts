@@ -1,7 +1,10 @@
 // Running a SquashFS image: squashfuse mounts it inside the container's own namespaces, with no
 // setuid helper (fusermount is not used: there we are root of a user namespace), and the
 // container's root is that mount. It lives in the container's private mount namespace only, so
-// it is gone when the container is, however ch-run ends.
+// it is gone when the container is, however ch-run ends: squashfuse mounts it in the namespace
+// that clone(2) made, the container's setup moves to a copy of that and unmounts it in the
+// original, so that the last process of the container takes the mount with it, and the kernel
+// then ends squashfuse's connection.
 import { accessSync, closeSync, constants, openSync, readSync, realpathSync, statSync } from "node:fs";
 import { Storage } from "../image/storage.ts";
 import { ChError, sysError } from "../sys/errors.ts";
@@ -78,19 +81,29 @@ export function prepareSquash(image: string, mountOption: string | null, storage
 const sleep = (ms: number) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 
 /** Mounts the image inside the namespaces of process `pid` (the container, waiting for its
- * setup) and waits until the mount is there. */
-export function mountSquash(pid: number, m: SquashMount, timeoutMs = 30_000): void {
+ * setup) and waits until the mount is there; returns squashfuse's PID. It dies with this
+ * process unless `detach` (a --join group's container outlives its first peer; called with
+ * squashfuse's PID before it runs, to have it killed should this process die before the
+ * container is set up): then it ends when the container's mount namespace does (the container's setup leaves the namespace where
+ * squashfuse mounted it: ProgramBuilder.leaveFuseNamespace()). */
+export function mountSquash(
+  pid: number,
+  m: SquashMount,
+  detach: ((fusePid: number) => void) | null = null,
+  timeoutMs = 30_000,
+): number {
   const fusePid = spawnInNamespaces(
     pid,
     m.fuse,
     ["squashfuse", "-f", m.file, m.mnt],
     [`PATH=${process.env.PATH ?? "/usr/bin:/bin"}`],
+    detach,
   );
   const hostDev = statSync(m.mnt).dev;
   const inside = `/proc/${pid}/root${m.mnt}`;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    if (statSync(inside, { throwIfNoEntry: false })?.dev !== hostDev) return;
+    if (statSync(inside, { throwIfNoEntry: false })?.dev !== hostDev) return fusePid;
     const st = libc().reaped(fusePid);
     if (st !== null)
       throw new ChError(

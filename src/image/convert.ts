@@ -1,13 +1,14 @@
 // Converting images between formats. Each conversion goes the shortest way: tarballs unpack
 // straight into their destination, directories pack or squash straight from where they are;
 // otherwise the image passes through a directory (or tarball) in a temporary directory.
-import { cpSync, lstatSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
+import { lstatSync, mkdtempSync, renameSync, rmSync, type Stats, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { info } from "../cli/log.ts";
-import { ChError } from "../sys/errors.ts";
+import { ChError, warn } from "../sys/errors.ts";
 import type { Format } from "./formats.ts";
 import { cleanLeftovers, forceRemove, installImage, partialPath } from "./install.ts";
 import { checkTarOutput, packImage } from "./pack.ts";
+import { copyTree, specialFiles, warnDeviceKept } from "./special.ts";
 import type { Storage } from "./storage.ts";
 import { requireCommand, runCommand } from "./tools.ts";
 import { type UnpackOptions, unpackImage } from "./unpack.ts";
@@ -66,13 +67,32 @@ export async function squashImage(dir: string, out: string, ctx: ConvertContext)
   checkFileOut(out, ctx);
   cleanLeftovers(out);
   const partial = partialPath(out);
+  // Special files as tar has them: FIFOs and device files kept, sockets left out.
+  const sockets: string[] = [];
+  for (const [rel, st, kind] of specialFiles(dir)) {
+    if (kind === "fifo") continue;
+    if (kind !== "socket") warnDeviceKept(rel, st, kind);
+    else if (rel.includes("\n")) throw new ChError(`can't leave out socket with a newline in its name: ${JSON.stringify(rel)}`);
+    else {
+      warn(`socket ignored: ${rel}`);
+      sockets.push(rel);
+    }
+  }
+  const exclude = `${partial}.exclude`;
   try {
     const xattrs = ctx.xattrs ? "-xattrs" : "-no-xattrs";
-    await runCommand(exe, [dir, partial, "-noappend", "-all-root", xattrs, "-no-progress", "-quiet"], true);
+    const args = [dir, partial, "-noappend", "-all-root", xattrs, "-no-progress", "-quiet"];
+    if (sockets.length) {
+      writeFileSync(exclude, sockets.map((s) => `${s}\n`).join(""), { mode: 0o600 });
+      args.push("-ef", exclude);
+    }
+    await runCommand(exe, args, true);
     renameSync(partial, out);
   } catch (e) {
     rmSync(partial, { force: true });
     throw e;
+  } finally {
+    rmSync(exclude, { force: true });
   }
 }
 
@@ -92,7 +112,8 @@ export async function unsquashImage(sqfs: string, target: string, opts: UnpackOp
   );
 }
 
-/** dir → dir, atomically (hard links become copies); with xattrs, user.* attributes kept. */
+/** dir → dir, atomically (hard links become copies; FIFOs made again, sockets and device files
+ * left out with a warning); with xattrs, user.* attributes kept. */
 export async function copyImage(src: string, target: string, opts: UnpackOptions): Promise<void> {
   if (!lstatOrNull(src)?.isDirectory()) throw new ChError(`not a directory: ${src}`);
   if (opts.xattrs) await loadXattrs();
@@ -100,7 +121,7 @@ export async function copyImage(src: string, target: string, opts: UnpackOptions
     target,
     async (partial) => {
       const root = join(partial, "img");
-      cpSync(src, root, { recursive: true, verbatimSymlinks: true, preserveTimestamps: true });
+      await copyTree(src, root);
       if (opts.xattrs) {
         const report = new XattrReport();
         copyXattrs(src, root, report);

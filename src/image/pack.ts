@@ -1,15 +1,17 @@
 // Image directory to tarball: node-tar's Pack, compressed by what the output's name says,
 // written atomically (OUT.partial-HOST.PID, renamed at the end). Members are relative
-// ("./bin/..."), owned by root, hard links kept. Progress (bytes packed, entries) on a terminal.
+// ("./bin/..."), owned by root, hard links kept; FIFOs and device files as such, sockets left
+// out (special.ts). Progress (bytes packed, entries) on a terminal.
 import { spawn } from "node:child_process";
-import { closeSync, createWriteStream, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { closeSync, createWriteStream, openSync, readdirSync, renameSync, rmSync, Stats } from "node:fs";
 import { basename, resolve } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { createGzip, createZstdCompress } from "node:zlib";
-import { create } from "tar";
+import { create, type ReadEntry } from "tar";
 import { startProgress } from "../cli/progress.ts";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
 import { cleanLeftovers, partialPath } from "./install.ts";
+import { specialFiles, specialKind, specialMembers, warnDeviceKept } from "./special.ts";
 import { requireCommand } from "./tools.ts";
 import type { Compression } from "./unpack.ts";
 import { loadXattrs, withXattrs } from "./xattrs.ts";
@@ -65,6 +67,11 @@ export interface PackOptions {
   omit?: string[];
 }
 
+async function* after(first: Buffer, rest: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  if (first.length) yield first;
+  yield* rest;
+}
+
 /** Writes the image directory dir as the tarball out. */
 export async function packImage(dir: string, out: string, opts: PackOptions = {}): Promise<void> {
   out = resolve(out);
@@ -80,13 +87,21 @@ export async function packImage(dir: string, out: string, opts: PackOptions = {}
   const partial = partialPath(out);
   let entries = 0;
   if (opts.xattrs) await loadXattrs();
+  // FIFOs and device files, which node-tar leaves out: first in the archive (special.ts).
+  const omitted = (rel: string) => (opts.omit ?? []).some((o) => rel === o || rel.startsWith(`${o}/`));
+  const specials: [string, Stats][] = [];
+  for (const [rel, st, kind] of specialFiles(dir)) {
+    if (omitted(rel)) continue;
+    if (kind === "socket") warn(`socket ignored: ${rel}`);
+    else {
+      if (kind !== "fifo") warnDeviceKept(rel, st, kind);
+      specials.push([`./${rel}`, st]);
+    }
+  }
   const created = create(
     {
       cwd: dir,
-      filter: (p: string) => {
-        const rel = p.replace(/^\.\//, "");
-        return !(opts.omit ?? []).some((o) => rel === o || rel.startsWith(`${o}/`));
-      },
+      filter: (p: string, st: Stats | ReadEntry) => !omitted(p.replace(/^\.\//, "")) && !(st instanceof Stats && specialKind(st)),
       onWriteEntry: (e) => {
         entries++;
         if (e.stat) {
@@ -101,7 +116,8 @@ export async function packImage(dir: string, out: string, opts: PackOptions = {}
     },
     names.map((n) => `./${n}`),
   ) as unknown as AsyncIterable<Buffer>;
-  const packed = opts.xattrs ? withXattrs(created, dir) : created;
+  const whole = after(specialMembers(specials, opts.reproducible), created);
+  const packed = opts.xattrs ? withXattrs(whole, dir) : whole;
   const progress = startProgress(`packing ${basename(out)}`);
   async function* counted(): AsyncGenerator<Buffer> {
     let bytes = 0;

@@ -9,22 +9,12 @@ import { basename, join } from "node:path";
 import { Header, Pax } from "tar";
 import { info } from "../cli/log.ts";
 import { type Libc, LibcError, libc, loadLibc } from "../sys/libc.ts";
+import { errnoName } from "../sys/strerror.ts";
 
 export type Xattrs = Map<string, Buffer>;
 
 /** Never set: file capabilities are setuid bits by another name. */
 const CAPABILITY = "security.capability";
-const ERRNO_NAMES: Record<number, string> = {
-  1: "EPERM",
-  7: "E2BIG",
-  13: "EACCES",
-  22: "EINVAL",
-  28: "ENOSPC",
-  30: "EROFS",
-  34: "ERANGE",
-  95: "ENOTSUP",
-  122: "EDQUOT",
-};
 
 /** Loads what the xattr calls need; await it before unpacking or packing with xattrs. */
 export function loadXattrs(): Promise<void> {
@@ -112,7 +102,7 @@ export function applyXattrs(path: string, xattrs: Xattrs, report: XattrReport): 
       report.set++;
     } catch (e) {
       if (!(e instanceof LibcError)) throw e;
-      report.skip(name, ERRNO_NAMES[e.errno] ?? `errno ${e.errno}`);
+      report.skip(name, errnoName(e.errno));
     }
   }
 }

@@ -2,7 +2,7 @@
 // image found by container/image.ts, the container planned by container/plan.ts and started by
 // sys/exec-launch.ts (a directory image without --join: this process becomes the container) or
 // sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
-import { existsSync, realpathSync } from "node:fs";
+import { existsSync, fstatSync, realpathSync } from "node:fs";
 import { release } from "node:os";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
@@ -25,7 +25,7 @@ import { inheritedFds } from "../sys/fds.ts";
 import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
-import type { ProgramBuilder } from "../sys/program.ts";
+import { type ProgramBuilder, setStatusFd } from "../sys/program.ts";
 import { VERSION } from "../version.ts";
 
 /** The name ch-run was called by, as argp and syslog(3) name it. */
@@ -130,9 +130,31 @@ function missing(name: string): Error {
   return usageError("IMAGE and/or COMMAND not specified");
 }
 
+/** CH_RUN_STATUS_FD (set by ch-image build for RUN): the status channel's descriptor
+ * (program.ts's setStatusFd()), taken out of the command's environment; -1 if unset. */
+function statusFd(env: NodeJS.ProcessEnv): number {
+  const v = env.CH_RUN_STATUS_FD;
+  if (v === undefined) return -1;
+  delete env.CH_RUN_STATUS_FD;
+  if (!/^\d{1,9}$/.test(v) || Number(v) < 3 || !fdOpen(Number(v)))
+    throw new ChError(`CH_RUN_STATUS_FD: not an open descriptor above 2: ${v}`);
+  return Number(v);
+}
+
+function fdOpen(fd: number): boolean {
+  try {
+    fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): Promise<never> {
   const { opts, image, unsafe } = parsed;
   log.verbosity = opts.verbosity;
+  const status = statusFd(process.env);
+  setStatusFd(status);
   for (const w of parsed.warnings) log.warning(w);
   const euid = process.geteuid?.() ?? 0;
   const egid = process.getegid?.() ?? 0;
@@ -154,7 +176,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   }
   // A directory image without --join: planned here, then this process becomes the container.
   if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
-    return runDirect(parsed, found.root, { euid, egid, user }, log, syslog);
+    return runDirect(parsed, found.root, { euid, egid, user }, log, syslog, status);
   await syslog.now();
   await loadLibc();
   const c = libc();
@@ -207,6 +229,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
     if (!claim.first) joinContainer(claim.pid, peers);
   }
   const first = peers;
+  let fusePid = 0;
   try {
     launch({
       euid,
@@ -214,14 +237,18 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
       nullFds,
       prepare: squash
         ? (pid) => {
-            mountSquash(pid, squash);
+            // A group's squashfuse outlives this first peer: its late peers need the image.
+            fusePid = mountSquash(pid, squash, first ? (fuse) => first.guard(fuse) : null);
             fs = prefixedFs(realFs, root, `/proc/${pid}/root`);
             seen = `/proc/${pid}/root${root}`;
           }
         : undefined,
       build(b, beforeExec) {
         const flags = c.mountFlags(seen);
-        if (squash) say(`SquashFS ${squash.file} mounted at ${root}`);
+        if (squash) {
+          say(`SquashFS ${squash.file} mounted at ${root}`);
+          b.leaveFuseNamespace(root);
+        }
         const p = plan(opts, {
           euid,
           egid,
@@ -245,6 +272,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
     });
   } catch (e) {
     peers?.abort();
+    if (fusePid) c.kill(fusePid, 9); // detached, maybe still in the namespace where it mounted
     throw e;
   }
 }
@@ -259,6 +287,7 @@ async function runDirect(
   ids: { euid: number; egid: number; user: string },
   log: RunLog,
   syslog: Syslog,
+  status: number,
 ): Promise<never> {
   const { opts } = parsed;
   const { euid, egid, user } = ids;
@@ -290,6 +319,7 @@ async function runDirect(
   const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
   // Node marks inherited descriptors close-on-exec at start-up: only libc can keep them.
   const inherited = inheritedFds();
+  if (status >= 0 && !inherited.includes(status)) inherited.push(status); // the launcher's, not the command's
   if (inherited.length) {
     const c = await lib();
     for (const fd of inherited) c.keepOnExec(fd);

@@ -22,6 +22,7 @@ export interface SyscallNumbers {
   rt_sigaction: number;
   rt_sigprocmask: number;
   exit_group: number;
+  setsid: number;
   mmap: number;
   ioctl: number;
   getppid: number;
@@ -76,6 +77,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigaction: 13,
     rt_sigprocmask: 14,
     exit_group: 231,
+    setsid: 112,
     mmap: 9,
     ioctl: 16,
     getppid: 110,
@@ -125,6 +127,7 @@ export const SYSCALLS: Record<Arch, SyscallNumbers> = {
     rt_sigaction: 134,
     rt_sigprocmask: 135,
     exit_group: 94,
+    setsid: 157,
     mmap: 222,
     ioctl: 29,
     getppid: 173,

@@ -234,18 +234,44 @@ export function launchJoined(spec: JoinSpec): never {
 
 /** Starts a program inside the namespaces of process `target` (its user namespace, then its
  * mount namespace), as a child of this process that dies with it; returns its PID once
- * execve(2) succeeded. For FUSE servers that must mount inside a container. */
-export function spawnInNamespaces(target: number, path: string, argv: string[], envp: string[]): number {
+ * execve(2) succeeded. For FUSE servers that must mount inside a container. With `detach`, it
+ * lives on in a session of its own: detach() gets its PID first, to hand it to someone who ends
+ * it should this process die (it dies with this process until detach() has returned). */
+export function spawnInNamespaces(
+  target: number,
+  path: string,
+  argv: string[],
+  envp: string[],
+  detach: ((pid: number) => void) | null = null,
+): number {
   const c = libc();
   const [repR, repW] = c.pipe2(O_CLOEXEC);
+  const [goR, goW] = detach ? c.pipe2(O_CLOEXEC) : [-1, -1];
   const b = new ProgramBuilder(hostArch());
   b.reportFd = repW;
   b.execMessages = false; // this process reads the report until execve(2) succeeds
   b.joinNamespaces(target);
+  if (detach) b.detachWhenTold(goR, goW);
   b.execve([path], argv, envp, { what: `can't execute ${path} in the container's namespaces` });
   const m = mapProgram(b);
   const pid = c.clone(m.entry, m.stackTop, SIGCHLD, m.progAddr);
   c.close(repW);
+  if (detach) {
+    c.close(goR);
+    try {
+      detach(pid);
+    } catch (e) {
+      c.kill(pid, 9);
+      c.waitpid(pid);
+      c.close(repR);
+      c.close(goW);
+      throw e;
+    }
+    try {
+      c.write(goW, new Uint8Array([103]));
+    } catch {} // it failed before: its report says why
+    c.close(goW);
+  }
   checkReport(repR, pid, b.ops);
   return pid;
 }
@@ -257,6 +283,9 @@ export interface Holder {
   /** First peer, under the group's lock: the holder opens the group's files (these inodes) and
    * takes the shared lock that keeps the group live. */
   claim(lockIno: bigint, sharedIno: bigint): void;
+  /** A detached squashfuse for the container, which the holder kills if ch-run dies or fails
+   * before hold(). */
+  guard(fusePid: number): void;
   /** Sends the container's PID; returns the holder's once it is in the container's namespaces. */
   hold(containerPid: number): number;
   /** Not needed (a peer that joins, a group of one): it exits. */
@@ -266,6 +295,7 @@ export interface Holder {
 const QUIT = 0n;
 const CLAIM = 1n;
 const HOLD = 2n;
+const FUSE = 3n;
 const HOLDER_STEPS = [
   "open the group's lock file",
   "open the group's shared file",
@@ -370,6 +400,9 @@ export function spawnHolder(dirFd: number, lockName: string, sharedName: string,
         done();
         throw e;
       }
+    },
+    guard(fusePid: number): void {
+      ask(FUSE, BigInt(fusePid), 0n, ["find squashfuse"], ` PID ${fusePid}`);
     },
     hold(containerPid: number): number {
       try {

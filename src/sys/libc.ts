@@ -80,6 +80,7 @@ function bind() {
     sigprocmask: lib.func("int pthread_sigmask(int, const uint64_t *, _Out_ uint64_t *)"),
     sigaction: lib.func("int sigaction(int, const uint8_t *, void *)"),
     statvfs: lib.func("int statvfs(const char *, _Out_ uint8_t *)"),
+    mkfifo: lib.func("int mkfifo(const char *, uint32_t)"),
     lsetxattr: lib.func("int lsetxattr(const char *, const char *, const uint8_t *, size_t, int)"),
     lgetxattr: lib.func("intptr_t lgetxattr(const char *, const char *, _Out_ uint8_t *, size_t)"),
     llistxattr: lib.func("intptr_t llistxattr(const char *, _Out_ uint8_t *, size_t)"),
@@ -287,6 +288,10 @@ export function libc() {
       const buf = new Uint8Array(128);
       check("statvfs", f.statvfs(path, buf) as number);
       return Number(new DataView(buf.buffer).getBigUint64(72, true));
+    },
+    /** mkfifo(3): makes a FIFO at path (mode less the umask). */
+    mkfifo(path: string, mode: number): void {
+      check("mkfifo", f.mkfifo(path, mode) as number);
     },
     /** lsetxattr(2): sets (creates or replaces) the extended attribute name of path, never
      * following a symlink there. */

@@ -4,7 +4,7 @@
 import { type Arch, SYSCALLS, type SyscallNumbers } from "./arch.ts";
 import { EXIT_ERR, formatError, programName } from "./errors.ts";
 import { sourceLocation } from "./sourcemap.ts";
-import type { Syscalls, Why } from "./syscalls.ts";
+import { CLONE_NEWNS, MNT_DETACH, MS_PRIVATE, MS_REC, type Syscalls, type Why } from "./syscalls.ts";
 
 const AT_FDCWD = -100;
 const O_WRONLY = 0o1;
@@ -62,6 +62,17 @@ export interface OpOptions {
 /** What execve(2) may fail with; the child prints these itself, pre-rendered. */
 const EXEC_ERRNOS = [2, 13, 8, 20, 40, 7, 26, 12, 1, 21, 36, 22, 80, 5, 24, 23, 14];
 
+/** The descriptor where ch-run tells whoever started it (ch-image build's RUN) that it is about
+ * to execve(2) the command ("started\n"), and that this failed ("failed\n"): a status of 31 or
+ * 49 is then the command's own, or ch-run's, without guessing (CH_RUN_STATUS_FD); -1: none. */
+let statusChannel = -1;
+
+export function setStatusFd(fd: number): void {
+  statusChannel = fd;
+}
+
+const FD_CLOEXEC = 1;
+
 export class ProgramBuilder implements Syscalls {
   readonly ops: Op[] = [];
   readonly nr: SyscallNumbers;
@@ -75,6 +86,8 @@ export class ProgramBuilder implements Syscalls {
    * this program keeps the pages of while it drops all others (a copy of Node's memory); null: drop none
    * (exec.c, a small static program). */
   ownMapping: { address: bigint; size: number } | null = null;
+  /** The status channel, once the command's execve(2) is next (see setStatusFd()). */
+  private statusFd = -1;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -131,6 +144,38 @@ export class ProgramBuilder implements Syscalls {
     for (const r of [0, 1, 2]) this.op(n.close, [{ reg: r }], user);
   }
 
+  /** Detaches, once the parent says so on pipe `goRead` (it has handed this process to someone
+   * who ends it should the parent die): a session of its own, out of reach of its terminal's
+   * signals, and no parent-death signal. Until then it dies with the parent. */
+  detachWhenTold(goRead: number, goWrite: number): void {
+    const n = this.nr;
+    const why = { what: "can't detach" };
+    this.op(n.close, [goWrite], why);
+    this.op(n.read, [goRead, { bytes: new Uint8Array(8) }, 1], { what: "parent did not let it detach" }, { expect: 1 });
+    this.op(n.close, [goRead], why);
+    this.op(n.setsid, [], why);
+    this.op(n.prctl, [PR_SET_PDEATHSIG, 0], why);
+  }
+
+  /** A SquashFS image's container: moves to a copy of its mount namespace, then unmounts
+   * `fuseMount` in the original one, where only the FUSE server stays. The mount then lives in
+   * the container's namespace alone, and dies with it (whoever was the last process in it: a
+   * --join group's late peer, say); the kernel then ends the FUSE connection and the server
+   * exits. The original's mounts are made private first, so that the unmount can't propagate. */
+  leaveFuseNamespace(fuseMount: string): void {
+    const n = this.nr;
+    const why = { what: "can't make a mount namespace of the container's own" };
+    const self = { str: "/proc/self/ns/mnt" };
+    this.mount(null, "/", null, MS_REC | MS_PRIVATE, null, why);
+    this.op(n.openat, [AT_FDCWD, self, O_CLOEXEC], why, { dst: 0 });
+    this.unshare(CLONE_NEWNS, why);
+    this.op(n.openat, [AT_FDCWD, self, O_CLOEXEC], why, { dst: 1 });
+    this.op(n.setns, [{ reg: 0 }, CLONE_NEWNS], why);
+    this.umount(fuseMount, MNT_DETACH, { what: `can't unmount ${fuseMount} outside the container` });
+    this.op(n.setns, [{ reg: 1 }, CLONE_NEWNS], why);
+    for (const r of [0, 1]) this.op(n.close, [{ reg: r }], why);
+  }
+
   /** Maps the second-stage program from a memfd at a fixed address, and runs it. */
   runStage2(memfd: number, address: bigint, size: number): void {
     const n = this.nr;
@@ -161,6 +206,7 @@ export class ProgramBuilder implements Syscalls {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
     }
+    this.commandStarts();
   }
 
   /** The same for ch-run's launcher executable (exec.c), which is the command's own process:
@@ -173,6 +219,22 @@ export class ProgramBuilder implements Syscalls {
       this.op(n.openat, [AT_FDCWD, { str: "/dev/null" }, O_RDWR | O_CLOEXEC], { what: "can't open /dev/null" }, { dst: 1 });
       for (const fd of nullFds) this.op(n.dup3, [{ reg: 1 }, fd, 0], { what: `can't redirect descriptor ${fd}` });
     }
+    this.commandStarts();
+  }
+
+  /** Setup done, execve(2) next: says so on the status channel, if any, which the command does
+   * not inherit. Last: a failure after it would pass for the command's. */
+  private commandStarts(): void {
+    if (statusChannel < 0) return;
+    this.statusFd = statusChannel;
+    const why = { what: "status channel" };
+    this.op(this.nr.fcntl, [this.statusFd, F_SETFD, FD_CLOEXEC], why, { soft: true });
+    this.statusWrite("started\n");
+  }
+
+  private statusWrite(text: string): void {
+    const bytes = new TextEncoder().encode(text);
+    this.op(this.nr.write, [this.statusFd, { bytes }, bytes.length], { what: "status channel" }, { soft: true });
   }
 
   /** Sends a message to a syslog socket, as libc.sendLog() does; nothing fails (a datagram
@@ -246,9 +308,18 @@ export class ProgramBuilder implements Syscalls {
     const e = { strs: envp };
     const where = this.execMessages ? sourceLocation(new Error()) : "";
     const messages: [number, string][] = [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
+    const fail = this.execMessages ? { messages } : {};
+    if (this.statusFd >= 0) {
+      // Each candidate, then the failure said on the status channel, then the last candidate
+      // again, whose failure is reported as usual.
+      for (const c of candidates) this.op(this.nr.execve, [{ str: c }, a, e], why, { soft: true });
+      this.statusWrite("failed\n");
+      this.op(this.nr.execve, [{ str: candidates[candidates.length - 1] }, a, e], why, fail);
+      return;
+    }
     candidates.forEach((c, i) => {
       const last = i === candidates.length - 1;
-      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? (this.execMessages ? { messages } : {}) : { soft: true });
+      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? fail : { soft: true });
     });
   }
 

@@ -10,7 +10,12 @@ export function strerror(errno: number): string {
   }
 }
 
+/** Names Node lacks, or where Linux has two for one number: glibc's (strerrorname_np(3)). */
+const GLIBC_NAMES: Record<number, string> = { 11: "EAGAIN", 35: "EDEADLK", 87: "EUSERS", 95: "EOPNOTSUPP" };
+
+/** errno's symbolic name (EPERM), the one table of them; "errno N" if unknown. */
 export function errnoName(errno: number): string {
+  if (GLIBC_NAMES[errno]) return GLIBC_NAMES[errno];
   for (const [name, value] of Object.entries(constants.errno)) if (value === errno) return name;
   return `errno ${errno}`;
 }

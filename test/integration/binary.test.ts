@@ -50,12 +50,16 @@ after(() => cleanup(dir));
 
 describe("one executable", () => {
   it("answers --version and --help as every program", () => {
+    // One version, package.json's, with -V as with --version.
+    const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
     for (const p of PROGRAMS) {
-      const v = run(join(DIST, p), ["--version"]);
-      assert.equal(v.status, 0, p);
-      // ch-run's as Charliecloud's: the version alone, on stderr.
-      if (p === "ch-run") assert.match(v.stderr, /^\d+\.\d+\.\d+\n$/);
-      else assert.match(v.stdout, new RegExp(`^${p} \\(Charliecloud\\) \\d+\\.\\d+\\.\\d+\\n$`));
+      for (const opt of ["--version", "-V"]) {
+        const v = run(join(DIST, p), [opt]);
+        assert.equal(v.status, 0, `${p} ${opt}`);
+        // ch-run's as Charliecloud's: the version alone, on stderr.
+        if (p === "ch-run") assert.deepEqual([v.stdout, v.stderr], ["", `${version}\n`]);
+        else assert.deepEqual([v.stdout, v.stderr], [`${p} (Charliecloud) ${version}\n`, ""], `${p} ${opt}`);
+      }
       const h = run(join(DIST, p), ["--help"]);
       assert.equal(h.status, 0, p);
       assert.match(h.stdout, new RegExp(`^Usage: ${p} `));
@@ -63,6 +67,9 @@ describe("one executable", () => {
   });
 
   it("runs a program named as its first argument", () => {
+    const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+    for (const opt of ["--version", "-V"])
+      assert.equal(run(join(DIST, "charliecloud"), [opt]).stdout, `charliecloud ${version}\n`);
     const r = run(join(DIST, "charliecloud"), ["ch-image", "--version"]);
     assert.match(r.stdout, /^ch-image \(Charliecloud\)/);
     assert.match(run(join(DIST, "charliecloud"), ["ch-run", "--help"]).stdout, /^Usage: ch-run /);

@@ -225,7 +225,8 @@ VOLUME /data /logs
     const r = image(["build", "-t", "multi", ctx]);
     assert.equal(r.status, 0, r.stderr);
     assert.doesNotMatch(r.stderr, /RUN false/); // stage "unused" isn't needed
-    assert.match(r.stderr, /warning: not copying special file: \/fifo$/m);
+    assert.ok(lstatSync(img("multi", "fifo")).isFIFO(), "a stage's FIFO is one in the next stage");
+    assert.doesNotMatch(r.stderr, /warning: .*fifo/);
     assert.equal(text(img("multi", "x")), "built\n");
     // The stage's /out/leak -> /etc/passwd is the stage's own passwd, not the host's.
     assert.equal(text(img("multi", "leak")), "root:x:0:0:root:/root:/bin/sh\n");
@@ -318,6 +319,25 @@ RUN touch ${witness}/target-last
     assert.equal(existsSync(img("built", "new")), false);
     assert.equal(text(img("built", "work/out.txt")), "hi one two words from-image\n");
     assert.deepEqual(leftovers(), []);
+  });
+
+  it("a RUN whose command exits 31 or 49 (ch-run's own statuses) says the command's status; a ch-run failure says so", () => {
+    for (const status of [31, 49]) {
+      const r = image(["build", "-t", "st", "-f", "-", dir], { input: `FROM bb\nRUN exit ${status}\n` });
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, new RegExp(`error: <stdin>:2: RUN: command exited with status ${status}: RUN exit ${status} `));
+      assert.doesNotMatch(r.stderr, /ch-run failed|could not be executed/);
+    }
+    const missing = image(["build", "-t", "st", "-f", "-", dir], { input: 'FROM bb\nRUN ["/nowhere"]\n' });
+    assert.match(
+      missing.stderr,
+      /error: <stdin>:2: RUN: command exited with status 49 \(could not be executed\): RUN \["\/nowhere"\] /,
+    );
+    // ch-run fails before the command: its working directory is gone.
+    const gone = image(["build", "-t", "st", "-f", "-", dir], { input: "FROM bb\nWORKDIR /w\nRUN rmdir /w\nRUN true\n" });
+    assert.equal(gone.status, 1);
+    assert.match(gone.stderr, /ch-run\[\d+\]: error: can't cd to \/w: No such file or directory/);
+    assert.match(gone.stderr, /error: <stdin>:4: RUN: ch-run failed \(status 31\), the command did not start: RUN true /);
   });
 
   it("RUN sees the stage's variables only: not the host's XDG_* or TMPDIR that ch-run itself needs", () => {

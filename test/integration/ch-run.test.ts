@@ -517,3 +517,48 @@ describe("descriptors, signals, resources", () => {
     assert.deepEqual(added, []);
   });
 });
+
+describe("CH_RUN_STATUS_FD: ch-run's own failures told apart from the command's status", () => {
+  /** Runs ch-run with a pipe at descriptor 3 named by CH_RUN_STATUS_FD; its status and what it said there. */
+  const withChannel = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const r = spawnSync(CH_RUN, args, {
+      stdio: ["ignore", "pipe", "pipe", "pipe"],
+      env: { ...process.env, CH_RUN_STATUS_FD: "3", ...env },
+      encoding: "utf8",
+    });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr, said: String(r.output[3] ?? "") };
+  };
+
+  for (const [path, pre] of [
+    ["the launcher executable", [] as string[]],
+    ["the clone path (--join)", ["--join-ct=1", "--join-tag=status-fd"]],
+  ] as const) {
+    it(`on ${path}: started, failed to execute, or never started`, () => {
+      for (const code of [31, 49]) {
+        const r = withChannel([...pre, img, "--", "sh", "-c", `exit ${code}`]);
+        assert.deepEqual([r.status, r.said], [code, "started\n"], r.stderr);
+      }
+      // Found on the second PATH entry: the first one's failure is not said.
+      const second = withChannel([...pre, img, "--", "sh", "-c", "exit 49"], { PATH: "/nowhere:/bin" });
+      assert.deepEqual([second.status, second.said], [49, "started\n"], second.stderr);
+      const missing = withChannel([...pre, img, "--", "/nowhere"]);
+      assert.deepEqual([missing.status, missing.said], [49, "started\nfailed\n"]);
+      assert.match(missing.stderr, /error: can't execve\(2\): \/nowhere: No such file or directory/);
+      const cd = withChannel([...pre, "--cd=/nowhere", img, "--", "true"]);
+      assert.deepEqual([cd.status, cd.said], [31, ""]);
+      // The command inherits neither the descriptor nor the variable.
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: shell text, not a template
+      const own = withChannel([...pre, img, "--", "sh", "-c", "ls /proc/self/fd; echo ${CH_RUN_STATUS_FD-unset}"]);
+      assert.equal(own.status, 0, own.stderr);
+      assert.deepEqual(own.stdout.trim().split("\n").sort(), ["0", "1", "2", "3", "unset"].sort());
+    });
+  }
+
+  it("refuses a descriptor that is not open, or not above 2", () => {
+    for (const v of ["77", "1", "x"]) {
+      const r = withChannel([img, "--", "true"], { CH_RUN_STATUS_FD: v });
+      assert.equal(r.status, 31);
+      assert.match(r.stderr, new RegExp(`error: CH_RUN_STATUS_FD: not an open descriptor above 2: ${v} `));
+    }
+  });
+});

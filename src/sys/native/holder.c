@@ -15,6 +15,10 @@
      CLAIM (ch-run, under the group's lock, created the shared file: it is the first peer): open
        the two files (inodes a and b) and take a shared flock(2) on the shared file; peers take a
        group whose shared file nobody holds so for a dead one.
+     FUSE (a SquashFS image's squashfuse started, PID a, before the container is set up):
+       killed if ch-run dies or fails before HOLD, when nothing else would end it (it outlives
+       ch-run, for the group's late peers: once the container is set up, it ends with the
+       container's mount namespace). Any number of times, between CLAIM and HOLD.
      HOLD (the container is ready; a is the PID of its command): join its user (outer, then
        inner) and mount namespaces, as a peer does, and hold them until the shared file is
        unlinked (the last peer did it: the group is complete), or the hold time passes, or a
@@ -41,6 +45,8 @@
 #define NR_statx 332
 #define NR_flock 73
 #define NR_unlinkat 263
+#define NR_pidfd_open 434
+#define NR_pidfd_send_signal 424
 #elif defined(__aarch64__)
 #define NR_read 63
 #define NR_openat 56
@@ -55,6 +61,8 @@
 #define NR_statx 291
 #define NR_flock 32
 #define NR_unlinkat 35
+#define NR_pidfd_open 434
+#define NR_pidfd_send_signal 424
 #endif
 
 #define AT_FDCWD -100
@@ -76,7 +84,9 @@
 #define EINTR 4
 #define POLL_MS 50
 
-enum { QUIT, CLAIM, HOLD };
+#define SIGKILL 9
+
+enum { QUIT, CLAIM, HOLD, FUSE };
 
 struct pollfd {
   int fd;
@@ -105,8 +115,9 @@ static i64 now_ms(void) {
   return t.sec * 1000 + t.nsec / 1000000;
 }
 
-/* The holder's state, for clean_up(). */
-static i64 dir, sig, hold_ms, lock = -1, shm = -1;
+/* The holder's state, for clean_up(); fuse: a pidfd (else -1) of the squashfuse to kill, or
+   its PID alone on a kernel without pidfd_open(2) (before 5.3). */
+static i64 dir, sig, hold_ms, lock = -1, shm = -1, fuse = -1, fuse_pid = 0;
 static const char *lock_name, *shm_name;
 
 /* stx_nlink (a 32-bit word at byte 16 of struct statx) or stx_ino (64-bit, at byte 32) of an
@@ -146,6 +157,8 @@ static int lock_ex(i64 fd) {
    the lock file). The holder gives its shared lock up first: a peer that gets the lock before
    it sees a dead group and takes it over, rather than a live one that nobody will publish. */
 __attribute__((noreturn)) static void clean_up(void) {
+  if (fuse >= 0) sys6(NR_pidfd_send_signal, fuse, SIGKILL, 0, 0, 0, 0);
+  else if (fuse_pid > 0) sys(NR_kill, fuse_pid, SIGKILL, 0);
   if (lock < 0) {
     lock = sys6(NR_openat, dir, (i64)lock_name, O_RDWR | O_NOFOLLOW | O_CLOEXEC, 0, 0, 0);
     if (lock < 0 || !lock_ex(lock) || stat_word(lock, 0) <= 0) quit(0);
@@ -270,8 +283,17 @@ __attribute__((noreturn, used)) void holder_main(i64 *sp) {
   answer(ans, err < 0 ? err : step ? -116 /* ESTALE */ : 0, step);
   if (step) quit(31); /* ch-run removes the files (it holds the lock) */
 
-  request(ctl, req);
+  for (request(ctl, req); req[0] == FUSE; request(ctl, req)) {
+    if (fuse >= 0) sys(NR_close, fuse, 0, 0);
+    fuse_pid = req[1];
+    err = fuse = sys(NR_pidfd_open, fuse_pid, 0, 0);
+    if (err == -38 /* ENOSYS */) err = 0;
+    answer(ans, err < 0 ? err : 0, err < 0 ? 1 : 0);
+  }
   if (req[0] != HOLD) quit(0); /* ch-run removed them (a group of one) */
+  if (fuse >= 0) sys(NR_close, fuse, 0, 0); /* the container is set up: no longer ours to end */
+  fuse = -1;
+  fuse_pid = 0;
   step = join(req[1], &err);
   answer(ans, step ? err : 0, step ? step : sys(NR_getpid, 0, 0, 0));
   if (step) quit(31); /* likewise */
