@@ -240,9 +240,11 @@ export class SquashImage {
   private readonly dirTable: number;
   private readonly root: bigint;
   private readonly cache = new Map<number, { data: Buffer; next: number }>();
-  private budget = META_BUDGET;
+  private budget: number;
 
-  constructor(file: string) {
+  /** `metaBlocks`: how many metadata blocks may be decompressed at most. */
+  constructor(file: string, metaBlocks = META_BUDGET) {
+    this.budget = metaBlocks;
     this.fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
       const st = fstatSync(this.fd);
@@ -466,7 +468,7 @@ export class SquashImage {
       const b = this.block(Number(start), s, 0);
       if (f.fragOffset + tail > b.length) throw new SquashError("fragment too short");
       b.copy(out, nBlocks * bs, f.fragOffset, f.fragOffset + tail);
-    } else if (frag && tail === 0 && f.size % bs !== 0) throw new SquashError("bad file size");
+    }
     return out;
   }
 

@@ -267,6 +267,22 @@ describe("corrupt and truncated images: an error, never a crash or a hang", () =
     }
   });
 
+  it("stops after a bounded number of metadata blocks", () => {
+    // The 700-entry directory's listing spans several metadata blocks.
+    const img = new SquashImage(good, 3);
+    try {
+      assert.throws(() => img.lookup(["many", "file-with-a-longish-name-0699"]), /too many metadata blocks read/);
+    } finally {
+      img.close();
+    }
+    const ok = new SquashImage(good, 20);
+    try {
+      assert.ok(ok.lookup(["many", "file-with-a-longish-name-0699"]));
+    } finally {
+      ok.close();
+    }
+  });
+
   it("truncated anywhere: an error or, before what is read, the file", () => {
     for (let i = 0; i < 64; i++) {
       const f = join(dir, "trunc.sqfs");
