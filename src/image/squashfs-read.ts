@@ -4,11 +4,12 @@
 // limits, what is decompressed is capped (8 KiB metadata blocks, data blocks of the image's block
 // size, the file at the caller's maximum), and the number of blocks read is bounded, so a
 // corrupt or hostile image is an error (SquashError), never a crash, a hang or a huge allocation.
-// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4 and lzo (here), xz and
-// lzma (the xz program, if there is one).
+// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4, lzo, lzma and xz (here;
+// xz with a BCJ filter by the xz program, if there is one).
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import type * as Zlib from "node:zlib";
 import { findExecutable } from "../sys/which.ts";
+import { LzmaError, lzmaAloneDecompress, xzDecompress as xzNative } from "./lzma.ts";
 
 /** The image is corrupt, truncated, or uses what this reader can't read. */
 export class SquashError extends Error {}
@@ -180,10 +181,21 @@ export function lzoDecompress(src: Buffer, max: number): Buffer {
   }
 }
 
-/** xz or lzma (legacy "alone") data, by the xz program. */
+/** xz or lzma (legacy "alone") data: here, or by the xz program for what this decoder lacks (the
+ * BCJ filters of mksquashfs -Xbcj). */
 function xzDecompress(src: Buffer, max: number, format: "xz" | "lzma"): Buffer {
-  const xz = findExecutable("xz", process.env.PATH ?? "/usr/bin:/bin");
-  if (!xz) throw new SquashError(`${format} compression needs the xz program, not found in $PATH`);
+  try {
+    return format === "xz" ? xzNative(src, max) : lzmaAloneDecompress(src, max);
+  } catch (e) {
+    if (!(e instanceof LzmaError)) throw e;
+    if (!e.message.startsWith("xz filter")) throw new SquashError(`bad ${format} data: ${e.message}`);
+    const xz = findExecutable("xz", process.env.PATH ?? "/usr/bin:/bin");
+    if (!xz) throw new SquashError(`${e.message} here: it needs the xz program, not found in $PATH`);
+    return xzProgram(xz, src, max, format);
+  }
+}
+
+function xzProgram(xz: string, src: Buffer, max: number, format: "xz" | "lzma"): Buffer {
   // node:child_process and node:zlib loaded when used: ch-run imports this module, and loading
   // them costs every start a few ms.
   const { spawnSync } = process.getBuiltinModule("node:child_process");

@@ -4,10 +4,12 @@
 // the directory-image rules (symlinks not followed, size cap); then corrupt and truncated
 // images, which must give an error or a warning, never a crash or a hang.
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { METADATA_MAX, squashDefaults } from "../../src/container/defaults.ts";
+import { lzmaAloneDecompress, xzDecompress } from "../../src/image/lzma.ts";
 import { InodeType, lz4Decompress, lzoDecompress, SquashError, SquashImage } from "../../src/image/squashfs-read.ts";
 import { cleanup, run, tmp } from "../helpers.ts";
 
@@ -113,25 +115,52 @@ describe("SquashImage reads files from mksquashfs images", () => {
     assert.throws(() => readAll(file, "empty/x"), /empty: not a directory/);
   });
 
-  it("xz and lzma need the xz program: without it an error saying so", () => {
-    const file = squash("xz-nopath", ["-comp", "xz"]);
+  /** `fn` with $PATH where no xz program is. */
+  function withoutXz<T>(fn: () => T): T {
     const path = process.env.PATH;
     process.env.PATH = "/nonexistent";
     try {
-      assert.throws(() => readAll(file, "ch/metadata.json"), /xz compression needs the xz program, not found in \$PATH/);
+      return fn();
     } finally {
       process.env.PATH = path;
     }
-    const d = (() => {
-      process.env.PATH = "/nonexistent";
-      try {
-        return squashDefaults(file);
-      } finally {
-        process.env.PATH = path;
-      }
-    })();
-    assert.deepEqual(d.argv, []);
-    assert.match(d.warnings.join("\n"), /ignoring .*xz-nopath\.sqfs:\/ch\/metadata\.json: can't read .*: xz compression needs/);
+  }
+
+  it("xz (with or without the x86 BCJ filter) and lzma are decoded here: no xz program needed", () => {
+    const x86 = join(dir, "x86src");
+    mkdirSync(x86);
+    const code = readFileSync("/bin/busybox").subarray(0, 4 * 131072);
+    writeFileSync(join(x86, "code"), code);
+    writeFileSync(join(x86, "text"), FILES["big-text"]);
+    for (const [name, args] of [
+      ["xz", ["-comp", "xz"]],
+      ["lzma", ["-comp", "lzma"]],
+      ["xz-x86", ["-comp", "xz", "-Xbcj", "x86"]],
+    ] as const) {
+      const file = squash(`native-${name}`, [...args], x86);
+      withoutXz(() => {
+        assert.ok(readAll(file, "code")?.equals(code), name);
+        assert.ok(readAll(file, "text")?.equals(FILES["big-text"]), name);
+      });
+    }
+  });
+
+  it("xz with another BCJ filter: by the xz program, else an error saying it is needed", () => {
+    // ARM BL instructions that all call one address: the ARM filter makes them alike, so
+    // mksquashfs -Xbcj arm picks it.
+    const arm = join(dir, "armsrc");
+    mkdirSync(arm);
+    const code = Buffer.alloc(131072);
+    for (let i = 0; i < code.length; i += 4) code.writeUInt32LE((0xeb000000 | (((0x200000 - i - 8) >>> 2) & 0xffffff)) >>> 0, i);
+    writeFileSync(join(arm, "code"), code);
+    const file = squash("xz-arm", ["-comp", "xz", "-Xbcj", "arm"], arm);
+    assert.ok(readAll(file, "code")?.equals(code));
+    withoutXz(() =>
+      assert.throws(
+        () => readAll(file, "code"),
+        /xz filter 0x7 not supported here: it needs the xz program, not found in \$PATH/,
+      ),
+    );
   });
 });
 
@@ -301,7 +330,7 @@ describe("corrupt and truncated images: an error, never a crash or a hang", () =
       x = (Math.imul(x, 1103515245) + 12345) >>> 0;
       return x / 2 ** 32;
     };
-    for (const comp of ["gzip", "zstd", "lz4", "lzo", "xz"]) {
+    for (const comp of ["gzip", "zstd", "lz4", "lzo", "xz", "lzma"]) {
       const base = readFileSync(squash(`fuzz-${comp}`, ["-comp", comp]));
       const f = join(dir, `fuzzed-${comp}.sqfs`);
       let errors = 0;
@@ -332,7 +361,7 @@ describe("corrupt and truncated images: an error, never a crash or a hang", () =
   });
 });
 
-describe("lz4 and lzo decoders refuse bad input", () => {
+describe("lz4, lzo, lzma and xz decoders refuse bad input", () => {
   it("lz4", () => {
     assert.deepEqual(lz4Decompress(Buffer.from([0x30, 97, 98, 99]), 10), Buffer.from("abc"));
     assert.deepEqual(lz4Decompress(Buffer.from([0x11, 97, 1, 0]), 10), Buffer.from("aaaaaa"));
@@ -358,5 +387,33 @@ describe("lz4 and lzo decoders refuse bad input", () => {
     assert.throws(() => lzoDecompress(Buffer.from([20, 97, 98, 99]), 2), /output too large/);
     // A run of zero bytes in a length, longer than the output may be.
     assert.throws(() => lzoDecompress(Buffer.from([0, ...Array(10).fill(0), 1]), 1000), /length too large/);
+  });
+
+  it("lzma and xz", () => {
+    assert.throws(() => lzmaAloneDecompress(Buffer.alloc(5), 10), /truncated lzma header/);
+    const header = (props: number, size: bigint) => {
+      const b = Buffer.alloc(13);
+      b[0] = props;
+      b.writeUInt32LE(1 << 16, 1);
+      b.writeBigUInt64LE(size, 5);
+      return b;
+    };
+    assert.throws(() => lzmaAloneDecompress(header(225, 1n), 10), /bad LZMA properties/);
+    assert.throws(() => lzmaAloneDecompress(header(93, 11n), 10), /lzma data larger than 10 bytes/);
+    assert.throws(
+      () => lzmaAloneDecompress(Buffer.concat([header(93, 5n), Buffer.from([1, 0, 0, 0, 0])]), 10),
+      /bad range coder start/,
+    );
+    assert.throws(() => lzmaAloneDecompress(Buffer.concat([header(93, 5n), Buffer.from([0, 1])]), 10), /truncated range coder/);
+    assert.throws(
+      () => lzmaAloneDecompress(Buffer.concat([header(93, 5n), Buffer.from([0, 1, 2, 3, 4])]), 10),
+      /truncated LZMA data/,
+    );
+    assert.throws(() => xzDecompress(Buffer.from("not xz data at all"), 10), /not xz data/);
+    assert.throws(() => xzDecompress(Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0]), 10), /truncated xz data/);
+    // Real xz data (xz itself, one block) decodes, and is refused beyond the maximum.
+    const data = execFileSync("xz", ["--check=crc32", "--lzma2=dict=4KiB"], { input: "hello hello hello hello\n" });
+    assert.equal(xzDecompress(data, 100).toString(), "hello hello hello hello\n");
+    assert.throws(() => xzDecompress(data, 10), /xz data larger than 10 bytes/);
   });
 });
