@@ -196,8 +196,8 @@ function xzDecompress(src: Buffer, max: number, format: "xz" | "lzma"): Buffer {
 }
 
 function xzProgram(xz: string, src: Buffer, max: number, format: "xz" | "lzma"): Buffer {
-  // node:child_process and node:zlib loaded when used: ch-run imports this module, and loading
-  // them costs every start a few ms.
+  // node:child_process (as node:zlib below) loaded only when used: ch-run imports this module,
+  // and loading it at start would cost every launch a few ms.
   const { spawnSync } = process.getBuiltinModule("node:child_process");
   const r = spawnSync(xz, ["-dcq", `--format=${format}`, "--single-stream", "-M", "64MiB"], {
     input: src,
