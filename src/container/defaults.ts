@@ -2,9 +2,11 @@
 // Docker runs them; a shell form is already stored as the shell's argv), in its WORKDIR. Both
 // come from ch/metadata.json inside the image, which is untrusted: a symlink (at ch or the file)
 // is not followed, a file that is not a regular one, too big, not JSON or of the wrong types is
-// ignored with a warning.
+// ignored with a warning. A SquashFS image's is read from the file itself (squashfs-read.ts), with
+// the same rules, before it is mounted: no squashfs-tools needed.
 import { closeSync, constants, fstatSync, lstatSync, openSync, readSync, type Stats } from "node:fs";
 import { join } from "node:path";
+import { InodeType, SquashImage } from "../image/squashfs-read.ts";
 
 /** Larger metadata than this is not read (Charliecloud's are a few KiB). */
 export const METADATA_MAX = 1 << 20;
@@ -106,4 +108,44 @@ export function imageDefaults(root: string): ImageDefaults {
   if (text === null) return { argv: [], cwd: null, warnings };
   const d = parseDefaults(text, join(root, "ch", "metadata.json"));
   return { ...d, warnings: [...warnings, ...d.warnings] };
+}
+
+/** The defaults of the SquashFS image `file`, read from the file (not mounted). A corrupt image,
+ * or one whose compression can't be read here, is a warning and no defaults. */
+export function squashDefaults(file: string): ImageDefaults {
+  const warnings: string[] = [];
+  const none = (): ImageDefaults => ({ argv: [], cwd: null, warnings });
+  const meta = `${file}:/ch/metadata.json`;
+  let img: SquashImage;
+  try {
+    img = new SquashImage(file);
+  } catch (e) {
+    warnings.push(`ignoring ${meta}: can't read ${file}: ${(e as Error).message}`);
+    return none();
+  }
+  try {
+    const ch = img.lookup(["ch"]);
+    if (!ch) return none();
+    if (ch.type !== InodeType.Dir) {
+      warnings.push(`ignoring ${file}:/ch: not a directory`);
+      return none();
+    }
+    const m = img.lookup(["ch", "metadata.json"]);
+    if (!m) return none();
+    if (m.type !== InodeType.File) {
+      warnings.push(`ignoring ${meta}: not a regular file`);
+      return none();
+    }
+    if (img.fileSize(m) > METADATA_MAX) {
+      warnings.push(`ignoring ${meta}: larger than ${METADATA_MAX} bytes`);
+      return none();
+    }
+    const d = parseDefaults(img.readFile(m, METADATA_MAX).toString("utf8"), meta);
+    return { ...d, warnings: [...warnings, ...d.warnings] };
+  } catch (e) {
+    warnings.push(`ignoring ${meta}: can't read ${file}: ${(e as Error).message}`);
+    return none();
+  } finally {
+    img.close();
+  }
 }

@@ -6,7 +6,7 @@ import { existsSync, fstatSync, realpathSync } from "node:fs";
 import { release } from "node:os";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
-import { imageDefaults } from "../container/defaults.ts";
+import { imageDefaults, squashDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
 import { prefixedFs, realFs } from "../container/hostfs.ts";
@@ -164,10 +164,9 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   const found = findImage(image, storage, opts.write, unsafe);
   if (found.kind !== "squash" && parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
   // No command: the image's ENTRYPOINT then CMD, in its WORKDIR unless --cd; chosen here, before
-  // either launch path. A SquashFS image's metadata is only readable once mounted: not used.
+  // either launch path. A SquashFS image's are read from the file, before it is mounted.
   if (opts.argv.length === 0) {
-    if (found.kind === "squash") throw usageError("COMMAND not specified: a SquashFS image's ENTRYPOINT and CMD are not used");
-    const d = imageDefaults(found.root);
+    const d = found.kind === "squash" ? squashDefaults(found.file) : imageDefaults(found.root);
     for (const w of d.warnings) log.warning(w);
     if (d.argv.length === 0) throw missing(name);
     opts.argv = d.argv;

@@ -1,7 +1,8 @@
 // ch-run IMAGE with no command (issue 12): the image's ENTRYPOINT then CMD, by Docker's rules for
 // exec and shell forms, in its WORKDIR unless --cd; IMAGE -- COMMAND ignores them; no CMD and no
-// ENTRYPOINT is Charliecloud's usage error; a SquashFS image needs a command; ch/metadata.json is
-// untrusted (a symlink out of the image is not followed, wrong types and huge files are ignored).
+// ENTRYPOINT is Charliecloud's usage error; a SquashFS image's are read from the file (no
+// squashfs-tools needed); ch/metadata.json is untrusted (a symlink out of the image is not
+// followed, wrong types and huge files are ignored).
 import assert from "node:assert/strict";
 import { mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -85,14 +86,6 @@ describe("ch-run IMAGE with no command", () => {
     assert.match(r.stderr, MISSING);
   });
 
-  it("a SquashFS image needs a command (its metadata is not read): one-line error", () => {
-    const sq = join(dir, "fake.sqfs");
-    writeFileSync(sq, "hsqs not really");
-    const r = chRun([sq]);
-    assert.equal(r.status, 31);
-    assert.match(r.stderr, /^ch-run\[\d+\]: error: COMMAND not specified: a SquashFS image's ENTRYPOINT and CMD are not used\n$/);
-  });
-
   it("does not follow ch/metadata.json or ch out of the image, nor read a huge one", () => {
     // Host files with a command that would show if they were read.
     const outside = join(dir, "outside");
@@ -132,6 +125,98 @@ describe("ch-run IMAGE with no command", () => {
     assert.equal(r.status, 31, r.stderr);
     assert.match(r.stderr, /ch: not a directory/);
     assert.match(r.stderr, MISSING);
+  });
+});
+
+describe("ch-run IMAGE.sqfs with no command", () => {
+  /** The image `tag` in storage as a SquashFS file (ch-convert), or made by mksquashfs `args`. */
+  function sqfs(tag: string, args: string[] = []): string {
+    const out = join(dir, `${tag}${args.length ? "-x" : ""}.sqfs`);
+    const r = args.length
+      ? run("mksquashfs", [join(storage, "img", `${tag}+latest`), out, "-noappend", "-quiet", "-no-progress", ...args])
+      : run(join(DIST, "ch-convert"), [tag, out], { env: env() });
+    assert.equal(r.status, 0, r.stderr);
+    return out;
+  }
+
+  it("runs ENTRYPOINT and CMD read from the image file, in its WORKDIR unless --cd", () => {
+    let r = chRun([sqfs("epcmd")]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "ep a b\n");
+    const eponly = sqfs("eponly");
+    r = chRun([eponly]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "/w/sub\n");
+    r = chRun(["-c", "/w", eponly]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "/w\n");
+    r = chRun([sqfs("shellform")]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "shell 3\n");
+    // IMAGE -- COMMAND: COMMAND alone, in /.
+    r = chRun([eponly, "--", "pwd"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "/\n");
+  });
+
+  it("in other compressions (xz, lz4, lzo, zstd: all read by ch-run itself)", () => {
+    for (const comp of ["xz", "lz4", "lzo", "zstd"]) {
+      const r = chRun([sqfs("epcmd", ["-comp", comp, "-all-root"])]);
+      assert.equal(r.status, 0, `${comp}: ${r.stderr}`);
+      assert.equal(r.stdout, "ep a b\n", comp);
+    }
+  });
+
+  it("no CMD and no ENTRYPOINT: the usage error; a corrupt image's metadata: a warning, then the same", () => {
+    let r = chRun([sqfs("none")]);
+    assert.equal(r.status, 31);
+    assert.equal(r.stdout, USAGE);
+    assert.match(r.stderr, MISSING);
+    const fake = join(dir, "fake.sqfs");
+    writeFileSync(fake, "hsqs not really");
+    r = chRun([fake]);
+    assert.equal(r.status, 31);
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: warning: ignoring .*fake\.sqfs:\/ch\/metadata\.json: can't read .*: superblock past the end of the image$/m,
+    );
+    assert.match(r.stderr, MISSING);
+  });
+
+  it("does not follow a symlinked ch or metadata.json inside the image", () => {
+    const leak = JSON.stringify({ cmd: ["echo", "LEAKED"] });
+    const cases: [string, (img: string) => void, RegExp][] = [
+      [
+        "chlink",
+        (img) => {
+          mkdirSync(join(img, "other"));
+          writeFileSync(join(img, "other/metadata.json"), leak);
+          rmSync(join(img, "ch"), { recursive: true });
+          symlinkSync("other", join(img, "ch"));
+        },
+        /:\/ch: not a directory/,
+      ],
+      [
+        "metalink",
+        (img) => {
+          writeFileSync(join(img, "ch/real.json"), leak);
+          symlinkSync("real.json", join(img, "ch/metadata.json"));
+        },
+        /:\/ch\/metadata\.json: not a regular file/,
+      ],
+    ];
+    for (const [name, make, warning] of cases) {
+      const img = busyboxImage(dir, `sq-${name}`);
+      make(img);
+      const out = join(dir, `sq-${name}.sqfs`);
+      const m = run("mksquashfs", [img, out, "-noappend", "-quiet", "-no-progress"]);
+      assert.equal(m.status, 0, m.stderr);
+      const r = chRun([out]);
+      assert.equal(r.status, 31, `${name}: ${r.stderr}`);
+      assert.doesNotMatch(r.stdout, /LEAKED/);
+      assert.match(r.stderr, warning, name);
+      assert.match(r.stderr, MISSING, name);
+    }
   });
 });
 
