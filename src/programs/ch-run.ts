@@ -25,6 +25,7 @@ import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import type { ProgramBuilder } from "../sys/program.ts";
+import { loaderInfo } from "../sys/self.ts";
 import { VERSION } from "../version.ts";
 
 /** The name ch-run was called by, as argp and syslog(3) name it. */
@@ -262,6 +263,8 @@ async function runDirect(
   const { euid, egid, user } = ids;
   const say = (s: string) => log.verbose(s);
   say(`join: 0 0 (null) 0`);
+  const loader = loaderInfo();
+  if (loader) log.debug(`loader: bundle ${loader.bundle}, code cache ${loader.codeCache}`);
   let real = root;
   try {
     real = realpathSync(root);

@@ -12,7 +12,7 @@ import { mountFlagsOf } from "./hostfacts.ts";
 import { blobs } from "./native/blobs.ts";
 import { withPrivateFile, writeAtomically } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
-import { sourceLocation } from "./sourcemap.ts";
+import { siteLocation, sourceLocation } from "./sourcemap.ts";
 import { CLONE_NEWNS, CLONE_NEWUSER } from "./syscalls.ts";
 
 export interface ExecSpec {
@@ -34,7 +34,7 @@ const MAGIC = 0x3130434558454843n; // "CHEXEC01"
 const CHUNK = 131064;
 
 /** sourceLocation() for many errors made at few places: their stacks are read as call sites
- * (V8 formats no text), and each distinct stack is looked up once. */
+ * (V8 formats no text), each found by its position, and each distinct stack looked up once. */
 function locator(): (at: Error) => string {
   const cache = new Map<string, string>();
   return (at) => {
@@ -47,11 +47,11 @@ function locator(): (at: Error) => string {
       Error.prepareStackTrace = prepare;
     }
     if (!Array.isArray(sites)) return sourceLocation(at); // formatted before
-    const stack = sites.map((c) => `    at f (${c.getFileName()}:${c.getLineNumber()}:${c.getColumnNumber()})`).join("\n");
-    let hit = cache.get(stack);
+    const key = sites.map((c) => `${c.getFileName()}@${c.getPosition()}`).join(" ");
+    let hit = cache.get(key);
     if (hit === undefined) {
-      hit = sourceLocation({ name: "Error", message: "", stack: `Error\n${stack}` });
-      cache.set(stack, hit);
+      hit = siteLocation(sites);
+      cache.set(key, hit);
     }
     return hit;
   };

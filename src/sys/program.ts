@@ -236,11 +236,20 @@ export class ProgramBuilder implements Syscalls {
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void {
     const a = { strs: argv };
     const e = { strs: envp };
-    const where = this.execMessages ? sourceLocation(new Error()) : "";
-    const messages: [number, string][] = [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
+    // Rendered only for the clone path's child; ch-run's launcher prints its own (no strerror()
+    // for 18 errnos at every start).
+    const messages = (): [number, string][] => {
+      const where = sourceLocation(new Error());
+      return [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
+    };
     candidates.forEach((c, i) => {
       const last = i === candidates.length - 1;
-      this.op(this.nr.execve, [{ str: c }, a, e], why, last ? (this.execMessages ? { messages } : {}) : { soft: true });
+      this.op(
+        this.nr.execve,
+        [{ str: c }, a, e],
+        why,
+        last ? (this.execMessages ? { messages: messages() } : {}) : { soft: true },
+      );
     });
   }
 

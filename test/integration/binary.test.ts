@@ -212,6 +212,39 @@ describe("one executable", () => {
     assert.deepEqual(readdirSync(cacheDir).sort(), [mod, `${mod}.verified`], "no temporary file or lock left");
   });
 
+  it("runs ch-run's own bundle as ch-run, the whole one otherwise, each with its code cache taken", () => {
+    const img = busyboxImage(dir, "loader-img");
+    for (const [cmd, args, bundle] of [
+      [join(DIST, "ch-run"), [], "ch-run"],
+      [join(DIST, "charliecloud"), ["ch-run"], "ch"],
+    ] as const) {
+      const r = run(cmd, [...args, "-vv", img, "--", "/bin/true"]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, new RegExp(`^ch-run\\[\\d+\\]: loader: bundle ${bundle}, code cache accepted$`, "m"));
+    }
+  });
+
+  it("points the launcher's errors at the TypeScript lines that made them", () => {
+    // The line of each call in the source, as the build's position table must find it.
+    const src = readFileSync(join(ROOT, "src/container/execute.ts"), "utf8").split("\n");
+    const line = (needle: string) => src.findIndex((l) => l.includes(needle)) + 1;
+    const img = busyboxImage(dir, "where-img");
+    for (const [cmd, args] of [
+      [join(DIST, "ch-run"), []],
+      [join(DIST, "charliecloud"), ["ch-run"]],
+    ] as const) {
+      const cd = run(cmd, [...args, "--cd", "/no/such/dir", img, "--", "/bin/true"]);
+      assert.equal(cd.status, 31, cd.stderr);
+      assert.match(
+        cd.stderr,
+        new RegExp(`can't cd to /no/such/dir: No such file or directory \\(execute\\.ts:${line("sys.chdir(op.path")} 2\\)`),
+      );
+      const ex = run(cmd, [...args, img, "--", "/no/such/command"]);
+      assert.equal(ex.status, 49, ex.stderr);
+      assert.match(ex.stderr, new RegExp(`can't execve\\(2\\): /no/such/command: .*\\(execute\\.ts:${line("sys.execve(")} 2\\)`));
+    }
+  });
+
   it("runs a container from a copy in another directory, with no node on PATH", () => {
     const bin = join(dir, "bin");
     const copy = join(dir, "charliecloud");
