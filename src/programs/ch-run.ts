@@ -22,6 +22,7 @@ import { ChError, usageError } from "../sys/errors.ts";
 import { execLaunch } from "../sys/exec-launch.ts";
 import { inheritedFds } from "../sys/fds.ts";
 import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
+import { keepOnExec } from "../sys/keepfd.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import type { ProgramBuilder } from "../sys/program.ts";
@@ -59,7 +60,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await dispatch(argv, syslog);
   } catch (e) {
-    await syslog.now();
+    // The error is what to tell: a syslog that can't be sent (no libc here) mustn't replace it.
+    await syslog.now().catch(() => {});
     throw e;
   }
 }
@@ -288,12 +290,8 @@ async function runDirect(
   showPlan(p, log);
   const nullFds = nullFdsFor(opts.verbosity);
   const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
-  // Node marks inherited descriptors close-on-exec at start-up: only libc can keep them.
-  const inherited = inheritedFds();
-  if (inherited.length) {
-    const c = await lib();
-    for (const fd of inherited) c.keepOnExec(fd);
-  }
+  // Node marks inherited descriptors close-on-exec at start-up: native code must keep them.
+  keepOnExec(inheritedFds());
   const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText() });
   say(`no launcher executable (${why}): starting the container from Node`);
   await syslog.now();
