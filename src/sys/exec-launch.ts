@@ -33,10 +33,9 @@ const MAGIC = 0x3130434558454843n; // "CHEXEC01"
  * multiple of 4. */
 const CHUNK = 131064;
 
-/** sourceLocation() for many errors made at few places: their stacks are read as call sites
- * (V8 formats no text), each found by its position, and each distinct stack looked up once. */
+/** sourceLocation() for many errors: their stacks are read as call sites (V8 formats no text),
+ * each frame found by its position. */
 function locator(): (at: Error) => string {
-  const cache = new Map<string, string>();
   return (at) => {
     const prepare = Error.prepareStackTrace;
     let sites: NodeJS.CallSite[] | string;
@@ -46,14 +45,7 @@ function locator(): (at: Error) => string {
     } finally {
       Error.prepareStackTrace = prepare;
     }
-    if (!Array.isArray(sites)) return sourceLocation(at); // formatted before
-    const key = sites.map((c) => `${c.getFileName()}@${c.getPosition()}`).join(" ");
-    let hit = cache.get(key);
-    if (hit === undefined) {
-      hit = siteLocation(sites);
-      cache.set(key, hit);
-    }
-    return hit;
+    return Array.isArray(sites) ? siteLocation(sites) : sourceLocation(at); // a string: formatted before
   };
 }
 

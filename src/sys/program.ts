@@ -75,7 +75,13 @@ export class ProgramBuilder implements Syscalls {
 
   /** Appends one raw system call. */
   op(nr: number, args: Arg[], why: Why, opts: OpOptions = {}): void {
-    this.ops.push({ nr, args, why, at: new Error(), ...opts });
+    // Where the op was made (its error location): the first frame outside this file is at most
+    // the fourth; fewer frames, less to capture and read back (ch-run's fast path makes ~50).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 8;
+    const at = new Error();
+    Error.stackTraceLimit = limit;
+    this.ops.push({ nr, args, why, at, ...opts });
   }
 
   // --- launch protocol ---

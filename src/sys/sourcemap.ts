@@ -133,6 +133,9 @@ const FRAME = /\(?([^\s()]+):(\d+):(\d+)\)?$/;
 const PLUMBING_FILE = /\/(errors|sourcemap|strerror|program)\.ts$/;
 const PLUMBING_POS = /^(errors|sourcemap|strerror|program)\.ts:/;
 
+/** Bundle positions looked up so far: many errors come from few places. */
+const positions = new Map<number, string | null | undefined>();
+
 /** sourceLocation() from V8's call sites (Error.prepareStackTrace), formatting no stack text:
  * in the single executable a bundle frame's line comes from its character position. */
 export function siteLocation(sites: NodeJS.CallSite[]): string {
@@ -141,8 +144,20 @@ export function siteLocation(sites: NodeJS.CallSite[]): string {
     if (!file || file.startsWith("node:") || PLUMBING_FILE.test(file)) continue;
     if (file.endsWith(".ts")) return `${basename(file)}:${c.getLineNumber()}`;
     const locate = bundleLocate();
-    const line = cachedStarts ? lineAt(cachedStarts, c.getPosition()) : (c.getLineNumber() ?? 0);
-    const pos = locate?.(line, cachedStarts ? 1 : (c.getColumnNumber() ?? 0));
+    let pos: string | null | undefined;
+    let line: number;
+    if (cachedStarts) {
+      const at = c.getPosition();
+      pos = positions.get(at);
+      line = lineAt(cachedStarts, at);
+      if (pos === undefined) {
+        pos = locate?.(line, 1);
+        positions.set(at, pos);
+      }
+    } else {
+      line = c.getLineNumber() ?? 0;
+      pos = locate?.(line, c.getColumnNumber() ?? 0);
+    }
     if (pos && !PLUMBING_POS.test(pos)) return pos;
     if (pos) continue;
     return `${basename(file)}:${line}`;
