@@ -162,15 +162,16 @@ describe("one executable", () => {
     // namespace, a bind mount of /usr there shows as owned by an unmapped UID), and no other place.
     const theirs = join(dir, "plant-theirs");
     mkdirSync(theirs);
+    // The first file ch-run needs from it: the descriptor helper, for an inherited descriptor.
     const script =
-      'mkdir "$TMPDIR/.charliecloud-0" && mount --bind /usr "$TMPDIR/.charliecloud-0" && exec "$0" /nonexistent -- true';
-    const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN], {
+      'mkdir "$TMPDIR/.charliecloud-0" && mount --bind /usr "$TMPDIR/.charliecloud-0" && exec "$0" "$1" -- true 5<"$0"';
+    const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN, busyboxImage(dir, "plant-img")], {
       env: { PATH: "/usr/bin:/bin", USER: "u", TMPDIR: theirs },
     });
     assert.equal(r3.status, 31, r3.stderr);
     assert.match(
       r3.stderr,
-      /can't load the native FFI module: no private directory for the native module \(.*plant-theirs\/\.charliecloud-0: owned by UID 65534, not 0\)/,
+      /can't load the descriptor helper: no private directory for the descriptor helper \(.*plant-theirs\/\.charliecloud-0: owned by UID 65534, not 0\)/,
     );
   });
 
