@@ -8,7 +8,7 @@ import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { imageDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
-import { prefixedFs, realFs } from "../container/hostfs.ts";
+import { prefixedFs, realFs, rememberingFs } from "../container/hostfs.ts";
 import { findImage } from "../container/image.ts";
 import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import { RunLog } from "../container/log.ts";
@@ -285,7 +285,7 @@ async function runDirect(
     image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
     passwd: (u) => (u === uid ? pw : filePasswd(u)),
     group: (g) => (g === gid ? gr : fileGroup(g)),
-    fs: realFs,
+    fs: rememberingFs(realFs),
   });
   showPlan(p, log);
   const nullFds = nullFdsFor(opts.verbosity);

@@ -51,6 +51,9 @@ function locator(): (at: Error) => string {
 
 const ST_NOEXEC = 8;
 
+/** The least argLimit() can be. */
+const ARG_FLOOR = (128 << 10) - 4096;
+
 /** How many bytes of arguments execve(2) takes here: a quarter of the stack's soft limit, at
  * most 6 MiB, at least 128 KiB (the kernel's bprm_stack_limits()), less a margin. */
 export function argLimit(limits = readLimits()): number {
@@ -191,7 +194,8 @@ export function execLaunch(spec: ExecSpec): string {
         // that could make it fail is checked first.
         const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
         const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
-        if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
+        // The limit is never below the kernel's floor: no need to read it for a plan within that.
+        if (size > ARG_FLOOR && size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
         if ((mountFlagsOf(realpathSync(dirname(file))) ?? 0) & ST_NOEXEC) {
           why.push(`${dirname(file)}: mounted noexec`);
           return undefined;

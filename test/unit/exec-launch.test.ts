@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
 import { ChError, setProgram } from "../../src/sys/errors.ts";
-import { execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
+import { argLimit, execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
 import { keepOnExec } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
@@ -208,5 +208,16 @@ describe("descriptor helper", () => {
       (e: unknown) =>
         e instanceof ChError && e.errno === 9 && /can't keep descriptor 1000000 open for the command/.test(e.message),
     );
+  });
+});
+
+describe("launcher arguments", () => {
+  it("takes a quarter of the stack limit, at most 6 MiB, never less than the kernel's floor", () => {
+    const limits = (soft: string) =>
+      `Limit                     Soft Limit           Hard Limit           Units\nMax stack size            ${soft}              unlimited            bytes\n`;
+    assert.equal(argLimit(limits("8388608")), (2 << 20) - 4096);
+    assert.equal(argLimit(limits("unlimited")), (6 << 20) - 4096);
+    // What ch-run assumes without reading /proc/self/limits for a small plan.
+    assert.equal(argLimit(limits("16384")), (128 << 10) - 4096);
   });
 });
