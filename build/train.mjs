@@ -16,7 +16,6 @@
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import vm from "node:vm";
 
@@ -27,8 +26,10 @@ if (!dir) {
 }
 
 if (stage === undefined) {
-  // Parent: a throwaway image and private directory, the two launches, then clean up.
-  const tmp = fs.mkdtempSync(join(tmpdir(), "ch-train-"));
+  // Parent: a throwaway image and private directory (in DIR, not $TMPDIR, which may be mounted
+  // noexec: the launch tries its launcher there), the two launches, then clean up. A training
+  // that fails leaves ch-run's cache with top-level code only (a warning, not a failed build).
+  const tmp = fs.mkdtempSync(join(dir, ".train-"));
   try {
     const img = join(tmp, "img");
     for (const d of ["bin", "dev", "proc", "sys", "tmp", "etc", "home", "root"]) fs.mkdirSync(join(img, d), { recursive: true });
@@ -40,14 +41,22 @@ if (stage === undefined) {
     const env = { PATH: "/usr/bin:/bin", HOME: tmp, TMPDIR: priv, LANG: "C" };
     for (const s of ["warm", "train"])
       execFileSync(process.execPath, [process.argv[1], dir, s, img], { stdio: ["ignore", "inherit", "inherit"], env });
+    const size = fs.statSync(join(dir, "ch-run.cache")).size;
+    if (size < 1024) throw new Error(`${dir}/ch-run.cache is only ${size} bytes`);
+  } catch (e) {
+    console.warn(`train: WARNING: no training launch (${e.message}): ch-run's code cache holds top-level code only`);
+    topLevelCache("ch-run");
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  const size = fs.statSync(join(dir, "ch-run.cache")).size;
-  if (size < 1024) throw new Error(`train: ${dir}/ch-run.cache is only ${size} bytes`);
-  const all = new vm.Script(fs.readFileSync(join(dir, "ch.js"), "latin1"), { filename: "ch.cjs" });
-  fs.writeFileSync(join(dir, "ch.cache"), all.createCachedData());
+  topLevelCache("ch");
   process.exit(0);
+}
+
+/** The cache of a bundle's top-level code, as the SEA's own useCodeCache would make it. */
+function topLevelCache(name) {
+  const script = new vm.Script(fs.readFileSync(join(dir, `${name}.js`), "latin1"), { filename: `${name}.cjs` });
+  fs.writeFileSync(join(dir, `${name}.cache`), script.createCachedData());
 }
 
 // Child: one launch.
