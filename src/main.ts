@@ -2,23 +2,12 @@
 // `charliecloud PROGRAM ...` works too.
 import { basename } from "node:path";
 import { programFor } from "./dispatch.ts";
+import { PROGRAMS } from "./program-table.ts";
 import { ChError, debugStacksOn, describe, EXIT_ERR, errorOut, setProgram, sysError } from "./sys/errors.ts";
 import { loadLibc } from "./sys/libc.ts";
 import { currentIds, privilegeProblem } from "./sys/secure.ts";
 import { stackTrace } from "./sys/sourcemap.ts";
 import { VERSION } from "./version.ts";
-
-type Main = (argv: string[]) => number | Promise<number>;
-
-/** Programs, loaded only when called so that ch-run's start-up stays small. */
-const PROGRAMS: Record<string, () => Promise<{ main: Main }>> = {
-  "ch-run": () => import("./programs/ch-run.ts"),
-  "ch-image": () => import("./programs/ch-image.ts"),
-  "ch-convert": () => import("./programs/ch-convert.ts"),
-  "ch-tar2dir": () => import("./programs/ch-tar2dir.ts"),
-  "ch-fromhost": () => import("./programs/ch-fromhost.ts"),
-  "ch-checkns": () => import("./programs/ch-checkns.ts"),
-};
 
 /** Exit status of a program's own failures: ch-run's is distinct from any command's. */
 function errorExit(program: string): number {

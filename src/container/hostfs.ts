@@ -52,6 +52,27 @@ export const realFs: HostFs = {
   },
 };
 
+/** fs with lstat() and stat() remembered by path: for one plan, which looks at the same few
+ * directories many times (ch-run's fast path: about half of its 40 lookups). */
+export function rememberingFs(fs: HostFs): HostFs {
+  const lstats = new Map<string, Stat | null>();
+  const stats = new Map<string, Stat | null>();
+  const once = (m: Map<string, Stat | null>, path: string, get: (p: string) => Stat | null): Stat | null => {
+    let st = m.get(path);
+    if (st === undefined) {
+      st = get(path);
+      m.set(path, st);
+    }
+    return st;
+  };
+  return {
+    lstat: (path) => once(lstats, path, (p) => fs.lstat(p)),
+    stat: (path) => once(stats, path, (p) => fs.stat(p)),
+    readlink: (path) => fs.readlink(path),
+    readFile: (path) => fs.readFile(path),
+  };
+}
+
 export type MemNode = string | { dir: true } | { link: string } | { other: true };
 
 /** A file system in memory: absolute paths to file contents, directories, links. Parent

@@ -9,7 +9,7 @@ import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { imageDefaults, squashDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
-import { prefixedFs, realFs } from "../container/hostfs.ts";
+import { prefixedFs, realFs, rememberingFs } from "../container/hostfs.ts";
 import { findImage } from "../container/image.ts";
 import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import { RunLog } from "../container/log.ts";
@@ -23,9 +23,11 @@ import { ChError, usageError } from "../sys/errors.ts";
 import { execLaunch } from "../sys/exec-launch.ts";
 import { inheritedFds } from "../sys/fds.ts";
 import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
+import { keepOnExec } from "../sys/keepfd.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import { type ProgramBuilder, setStatusFd } from "../sys/program.ts";
+import { loaderInfo } from "../sys/self.ts";
 import { VERSION } from "../version.ts";
 
 /** The name ch-run was called by, as argp and syslog(3) name it. */
@@ -59,7 +61,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await dispatch(argv, syslog);
   } catch (e) {
-    await syslog.now();
+    // The error is what to tell: a syslog that can't be sent (no libc here) mustn't replace it.
+    await syslog.now().catch(() => {});
     throw e;
   }
 }
@@ -292,6 +295,8 @@ async function runDirect(
   const { euid, egid, user } = ids;
   const say = (s: string) => log.verbose(s);
   say(`join: 0 0 (null) 0`);
+  const loader = loaderInfo();
+  if (loader) log.debug(`loader: bundle ${loader.bundle}, code cache ${loader.codeCache}`);
   let real = root;
   try {
     real = realpathSync(root);
@@ -310,19 +315,16 @@ async function runDirect(
     image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
     passwd: (u) => (u === uid ? pw : filePasswd(u)),
     group: (g) => (g === gid ? gr : fileGroup(g)),
-    fs: realFs,
+    fs: rememberingFs(realFs),
     kernel: release(),
   });
   showPlan(p, log);
   const nullFds = nullFdsFor(opts.verbosity);
   const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
-  // Node marks inherited descriptors close-on-exec at start-up: only libc can keep them.
+  // Node marks inherited descriptors close-on-exec at start-up: native code must keep them.
   const inherited = inheritedFds();
   if (status >= 0 && !inherited.includes(status)) inherited.push(status); // the launcher's, not the command's
-  if (inherited.length) {
-    const c = await lib();
-    for (const fd of inherited) c.keepOnExec(fd);
-  }
+  keepOnExec(inherited);
   const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText() });
   say(`no launcher executable (${why}): starting the container from Node`);
   await syslog.now();

@@ -12,7 +12,7 @@ import { mountFlagsOf } from "./hostfacts.ts";
 import { blobs } from "./native/blobs.ts";
 import { withPrivateFile, writeAtomically } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
-import { sourceLocation } from "./sourcemap.ts";
+import { siteLocation, sourceLocation } from "./sourcemap.ts";
 import { CLONE_NEWNS, CLONE_NEWUSER } from "./syscalls.ts";
 
 export interface ExecSpec {
@@ -33,10 +33,9 @@ const MAGIC = 0x3130434558454843n; // "CHEXEC01"
  * multiple of 4. */
 const CHUNK = 131064;
 
-/** sourceLocation() for many errors made at few places: their stacks are read as call sites
- * (V8 formats no text), and each distinct stack is looked up once. */
+/** sourceLocation() for many errors: their stacks are read as call sites (V8 formats no text),
+ * each frame found by its position. */
 function locator(): (at: Error) => string {
-  const cache = new Map<string, string>();
   return (at) => {
     const prepare = Error.prepareStackTrace;
     let sites: NodeJS.CallSite[] | string;
@@ -46,18 +45,14 @@ function locator(): (at: Error) => string {
     } finally {
       Error.prepareStackTrace = prepare;
     }
-    if (!Array.isArray(sites)) return sourceLocation(at); // formatted before
-    const stack = sites.map((c) => `    at f (${c.getFileName()}:${c.getLineNumber()}:${c.getColumnNumber()})`).join("\n");
-    let hit = cache.get(stack);
-    if (hit === undefined) {
-      hit = sourceLocation({ name: "Error", message: "", stack: `Error\n${stack}` });
-      cache.set(stack, hit);
-    }
-    return hit;
+    return Array.isArray(sites) ? siteLocation(sites) : sourceLocation(at); // a string: formatted before
   };
 }
 
 const ST_NOEXEC = 8;
+
+/** The least argLimit() can be. */
+const ARG_FLOOR = (128 << 10) - 4096;
 
 /** How many bytes of arguments execve(2) takes here: a quarter of the stack's soft limit, at
  * most 6 MiB, at least 128 KiB (the kernel's bprm_stack_limits()), less a margin. */
@@ -199,7 +194,8 @@ export function execLaunch(spec: ExecSpec): string {
         // that could make it fail is checked first.
         const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
         const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
-        if (size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
+        // The limit is never below the kernel's floor: no need to read it for a plan within that.
+        if (size > ARG_FLOOR && size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
         if ((mountFlagsOf(realpathSync(dirname(file))) ?? 0) & ST_NOEXEC) {
           why.push(`${dirname(file)}: mounted noexec`);
           return undefined;

@@ -6,7 +6,7 @@
 // libuv, and one /dev/null. So a descriptor without close-on-exec is inherited; one with it is
 // inherited unless it is one of those kinds. (An inherited /dev/null is dropped too: the command
 // can open its own.)
-import { readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { closeSync, openSync, readdirSync, readlinkSync, readSync } from "node:fs";
 
 export interface FdEntry {
   fd: number;
@@ -32,10 +32,19 @@ export function pickInherited(entries: FdEntry[]): number[] {
 
 export function listFds(): FdEntry[] {
   const out: FdEntry[] = [];
+  // One buffer for every fdinfo file (a few dozen bytes each), three system calls a file.
+  const buf = Buffer.allocUnsafe(4096);
   for (const name of readdirSync("/proc/self/fd")) {
     try {
       const target = readlinkSync(`/proc/self/fd/${name}`);
-      const flags = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${name}`, "utf8"));
+      const fd = openSync(`/proc/self/fdinfo/${name}`, "r");
+      let n: number;
+      try {
+        n = readSync(fd, buf, 0, buf.length, null);
+      } finally {
+        closeSync(fd);
+      }
+      const flags = /^flags:\s+([0-7]+)$/m.exec(buf.toString("latin1", 0, n));
       out.push({ fd: Number(name), target, cloexec: flags ? (Number.parseInt(flags[1], 8) & O_CLOEXEC) !== 0 : true });
     } catch {
       // readdirSync's own handle, closed by now

@@ -96,7 +96,13 @@ export class ProgramBuilder implements Syscalls {
 
   /** Appends one raw system call. */
   op(nr: number, args: Arg[], why: Why, opts: OpOptions = {}): void {
-    this.ops.push({ nr, args, why, at: new Error(), ...opts });
+    // Where the op was made (its error location): the first frame outside this file is at most
+    // the fourth; fewer frames, less to capture and read back (ch-run's fast path makes ~50).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 8;
+    const at = new Error();
+    Error.stackTraceLimit = limit;
+    this.ops.push({ nr, args, why, at, ...opts });
   }
 
   // --- launch protocol ---
@@ -306,9 +312,13 @@ export class ProgramBuilder implements Syscalls {
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void {
     const a = { strs: argv };
     const e = { strs: envp };
-    const where = this.execMessages ? sourceLocation(new Error()) : "";
-    const messages: [number, string][] = [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
-    const fail = this.execMessages ? { messages } : {};
+    // Rendered only for the clone path's child; ch-run's launcher prints its own (no strerror()
+    // for 18 errnos at every start).
+    const messages = (): [number, string][] => {
+      const where = sourceLocation(new Error());
+      return [...EXEC_ERRNOS, 0].map((errno) => [errno, `${formatError(why.what, errno, where)}\n`]);
+    };
+    const fail = this.execMessages ? { messages: messages() } : {};
     if (this.statusFd >= 0) {
       // Each candidate, then the failure said on the status channel, then the last candidate
       // again, whose failure is reported as usual.

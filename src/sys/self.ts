@@ -16,3 +16,13 @@ export function selfCommand(program: string): SelfCommand {
   // node dist/ch.cjs, or a .ts entry under a loader: the script and Node's own options.
   return { file: process.execPath, prefix: [...process.execArgv, process.argv[1]], argv0: program };
 }
+
+/** Given to the bundle by the executable's loader (src/sea-main.cjs); absent under plain Node. */
+declare const __chLoader: { codeCache: string; bundle: string } | undefined;
+
+/** What the executable's loader ran: which bundle ("ch", every program; "ch-run", ch-run alone)
+ * and whether V8 took its code cache ("accepted", "rejected", "none": an executable without one);
+ * null when not run by the executable's loader. */
+export function loaderInfo(): { codeCache: string; bundle: string } | null {
+  return typeof __chLoader === "undefined" ? null : __chLoader;
+}

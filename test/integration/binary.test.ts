@@ -169,15 +169,16 @@ describe("one executable", () => {
     // namespace, a bind mount of /usr there shows as owned by an unmapped UID), and no other place.
     const theirs = join(dir, "plant-theirs");
     mkdirSync(theirs);
+    // The first file ch-run needs from it: the descriptor helper, for an inherited descriptor.
     const script =
-      'mkdir "$TMPDIR/.charliecloud-0" && mount --bind /usr "$TMPDIR/.charliecloud-0" && exec "$0" /nonexistent -- true';
-    const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN], {
+      'mkdir "$TMPDIR/.charliecloud-0" && mount --bind /usr "$TMPDIR/.charliecloud-0" && exec "$0" "$1" -- true 5<"$0"';
+    const r3 = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN, busyboxImage(dir, "plant-img")], {
       env: { PATH: "/usr/bin:/bin", USER: "u", TMPDIR: theirs },
     });
     assert.equal(r3.status, 31, r3.stderr);
     assert.match(
       r3.stderr,
-      /can't load the native FFI module: no private directory for the native module \(.*plant-theirs\/\.charliecloud-0: owned by UID 65534, not 0\)/,
+      /can't load the descriptor helper: no private directory for the descriptor helper \(.*plant-theirs\/\.charliecloud-0: owned by UID 65534, not 0\)/,
     );
   });
 
@@ -217,6 +218,39 @@ describe("one executable", () => {
     const [mod] = modules(cacheDir);
     assert.equal(sha(readFileSync(join(cacheDir, mod))), KOFFI_SHA);
     assert.deepEqual(readdirSync(cacheDir).sort(), [mod, `${mod}.verified`], "no temporary file or lock left");
+  });
+
+  it("runs ch-run's own bundle as ch-run, the whole one otherwise, each with its code cache taken", () => {
+    const img = busyboxImage(dir, "loader-img");
+    for (const [cmd, args, bundle] of [
+      [join(DIST, "ch-run"), [], "ch-run"],
+      [join(DIST, "charliecloud"), ["ch-run"], "ch"],
+    ] as const) {
+      const r = run(cmd, [...args, "-vv", img, "--", "/bin/true"]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, new RegExp(`^ch-run\\[\\d+\\]: loader: bundle ${bundle}, code cache accepted$`, "m"));
+    }
+  });
+
+  it("points the launcher's errors at the TypeScript lines that made them", () => {
+    // The line of each call in the source, as the build's position table must find it.
+    const src = readFileSync(join(ROOT, "src/container/execute.ts"), "utf8").split("\n");
+    const line = (needle: string) => src.findIndex((l) => l.includes(needle)) + 1;
+    const img = busyboxImage(dir, "where-img");
+    for (const [cmd, args] of [
+      [join(DIST, "ch-run"), []],
+      [join(DIST, "charliecloud"), ["ch-run"]],
+    ] as const) {
+      const cd = run(cmd, [...args, "--cd", "/no/such/dir", img, "--", "/bin/true"]);
+      assert.equal(cd.status, 31, cd.stderr);
+      assert.match(
+        cd.stderr,
+        new RegExp(`can't cd to /no/such/dir: No such file or directory \\(execute\\.ts:${line("sys.chdir(op.path")} 2\\)`),
+      );
+      const ex = run(cmd, [...args, img, "--", "/no/such/command"]);
+      assert.equal(ex.status, 49, ex.stderr);
+      assert.match(ex.stderr, new RegExp(`can't execve\\(2\\): /no/such/command: .*\\(execute\\.ts:${line("sys.execve(")} 2\\)`));
+    }
   });
 
   it("runs a container from a copy in another directory, with no node on PATH", () => {

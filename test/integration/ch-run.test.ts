@@ -340,6 +340,54 @@ describe("descriptors, signals, resources", () => {
     assert.deepEqual(fds(chRun([img, "--", "ls", "/proc/self/fd"], { stdio })), want);
   });
 
+  it("keeps an inherited descriptor with its descriptor helper, without loading koffi", () => {
+    // A private directory of this test's own shows what ch-run wrote there: the helper, not
+    // koffi's module (which the launch would write there first if it loaded it).
+    const rt = join(dir, "keepfd-rt");
+    mkdirSync(rt, { mode: 0o700 });
+    const out = join(dir, "keepfd-fd5.txt");
+    const extra = openSync(out, "w");
+    const env = { ...process.env, XDG_RUNTIME_DIR: rt };
+    const r = chRun([img, "--", "sh", "-c", "echo through >&5"], {
+      env,
+      stdio: ["pipe", "pipe", "pipe", "ignore", "ignore", extra],
+    });
+    closeSync(extra);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(readFileSync(out, "utf8"), "through\n");
+    const files = readdirSync(join(rt, "charliecloud"));
+    assert.ok(
+      files.some((f) => /^ch-run-keepfd-.*\.node$/.test(f)),
+      files.join(" "),
+    );
+    assert.ok(!files.some((f) => f.startsWith("koffi-")), `koffi's module was loaded: ${files.join(" ")}`);
+    // With no descriptor to keep, not even the helper.
+    const rt2 = join(dir, "keepfd-rt2");
+    mkdirSync(rt2, { mode: 0o700 });
+    assert.equal(chRun([img, "--", "true"], { env: { ...env, XDG_RUNTIME_DIR: rt2 } }).status, 0);
+    assert.deepEqual(
+      readdirSync(join(rt2, "charliecloud")).filter((f) => f.endsWith(".node")),
+      [],
+    );
+  });
+
+  it("says so when no private directory can hold the descriptor helper (all noexec), exit 31", () => {
+    const t = join(dir, "keepfd-noexec-tmp");
+    const h = join(dir, "keepfd-noexec-home");
+    mkdirSync(t);
+    mkdirSync(h);
+    const script =
+      'mount -t tmpfs -o noexec tmpfs "$TMPDIR" && mount -t tmpfs -o noexec tmpfs "$HOME" && exec "$0" "$1" -- true 5>"$2"';
+    const r = run("unshare", ["-Urm", "sh", "-c", script, CH_RUN, img, join(dir, "keepfd-noexec-fd5")], {
+      env: { PATH: "/usr/bin:/bin", HOME: h, USER: "u", TMPDIR: t },
+    });
+    assert.equal(r.status, 31, r.stderr);
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: error: can't load the descriptor helper: no private directory for the descriptor helper \(.*failed to map segment.*\); set XDG_CACHE_HOME .* \(keepfd\.ts:\d+ 0\)\n$/,
+    );
+  });
+
   function start(args: string[]): Promise<{ child: ChildProcess; out: () => string }> {
     const child = spawn(CH_RUN, args, { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";

@@ -2,15 +2,18 @@
 // from files, and the launcher executable itself running plans that need no namespace.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
-import { setProgram } from "../../src/sys/errors.ts";
-import { execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
+import { ChError, setProgram } from "../../src/sys/errors.ts";
+import { argLimit, execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
+import { keepOnExec } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
+import { keepfdBlobs } from "../../src/sys/native/keepfd-blob.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
 
 const nr = SYSCALLS[hostArch()];
@@ -156,5 +159,65 @@ describe("launcher executable", () => {
     const bad = spawnSync(exe, [], { encoding: "utf8", env: { P0: "A".repeat(100) } });
     assert.equal(bad.status, 31);
     assert.match(bad.stderr, /launcher: bad plan/);
+  });
+});
+
+describe("descriptor helper", () => {
+  let priv: string;
+  let saved: string | undefined;
+  before(() => {
+    priv = mkdtempSync(join(tmpdir(), "ch-keepfd-"));
+    saved = process.env.XDG_RUNTIME_DIR;
+    process.env.XDG_RUNTIME_DIR = priv;
+  });
+  after(() => {
+    if (saved === undefined) delete process.env.XDG_RUNTIME_DIR;
+    else process.env.XDG_RUNTIME_DIR = saved;
+    rmSync(priv, { recursive: true, force: true });
+  });
+
+  const cloexec = (fd: number) =>
+    (Number.parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))?.[1] ?? "0", 8) & 0o2000000) !==
+    0;
+
+  it("clears close-on-exec, from a verified private copy of the Node-API module", () => {
+    const fd = openSync(join(priv, "f"), "w"); // Node opens close-on-exec
+    try {
+      assert.ok(cloexec(fd));
+      keepOnExec([fd]);
+      assert.ok(!cloexec(fd));
+      const b = keepfdBlobs[hostArch()];
+      const dir = join(priv, "charliecloud");
+      const [mod] = readdirSync(dir).filter((f) => f.endsWith(".node"));
+      assert.match(mod, /^ch-run-keepfd-/);
+      assert.equal(
+        createHash("sha256")
+          .update(readFileSync(join(dir, mod)))
+          .digest("hex"),
+        b.sha256,
+      );
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it("says which descriptor it couldn't keep, and why", () => {
+    setProgram("ch-run");
+    assert.throws(
+      () => keepOnExec([1_000_000]),
+      (e: unknown) =>
+        e instanceof ChError && e.errno === 9 && /can't keep descriptor 1000000 open for the command/.test(e.message),
+    );
+  });
+});
+
+describe("launcher arguments", () => {
+  it("takes a quarter of the stack limit, at most 6 MiB, never less than the kernel's floor", () => {
+    const limits = (soft: string) =>
+      `Limit                     Soft Limit           Hard Limit           Units\nMax stack size            ${soft}              unlimited            bytes\n`;
+    assert.equal(argLimit(limits("8388608")), (2 << 20) - 4096);
+    assert.equal(argLimit(limits("unlimited")), (6 << 20) - 4096);
+    // What ch-run assumes without reading /proc/self/limits for a small plan.
+    assert.equal(argLimit(limits("16384")), (128 << 10) - 4096);
   });
 });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ContainerView } from "../../src/container/binds.ts";
 import { execute } from "../../src/container/execute.ts";
-import { MemFs, type MemNode, prefixedFs } from "../../src/container/hostfs.ts";
+import { type HostFs, MemFs, type MemNode, prefixedFs, rememberingFs } from "../../src/container/hostfs.ts";
 import {
   defaultRunOptions,
   execCandidates,
@@ -396,5 +396,30 @@ describe("container view", () => {
     const missing = v.resolve("/mnt/0/z/w");
     assert.equal(missing.missing, "/mnt/0/z");
     assert.equal(missing.type, null);
+  });
+});
+
+describe("remembering file system view", () => {
+  it("plans the same as the file system it wraps, looking each path up once", () => {
+    const mem = new MemFs({ ...image(), "/dev/null": { other: true }, "/tmp": { dir: true }, "/scratch": { dir: true } });
+    const asked = new Map<string, number>();
+    const counting: HostFs = {
+      lstat: (p) => {
+        asked.set(`l ${p}`, (asked.get(`l ${p}`) ?? 0) + 1);
+        return mem.lstat(p);
+      },
+      stat: (p) => {
+        asked.set(`s ${p}`, (asked.get(`s ${p}`) ?? 0) + 1);
+        return mem.stat(p);
+      },
+      readlink: (p) => mem.readlink(p),
+      readFile: (p) => mem.readFile(p),
+    };
+    const o = opts({ binds: [{ src: "/scratch", dst: "/mnt/0" }] });
+    const direct = plan(o, facts({}, { fs: mem }));
+    const remembered = plan(o, facts({}, { fs: rememberingFs(counting) }));
+    assert.deepEqual(remembered, direct);
+    assert.ok(asked.size > 5);
+    for (const [what, n] of asked) assert.equal(n, 1, what);
   });
 });

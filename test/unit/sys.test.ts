@@ -11,7 +11,7 @@ import { forwardedMask } from "../../src/sys/launch.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
 import { atSecure, privilegeProblem } from "../../src/sys/secure.ts";
-import { lineTable, mapPosition, tablePosition } from "../../src/sys/sourcemap.ts";
+import { lineAt, lineStarts, lineTable, mapPosition, siteLocation, tablePosition } from "../../src/sys/sourcemap.ts";
 
 const SPECS = [
   { name: "bind", short: "b", arg: "required" as const, help: "" },
@@ -162,6 +162,29 @@ describe("errors", () => {
     assert.equal(tablePosition(t, 2), "a.ts:2");
     assert.equal(tablePosition(t, 3), "b.ts:3");
     assert.equal(tablePosition(t, 9), null);
+  });
+
+  it("finds a character position's line by the build's line starts", () => {
+    const starts = lineStarts("ab\ncd\n\nef");
+    assert.deepEqual([...starts], [0, 3, 6, 7]);
+    assert.deepEqual(
+      [0, 2, 3, 5, 6, 7, 9, 100].map((p) => lineAt(starts, p)),
+      [1, 1, 2, 2, 3, 4, 4, 4],
+    );
+  });
+
+  it("takes an error's location from the first call site outside the error plumbing", () => {
+    const site = (file: string, line: number) => ({ getFileName: () => file, getLineNumber: () => line }) as NodeJS.CallSite;
+    assert.equal(
+      siteLocation([
+        site("node:internal/x", 1),
+        site("/s/sys/program.ts", 5),
+        site("/s/container/execute.ts", 89),
+        site("/s/a.ts", 2),
+      ]),
+      "execute.ts:89",
+    );
+    assert.equal(siteLocation([site("/s/sys/errors.ts", 1)]), "unknown:0");
   });
 });
 

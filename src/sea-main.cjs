@@ -1,0 +1,28 @@
+// The single executable's entry point (sea-config.json's "main"). It runs a bundle that the
+// executable carries as an asset (build/build.mjs): ch-run.js, ch-run alone, when called as
+// ch-run (by a name that src/dispatch.ts's programFor() takes for ch-run), else ch.js, every
+// program. Each is compiled with V8's code cache made by the build (build/train.mjs): ch-run's
+// after a training launch, so that it holds the bytecode of every function a launch runs, not
+// only the top-level code that the SEA's own useCodeCache covers; ch-run's start then compiles
+// almost nothing.
+//
+// The cache is V8's to check (its version and flags, the source's length): one it rejects is
+// ignored and the bundle compiles from source as it would without one, correct and only slower;
+// `ch-run -vv` says which (loader: code cache accepted|rejected|none).
+"use strict";
+const { getRawAsset } = require("node:sea");
+const { Script } = require("node:vm");
+
+const called = require("node:path").basename(process.argv0 || "");
+const bundle = /^ch-run(?:[.-]|$)/.test(called) ? "ch-run" : "ch";
+let cachedData;
+try {
+  cachedData = new Uint8Array(getRawAsset(`${bundle}.cache`));
+} catch {
+  // none: an executable built for another arch (the cache is specific to the one that made it)
+}
+// The bundle is ASCII (the build makes sure): Latin-1 is a copy, UTF-8 a decoding.
+const source = Buffer.from(getRawAsset(`${bundle}.js`)).toString("latin1");
+const script = new Script(source, { filename: `${bundle}.cjs`, cachedData });
+const codeCache = cachedData === undefined ? "none" : script.cachedDataRejected ? "rejected" : "accepted";
+script.runInThisContext()(exports, require, module, __filename, __dirname, { codeCache, bundle });
