@@ -47,7 +47,7 @@ import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
 import { Downloader } from "./download.ts";
 import { DEFAULT_FORCE_CMDS, forceCommand } from "./force.ts";
-import { applyLayer, LayeredTree, scanLayer } from "./layers.ts";
+import { applyLayer, LayeredTree, revertLayer, scanLayer } from "./layers.ts";
 import { expandGlob, IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Plan, Stage } from "./stages.ts";
 import { type BuildArgs, StageScope } from "./vars.ts";
@@ -294,6 +294,8 @@ export class Builder {
       if (s.source.kind === "image") await this.image(s.source.ref);
       for (const ref of s.images) await this.image(ref);
     }
+    // Builds take turns (the lock first: init() takes it too, and would refuse to wait).
+    if (storage.exists()) lockWaiting(storage);
     storage.init();
     lockWaiting(storage);
     this.storageReal = realpathSync(storage.root);
@@ -343,19 +345,33 @@ export class Builder {
       return;
     }
     if (this.mode === "enabled" && same) {
-      // Later states of the one the image holds: their layers applied in place.
-      const path = cache.ancestry(id);
-      const at = path.indexOf(rec.state);
-      const newer = at < 0 ? [] : path.slice(0, at).reverse();
-      const records = newer.map((i) => cache.get(i) as StateRecord);
-      if (at >= 0 && records.every((r) => !r.flat)) {
-        shared.setTag(dir, null);
-        const layers = records.filter((r) => r.layer);
-        for (const r of layers) applyLayer(cache.layerPath(r.id), target);
-        writeBuildMetadata(target, final.meta);
-        info(`image in storage updated in place: ${layers.length} layer(s) applied`);
-        shared.setTag(dir, { state: id, dev: rec.dev, ino: rec.ino, time: new Date().toISOString() });
-        return;
+      // The image holds another state of the cache: the layers since the last state both
+      // share undone (each path they changed put back), then the new ones applied, in place.
+      const old = cache.ancestry(rec.state);
+      const now = cache.ancestry(id);
+      const common = old.find((i) => now.includes(i));
+      if (common !== undefined) {
+        const undo = old.slice(0, old.indexOf(common)).map((i) => cache.get(i) as StateRecord);
+        const redo = now
+          .slice(0, now.indexOf(common))
+          .reverse()
+          .map((i) => cache.get(i) as StateRecord);
+        const base = cache.get(common) as StateRecord;
+        if ([...undo, ...redo].every((r) => !r.flat)) {
+          shared.setTag(dir, null);
+          const t0 = Date.now();
+          const chain = base.chain.map((l) => cache.layerPath(l));
+          const undone = undo.filter((r) => r.layer);
+          for (const r of undone) revertLayer(cache.layerPath(r.id), chain, target);
+          const applied = redo.filter((r) => r.layer);
+          for (const r of applied) applyLayer(cache.layerPath(r.id), target);
+          writeBuildMetadata(target, final.meta);
+          info(
+            `image in storage updated in place: ${undone.length} layer(s) undone, ${applied.length} applied (${Date.now() - t0} ms)`,
+          );
+          shared.setTag(dir, { state: id, dev: rec.dev, ino: rec.ino, time: new Date().toISOString() });
+          return;
+        }
       }
     }
     shared.setTag(dir, null);

@@ -183,11 +183,99 @@ function applyDir(src: string, dst: string, rel: string): void {
       continue;
     }
     if (old) forceRemove(d);
-    if (st.isFile()) {
-      copyFileSync(s, d, constants.COPYFILE_EXCL);
-      chmodSync(d, st.mode & 0o7777);
-      utimesSync(d, st.atime, st.mtime);
-    } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(s), d);
-    else warn(`not copying special file: ${rel}/${name}`);
+    copyEntry(s, d, st, `${rel}/${name}`);
+  }
+}
+
+/** Copies one entry that is not a directory (a file or a symbolic link) from `s` to `d`. */
+function copyEntry(s: string, d: string, st: Stats, rel: string): void {
+  if (st.isFile()) {
+    copyFileSync(s, d, constants.COPYFILE_EXCL);
+    chmodSync(d, st.mode & 0o7777);
+    utimesSync(d, st.atime, st.mtime);
+  } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(s), d);
+  else warn(`not copying special file: ${rel}`);
+}
+
+/** Puts `rel` of directory `dst` back to what it is in the tree of `chain` (layers, top first):
+ * removed, or copied from the layer that shows it (a directory: the layers applied to it
+ * bottom up, as overlayfs merges them). Its parent is in `dst` already. */
+export function restorePath(chain: string[], rel: string, dst: string): void {
+  const d = join(dst, rel);
+  if (lstatOrNull(d)) forceRemove(d);
+  const tree = new LayeredTree(chain);
+  const top = tree.find(rel);
+  if (top === null) return;
+  const st = lstatSync(top);
+  if (!st.isDirectory()) {
+    copyEntry(top, d, st, rel);
+    return;
+  }
+  mkdirSync(d, 0o700);
+  const parts = rel.split("/");
+  for (const l of [...chain].reverse()) {
+    // What this layer does to rel: nothing (it lacks a parent), hides it (a whiteout or a file
+    // in the place of a parent, an opaque parent), then what it has at rel itself.
+    let cur = l;
+    let skip = false;
+    for (const c of parts.slice(0, -1)) {
+      cur = join(cur, c);
+      const p = lstatOrNull(cur);
+      if (!p?.isDirectory()) {
+        skip = true;
+        if (p) {
+          forceRemove(d);
+          mkdirSync(d, 0o700);
+        }
+        break;
+      }
+      if (isOpaque(cur)) {
+        forceRemove(d);
+        mkdirSync(d, 0o700);
+      }
+    }
+    if (skip) continue;
+    const s = join(l, rel);
+    const sst = lstatOrNull(s);
+    if (sst === null) continue;
+    if (!sst.isDirectory() || isOpaque(s)) {
+      forceRemove(d);
+      mkdirSync(d, 0o700);
+      if (!sst.isDirectory()) continue; // hidden below what the top layer shows
+    }
+    applyDir(s, d, rel);
+  }
+  chmodSync(d, st.mode & 0o7777);
+  utimesSync(d, st.atime, st.mtime);
+}
+
+/** Undoes layer `layer` in directory `dst`: each path it changed put back to what the tree of
+ * `chain` (the state it was made on, or any earlier one) has there. */
+export function revertLayer(layer: string, chain: string[], dst: string): void {
+  const tree = new LayeredTree(chain);
+  const walk = (src: string, rel: string) => {
+    for (const name of readdirSync(src).sort()) {
+      const s = join(src, name);
+      const r = rel === "" ? name : `${rel}/${name}`;
+      const st = lstatSync(s);
+      if (st.isDirectory() && !isOpaque(s)) {
+        const before = tree.lstat(r);
+        const now = lstatOrNull(join(dst, r));
+        if (before?.isDirectory() && now?.isDirectory()) {
+          chmodSync(join(dst, r), (now.mode & 0o7777) | 0o700);
+          walk(s, r);
+          chmodSync(join(dst, r), before.mode & 0o7777);
+          utimesSync(join(dst, r), before.atime, before.mtime);
+          continue;
+        }
+      }
+      restorePath(chain, r, dst);
+    }
+  };
+  try {
+    walk(layer, "");
+  } catch (e) {
+    if (e instanceof Error && "code" in e) throw sysError(`can't undo build layer ${layer} in ${dst}`, e);
+    throw e;
   }
 }
