@@ -34,6 +34,7 @@ import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmdirSync, rm
 import { basename, join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
+import { OVERLAY_OPTIONS_MAX } from "../container/plan.ts";
 import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
 import { imageName, type Storage } from "../image/storage.ts";
@@ -591,7 +592,9 @@ export class Builder {
       r.opaque = scan.opaque.map((p) => p.slice(upper.length + 1));
       r.entries = scan.entries;
       r.bytes = scan.bytes;
-      if (r.chain.length > MAX_CHAIN) {
+      // (overlayOptions() refuses more than a page of paths: squashed well before.)
+      const paths = r.chain.map((l) => cache.layerPath(l)).join(":").length;
+      if (r.chain.length > MAX_CHAIN || paths > OVERLAY_OPTIONS_MAX - 1000) {
         // Squashed: the whole tree in one flat layer (one copy every MAX_CHAIN layers).
         const flat = join(cache.tmp("flat"), "layer");
         mkdirSync(flat, 0o755);

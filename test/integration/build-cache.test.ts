@@ -272,6 +272,35 @@ describe("ch-image build cache", () => {
     assert.equal(text(img("gc", "v")), "2\n");
   });
 
+  it("a chain deeper than one overlay mount takes is squashed into a flat layer", () => {
+    const runs = Array.from({ length: 27 }, (_, i) => `RUN echo ${i} > /f${i}\n`).join("");
+    const ctx = context("deep", `FROM bb\n${runs}RUN ls / | grep -c '^f' > /count\n`);
+    const r = image(["build", "-t", "deep", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("deep", "count")), "27\n");
+    for (const i of [0, 13, 26]) assert.equal(text(img("deep", `f${i}`)), `${i}\n`);
+    const t = image(["build-cache", "--tree"]);
+    assert.match(t.stdout, /^ {2,}\* [0-9a-f]{12} RUN echo \d+ > \/f\d+ \[flat /m);
+    // A change after the squash: the image is made whole again (a flat layer is no difference).
+    writeFileSync(join(ctx, "Dockerfile"), `FROM bb\n${runs}RUN echo changed > /count\n`);
+    const c = image(["build", "-t", "deep", ctx]);
+    assert.equal(c.status, 0, c.stderr);
+    assert.equal(text(img("deep", "count")), "changed\n");
+    assert.equal(text(img("deep", "f26")), "26\n");
+  });
+
+  it("ch-run takes build layers only with --unsafe, and only well-formed", () => {
+    const ch = join(DIST, "ch-run");
+    const env = (v: string) => ({ env: { ...process.env, CH_RUN_BUILD_LAYERS: v } });
+    const layers = JSON.stringify({ lower: [img("bb")], upper: join(dir, "u"), work: join(dir, "w") });
+    const safe = run(ch, [img("bb"), "--", "true"], env(layers));
+    assert.equal(safe.status, 31);
+    assert.match(safe.stderr, /\$CH_RUN_BUILD_LAYERS: internal use only \(with --unsafe\)/);
+    const bad = run(ch, ["--unsafe", img("bb"), "--", "true"], env('{"lower":"x"}'));
+    assert.equal(bad.status, 31);
+    assert.match(bad.stderr, /\$CH_RUN_BUILD_LAYERS: invalid: /);
+  });
+
   it("delete, list -u, undelete; gestalt bucache", () => {
     const ctx = context("undel", `FROM bb\nRUN echo keep > /k\nLABEL x=y\n`);
     assert.equal(image(["build", "-t", "undel", ctx]).status, 0);
