@@ -253,10 +253,14 @@ function lockWaiting(storage: Storage): void {
   }
 }
 
-/** A FROM image's key: its name and directory (a pull, import or build makes a new one). */
-function imageIdentity(name: string, dir: string): string {
+/** A FROM image's key: its name and directory (a pull, import or build makes a new one), its
+ * metadata file's change time, and the cache state it holds if this cache made it (an image
+ * updated in place keeps its directory). */
+function imageIdentity(name: string, dir: string, cache: BuildCache): string {
   const st = lstatSync(dir);
-  return `${name} ${st.dev}:${st.ino} ${st.ctimeMs}`;
+  const meta = lstatOrNull(join(dir, "ch", "metadata.json"));
+  const state = cache.tag(basename(dir))?.state ?? "";
+  return `${name} ${st.dev}:${st.ino} ${st.ctimeMs} ${meta?.ctimeMs ?? ""} ${state}`;
 }
 
 export class Builder {
@@ -420,8 +424,11 @@ export class Builder {
     const cache = this.cache as BuildCache;
     const src = stage.source;
     const dir = src.kind === "image" ? await this.image(src.ref) : null;
+    const shared = new BuildCache(this.ctx.storage.root); // what it knows of images, even with --no-cache
     const id =
-      dir === null ? fromState("scratch", "") : fromState(imageIdentity(imageName((src as { ref: string }).ref), dir), "");
+      dir === null
+        ? fromState("scratch", "")
+        : fromState(imageIdentity(imageName((src as { ref: string }).ref), dir, shared), "");
     const hit = this.lookup(id, true);
     this.say(stage.from, hit !== null);
     if (hit) return hit;

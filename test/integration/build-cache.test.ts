@@ -83,6 +83,10 @@ describe("ch-image build cache", () => {
     assert.equal(r1.status, 0, r1.stderr);
     assert.deepEqual(steps(r1).slice(1), ["2.", "3.", "4.", "5."]);
     assert.equal(text(img("hits", "copied")), "one\n");
+    const child = context("hits-child", "FROM hits\nRUN cat /copied > /seen\n");
+    const c1 = image(["build", "-t", "hits-child", child]);
+    assert.equal(c1.status, 0, c1.stderr);
+    assert.equal(text(img("hits-child", "seen")), "one\n");
     // All hits: nothing runs, nothing is copied.
     const r2 = image(["build", "-t", "hits", ctx]);
     assert.equal(r2.status, 0, r2.stderr);
@@ -105,6 +109,11 @@ describe("ch-image build cache", () => {
     assert.equal(text(img("hits", "a.txt")), "two\n");
     assert.match(r3.stderr, /updated in place: 2 layer\(s\) undone, 2 applied/);
     assert.equal(JSON.parse(text(img("hits", "ch/metadata.json"))).env.DONE, "yes");
+    // An image built FROM this one sees its update in place (same directory, new content).
+    const c2 = image(["build", "-t", "hits-child", child]);
+    assert.equal(c2.status, 0, c2.stderr);
+    assert.deepEqual(steps(c2), ["1.", "2."]);
+    assert.equal(text(img("hits-child", "seen")), "two\n");
     // The same Dockerfile under another name: all hits, the image made whole.
     const r4 = image(["build", "-t", "hits2", ctx]);
     assert.equal(r4.status, 0, r4.stderr);
