@@ -1,14 +1,15 @@
-// The build cache's keys and state records. Not used by any command yet: ch-image build
-// (build.ts) runs every instruction every time; this cache is the next step (see the end of this
-// comment).
+// The build cache's keys, state records and layout (ch-image build uses it: build.ts; its
+// layers on the host side: layers.ts; ch-image build-cache, undelete: cache-commands.ts).
 //
 // A state is an image tree plus its metadata after one instruction. Its ID is a SHA-256 over:
 // the parent state's ID; the instruction after substitution (keyword, flags, arguments, heredoc
 // contents); the ARGs in scope with their values (RUN sees them; the proxy variables are left out,
 // as in Charliecloud and Docker, so a changed proxy doesn't miss); and, for COPY and ADD, a digest
 // of the sources' content (names, types, permission bits, file contents, link targets; not
-// owners or times, so a fresh checkout of the same context hits). FROM's state is keyed on the
-// image's digest and architecture, scratch is the root state.
+// owners or times, so a fresh checkout of the same context hits; .dockerignore'd files and the
+// storage directory left out; COPY --from a stage: that stage's state). FROM an image in storage
+// is keyed on the image directory (name, device, inode, change times, and the state it holds
+// if this cache made it): the image is copied once into a flat layer, later builds hit.
 // Charliecloud keys on md5(parent + instruction text) and COPY on path, mode, size and mtime:
 // an edited file with the same size and mtime hits there; not here.
 //
@@ -24,16 +25,13 @@
 // An image in storage stays a plain directory that ch-run -w may change: it is materialized
 // from its layers (copy, whiteouts applied) when the build ends, never hard-linked to the cache.
 //
-// Limits to plan for: the mount option string holds one page (4 KiB), ~50 layer paths of this
-// layout (Linux 6.8+ adds lowerdir+ through fsconfig(2), one layer per call, up to 500); an upper
-// directory must be on a local filesystem (not NFS or Lustre), like the storage directory.
+// Limits: the mount option string holds one page (4 KiB), ~40 layer paths of this layout, so a
+// state whose chain would pass MAX_CHAIN layers (or ~3000 bytes of paths) gets a flat layer
+// instead: the whole tree, its chain restarting there (one copy every MAX_CHAIN layers; Linux
+// 6.8's fsconfig(2) lowerdir+ would take 500, not used yet). An upper directory must be on a
+// local file system (not NFS or Lustre), like the storage directory.
 //
-// Layout (under STORAGE/cache/): states/ID.json (the record below, written aside then renamed),
-// layers/ID/ (the upper directory, only once complete: built in layers/.ID.tmp, renamed).
-//
-// Next: RUN through ch-run (build.ts does this on a full copy of each stage) with the overlay
-// mounted in ch-run's namespaces (a plan operation in src/container), COPY/ADD (copy.ts) into an
-// upper directory, materialization into storage, and `ch-image build-cache` to list and prune.
+// Layout: see BuildCache below.
 import { createHash } from "node:crypto";
 import {
   closeSync,
