@@ -483,7 +483,17 @@ export class Builder {
       const K = inst.keyword.toUpperCase();
       const parent = state.state;
       const sources = inst.keyword === "copy" || inst.keyword === "add" ? this.sourcesDigest(inst, e) : null;
-      const id = stateId({ parent: parent.id, instruction: instructionText(e), args: scopeArgs(state.scope), sources });
+      // RUN's result also depends on root emulation (--force, --force-cmd).
+      const force =
+        inst.keyword === "run"
+          ? `\n${JSON.stringify([this.ctx.force, this.ctx.force === "seccomp" ? (this.ctx.forceCmds ?? null) : null])}`
+          : "";
+      const id = stateId({
+        parent: parent.id,
+        instruction: instructionText(e) + force,
+        args: scopeArgs(state.scope),
+        sources,
+      });
       const hit = this.lookup(id, false);
       this.say(inst, hit !== null);
       if (inst.keyword === "cmd") cmdSet = true;
