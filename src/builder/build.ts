@@ -275,6 +275,8 @@ export class Builder {
   private hits = 0;
   private download: Downloader | null = null;
   private cache: BuildCache | null = null;
+  /** States whose layer --rebuild replaced. */
+  private readonly replaced = new Set<string>();
 
   private readonly plan: Plan;
   private readonly args: BuildArgs;
@@ -328,6 +330,7 @@ export class Builder {
     try {
       for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
       const final = this.states.get(this.plan.target) as StageState;
+      shared.forgetTags(this.replaced);
       await this.materialize(final, storage.imagePath(name), shared);
     } finally {
       this.download.close();
@@ -452,7 +455,7 @@ export class Builder {
       entries: scan.entries,
       bytes: scan.bytes,
     };
-    cache.commit(r, tree);
+    if (cache.commit(r, tree)) this.replaced.add(id);
     return r;
   }
 
@@ -622,7 +625,7 @@ export class Builder {
         layer = flat;
       }
     } else layer = null;
-    cache.commit(r, layer);
+    if (cache.commit(r, layer)) this.replaced.add(id);
     return r;
   }
 

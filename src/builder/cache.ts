@@ -308,12 +308,15 @@ export class BuildCache {
   }
 
   /** Stores a state: its layer (a finished upper directory, or null for none) renamed into
-   * place first, then its record. A layer already there (--rebuild) is replaced. */
-  commit(r: StateRecord, upper: string | null): void {
+   * place first, then its record. A layer already there (--rebuild) is replaced: returns
+   * whether one was. */
+  commit(r: StateRecord, upper: string | null): boolean {
+    let replaced = false;
     if (upper !== null) {
       const final = this.layerPath(r.id);
       mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
       if (lstatOrNull(final)) {
+        replaced = true;
         const old = join(this.tmp("old"), "layer");
         renameSync(final, old);
       }
@@ -324,6 +327,17 @@ export class BuildCache {
       }
     }
     writeJson(this.statePath(r.id), r);
+    return replaced;
+  }
+
+  /** Forgets which state the images hold where it may no longer be what their layers say
+   * (a layer of their ancestry replaced): they are made whole by their next build. */
+  forgetTags(replaced: ReadonlySet<string>): void {
+    if (replaced.size === 0) return;
+    for (const d of this.tagDirs()) {
+      const t = this.tag(d);
+      if (t && this.ancestry(t.state).some((i) => replaced.has(i))) this.setTag(d, null);
+    }
   }
 
   tag(dir: string, kind: "tags" | "deleted" = "tags"): TagRecord | null {

@@ -210,10 +210,16 @@ describe("ch-image build cache", () => {
     assert.equal(stateCount(), n, "nothing kept");
     assert.equal(text(img("nc", "y")), "y\n");
     assert.deepEqual(readdirSync(join(cacheDir(), "tmp")), [], "the throwaway cache removed");
+    assert.equal(image(["build", "-t", "nc-other", ctx]).status, 0);
     const rb = image(["build", "--rebuild", "-t", "nc", ctx]);
     assert.equal(rb.status, 0, rb.stderr);
     assert.deepEqual(steps(rb), ["1*", "2.", "3."]);
     assert.equal(lines(join(w, "n")), 4);
+    // Another image of those states no longer trusts its record (their layers were replaced).
+    const other = image(["build", "-t", "nc-other", ctx]);
+    assert.deepEqual(steps(other), ["1*", "2*", "3*"]);
+    assert.doesNotMatch(other.stderr, /nothing to copy/);
+    assert.match(other.stderr, /replacing existing image/);
     const hit = image(["build", "-t", "nc", ctx]);
     assert.deepEqual(steps(hit), ["1*", "2*", "3*"]);
     assert.equal(text(img("nc", "y")), "y\n");
