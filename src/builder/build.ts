@@ -30,7 +30,19 @@
 //   after it says so. EXPOSE, HEALTHCHECK, STOPSIGNAL and ONBUILD are recorded as Docker's config
 //   has them; a base image's ONBUILD triggers are not run (a warning names them) nor inherited.
 import { spawnSync } from "node:child_process";
-import { cpSync, lstatSync, mkdirSync, readFileSync, realpathSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  constants,
+  cpSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { basename, join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
@@ -204,6 +216,7 @@ function copyImageDir(src: string, dst: string): void {
       recursive: true,
       verbatimSymlinks: true,
       preserveTimestamps: true,
+      mode: constants.COPYFILE_FICLONE, // a reflink where the file system has them (XFS, Btrfs)
       // FIFOs, sockets and devices a RUN left: not copied (an unprivileged image can't have
       // devices, and Node's cp refuses the others).
       filter: (path) => {
@@ -435,6 +448,28 @@ export class Builder {
     const hit = this.lookup(id, true);
     this.say(stage.from, hit !== null);
     if (hit) return hit;
+    if (this.mode === "disabled" && dir !== null) {
+      // --no-cache: the image itself is the bottom layer, not a copy (nothing is kept, and the
+      // build holds the storage lock: no ch-image replaces it meanwhile).
+      mkdirSync(join(cache.dir, "layers"), { recursive: true, mode: 0o700 });
+      symlinkSync(dir, cache.layerPath(id));
+      const meta = baseMetadata(dir);
+      const r: StateRecord = {
+        id,
+        parent: null,
+        text: stage.from.text,
+        config: meta as unknown as Record<string, unknown>,
+        created: new Date().toISOString(),
+        layer: true,
+        flat: true,
+        chain: [id],
+        opaque: [],
+        entries: 0,
+        bytes: 0,
+      };
+      cache.commit(r, null);
+      return r;
+    }
     const up = cache.tmp("from");
     const tree = join(up, "tree");
     if (dir === null) mkdirSync(tree, 0o755);

@@ -44,6 +44,7 @@ import {
   readSync,
   renameSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from "node:fs";
 import { dirname, isAbsolute, join, posix } from "node:path";
@@ -272,7 +273,16 @@ export class BuildCache {
   get(id: string): StateRecord | null {
     const r = readJson<StateRecord>(this.statePath(id));
     if (!r || r.id !== id || !Array.isArray(r.chain)) return null;
-    for (const l of r.chain) if (!lstatOrNull(this.layerPath(l))?.isDirectory()) return null;
+    // (statSync: --no-cache's throwaway cache links its FROM layer to the image in storage.)
+    for (const l of r.chain) {
+      let st: ReturnType<typeof statSync>;
+      try {
+        st = statSync(this.layerPath(l), { throwIfNoEntry: false });
+      } catch {
+        return null;
+      }
+      if (!st?.isDirectory()) return null;
+    }
     return r;
   }
 

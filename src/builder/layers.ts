@@ -190,7 +190,7 @@ function applyDir(src: string, dst: string, rel: string): void {
 /** Copies one entry that is not a directory (a file or a symbolic link) from `s` to `d`. */
 function copyEntry(s: string, d: string, st: Stats, rel: string): void {
   if (st.isFile()) {
-    copyFileSync(s, d, constants.COPYFILE_EXCL);
+    copyFileSync(s, d, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE); // reflinked where it can be
     chmodSync(d, st.mode & 0o7777);
     utimesSync(d, st.atime, st.mtime);
   } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(s), d);

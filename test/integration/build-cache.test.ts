@@ -210,6 +210,9 @@ describe("ch-image build cache", () => {
     assert.equal(stateCount(), n, "nothing kept");
     assert.equal(text(img("nc", "y")), "y\n");
     assert.deepEqual(readdirSync(join(cacheDir(), "tmp")), [], "the throwaway cache removed");
+    // (Its FROM layer was the image in storage itself, linked: the link removed, not the image.)
+    assert.equal(text(img("bb", "etc/passwd")), "root:x:0:0:root:/root:/bin/sh\n");
+    assert.equal(existsSync(img("nc", "bin/busybox")), true);
     assert.equal(image(["build", "-t", "nc-other", ctx]).status, 0);
     const rb = image(["build", "--rebuild", "-t", "nc", ctx]);
     assert.equal(rb.status, 0, rb.stderr);
