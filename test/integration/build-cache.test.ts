@@ -339,6 +339,9 @@ describe("ch-image build cache", () => {
     const bad = run(ch, ["--unsafe", img("bb"), "--", "true"], env('{"lower":"x"}'));
     assert.equal(bad.status, 31);
     assert.match(bad.stderr, /\$CH_RUN_BUILD_LAYERS: invalid: /);
+    const join_ = run(ch, ["--unsafe", "--join-pid", String(process.pid), img("bb"), "--", "true"], env(layers));
+    assert.equal(join_.status, 31);
+    assert.match(join_.stderr, /--join: not with build layers/);
   });
 
   const debian = process.env.CH_TEST_DEBIAN_IMAGE;
