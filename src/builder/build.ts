@@ -54,7 +54,17 @@ import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, EXIT_ERR, EXIT_EXEC, sysError, warn } from "../sys/errors.ts";
-import { BuildCache, fromState, hashSources, instructionText, MAX_CHAIN, type StateRecord, scopeArgs, stateId } from "./cache.ts";
+import {
+  BuildCache,
+  DigestMemo,
+  fromState,
+  hashSources,
+  instructionText,
+  MAX_CHAIN,
+  type StateRecord,
+  scopeArgs,
+  stateId,
+} from "./cache.ts";
 import type { CacheMode, ForceCmd } from "./cli.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
@@ -288,6 +298,8 @@ export class Builder {
   private hits = 0;
   private download: Downloader | null = null;
   private cache: BuildCache | null = null;
+  /** Digests of COPY sources known from earlier builds. */
+  private memo = new DigestMemo(null);
   /** States whose layer --rebuild replaced. */
   private readonly replaced = new Set<string>();
 
@@ -324,6 +336,7 @@ export class Builder {
     // --no-cache: a cache of this build's own, in tmp/ (removed at the end, or by the next
     // build after a kill).
     this.cache = this.mode === "disabled" ? new BuildCache(storage.root, shared.tmp("nocache")) : shared;
+    this.memo = new DigestMemo(this.mode === "disabled" ? null : join(shared.dir, "digests.json"));
     if (this.ctx.context !== null) {
       // A symlink is followed, as Docker does, but only inside the context: ignored silently,
       // it would let COPY take the very files it was written to keep out.
@@ -345,6 +358,7 @@ export class Builder {
       const final = this.states.get(this.plan.target) as StageState;
       shared.forgetTags(this.replaced);
       await this.materialize(final, storage.imagePath(name), shared);
+      this.memo.save();
     } finally {
       this.download.close();
       shared.cleanTmp(true);
@@ -691,7 +705,7 @@ export class Builder {
         if (!r.escaped) rels.push(r.rel === "" ? "." : r.rel);
       }
     }
-    return hashSources(src.root, rels, { ignore: src.isContext ? src.ignore : null, skip: src.skip });
+    return hashSources(src.root, rels, { ignore: src.isContext ? src.ignore : null, skip: src.skip, memo: this.memo });
   }
 
   /** A stage's tree as a plain directory (COPY --from reads it), made once per build. */

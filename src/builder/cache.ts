@@ -34,6 +34,7 @@
 // Layout: see BuildCache below.
 import { createHash } from "node:crypto";
 import {
+  type BigIntStats,
   closeSync,
   lstatSync,
   mkdirSync,
@@ -124,7 +125,53 @@ function fileDigest(path: string): string {
   return h.digest("hex");
 }
 
+/** Content digests of files already hashed, by where and what they are (device, inode, size,
+ * modification and change times in ns), kept between builds so that an unchanged context is
+ * not read again. Any write changes the change time, and so does setting the modification time
+ * back (utimes(2)): an edit with the same size and mtime is read again. Files changed less than
+ * `racy` ms before they were hashed are not kept (time stamps are coarser than writes, as Git's
+ * "racily clean" entries). */
+export class DigestMemo {
+  private readonly file: string | null;
+  private readonly racy: number;
+  private readonly old = new Map<string, [string, string]>();
+  private readonly now = new Map<string, [string, string]>();
+
+  constructor(file: string | null, racy = 2000) {
+    this.file = file;
+    this.racy = racy;
+    const j = file === null ? null : readJson<Record<string, [string, string]>>(file);
+    if (j && typeof j === "object") for (const [k, v] of Object.entries(j)) if (Array.isArray(v)) this.old.set(k, v);
+  }
+
+  digest(path: string): string {
+    let st: BigIntStats;
+    try {
+      st = lstatSync(path, { bigint: true });
+    } catch (e) {
+      throw sysError(`can't read: ${path}`, e);
+    }
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const known = this.now.get(path) ?? this.old.get(path);
+    if (known && known[0] === key) {
+      this.now.set(path, known);
+      return known[1];
+    }
+    const d = fileDigest(path);
+    const stable = BigInt(Date.now() - this.racy) * 1000000n;
+    if (st.mtimeNs < stable && st.ctimeNs < stable) this.now.set(path, [key, d]);
+    return d;
+  }
+
+  /** Keeps what this build hashed (what it didn't see is forgotten). */
+  save(): void {
+    if (this.file !== null) writeJson(this.file, Object.fromEntries(this.now));
+  }
+}
+
 interface HashFilter {
+  /** Digests already known. */
+  memo?: DigestMemo | null;
   /** .dockerignore of the context: excluded paths (relative to it) are left out. */
   ignore?: IgnoreMatcher | null;
   /** A host path left out (the storage directory, when it is inside the context). */
@@ -141,7 +188,7 @@ function hashEntry(h: ReturnType<typeof createHash>, path: string, rel: string, 
   if (ctx !== "" && f.ignore?.excluded(ctx) && !(st.isDirectory() && f.ignore.hasExceptions)) return;
   const mode = (st.mode & 0o7777).toString(8);
   if (st.isSymbolicLink()) h.update(`l ${JSON.stringify(rel)} ${mode} ${JSON.stringify(readlinkSync(path))}\n`);
-  else if (st.isFile()) h.update(`f ${JSON.stringify(rel)} ${mode} ${fileDigest(path)}\n`);
+  else if (st.isFile()) h.update(`f ${JSON.stringify(rel)} ${mode} ${f.memo ? f.memo.digest(path) : fileDigest(path)}\n`);
   else if (st.isDirectory()) {
     h.update(`d ${JSON.stringify(rel)} ${mode}\n`);
     const names = readdirSync(path).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));

@@ -7,6 +7,7 @@ import {
   linkSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   renameSync,
   symlinkSync,
   unlinkSync,
@@ -17,6 +18,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   BuildCache,
+  DigestMemo,
   fromState,
   hashSources,
   instructionText,
@@ -205,5 +207,39 @@ describe("build cache store", () => {
     cache.setTag("t+latest", null);
     assert.deepEqual(cache.gc(), { states: 2, layers: 1 });
     assert.deepEqual(cache.states(), []);
+  });
+});
+
+describe("digest memo", () => {
+  it("reads a file again when anything about it changed, its change time included; keeps only settled files", async () => {
+    const d = join(dir, "memo");
+    mkdirSync(d);
+    const f = join(d, "f");
+    writeFileSync(f, "one\n");
+    utimesSync(f, 1_700_000_000, 1_700_000_000);
+    await new Promise((r) => setTimeout(r, 50)); // its change time in the past
+    const file = join(d, "digests.json");
+    const m = new DigestMemo(file, 0);
+    const one = hashSources(d, ["f"], { memo: m });
+    assert.equal(one, hashSources(d, ["f"]));
+    m.save();
+    assert.deepEqual(Object.keys(JSON.parse(readFileSync(file, "utf8"))), [f]);
+    // Kept: a second memo answers from the file, without reading it (so a change it can't see,
+    // here a forged entry, shows the memo was used).
+    const forged = JSON.parse(readFileSync(file, "utf8"));
+    forged[f][1] = "0".repeat(64);
+    writeFileSync(file, JSON.stringify(forged));
+    assert.notEqual(hashSources(d, ["f"], { memo: new DigestMemo(file, 0) }), one);
+    // Same size, same mtime, other content: the change time differs, so it is read again.
+    await new Promise((r) => setTimeout(r, 50));
+    writeFileSync(f, "two\n");
+    utimesSync(f, 1_700_000_000, 1_700_000_000);
+    assert.equal(hashSources(d, ["f"], { memo: new DigestMemo(file, 0) }), hashSources(d, ["f"]));
+    assert.notEqual(hashSources(d, ["f"]), one);
+    // A file changed within the racy window is not kept.
+    const fresh = new DigestMemo(join(d, "fresh.json"));
+    hashSources(d, ["f"], { memo: fresh });
+    fresh.save();
+    assert.deepEqual(JSON.parse(readFileSync(join(d, "fresh.json"), "utf8")), {});
   });
 });
