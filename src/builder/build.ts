@@ -1,16 +1,26 @@
-// Building an image: the stages the target needs, in order, each instruction carried out, no
-// build cache (every build runs every instruction; cache.ts is the design of the next step).
-// - The build happens in the target's partial directory beside it in img/ (install.ts:
-//   TARGET.partial-HOST.PID, removed on failure, and by the next build of that name after a
-//   kill): each stage a directory in it, a copy of its base (an image in storage, pulled if
-//   missing; an earlier stage; or nothing for scratch). The target stage, with its
-//   ch/metadata.json and ch/environment, is renamed into place at the end: a failed build leaves
-//   the tag as it was. Nothing else is made in the storage directory (Charliecloud's version 7
-//   layout, which Charliecloud checks).
+// Building an image: the stages the target needs, in order, each instruction's result a state
+// of the build cache (cache.ts: keys, records, layout; layers.ts: overlay layers).
+// - A state whose record is in the cache is a hit: nothing runs (the step is numbered "N*", as
+//   Charliecloud does). A miss runs the instruction into a fresh upper directory over the
+//   layers of the state before it: RUN in ch-run with that overlay as the image root, COPY, ADD
+//   and WORKDIR written here into the upper directory (reading through the layers); ENV, LABEL
+//   and the like change only the metadata the state records. Nothing is copied per instruction.
+//   FROM an image in storage copies it once into a flat layer, keyed on the image directory
+//   (name, device, inode, change time: a pull, import or build makes a new one).
+// - --no-cache (or $CH_IMAGE_CACHE=disabled): the same, in a throwaway cache (nothing read,
+//   nothing kept); --rebuild: every instruction but FROM runs, and its result replaces the
+//   cached one.
+// - The image in storage stays a plain directory (ch-run -w may change it): at the end the
+//   target state is materialized in the target's partial directory beside it in img/
+//   (install.ts), layers applied bottom up, ch/metadata.json and ch/environment written, and
+//   renamed into place: a failed build leaves the tag as it was. The cache records which state
+//   it wrote where (tags/): a rebuild whose result is that state copies nothing; one whose
+//   result follows from it (a changed last RUN) applies just the new layers to that directory,
+//   its record dropped first (a kill meanwhile makes the next build copy it whole).
 // - RUN goes through ch-run, this same executable, as Charliecloud's does: `ch-run --unsafe -w
-//   -u0 -g0 --no-passwd --cd WORKDIR IMAGE -- CMD` (--unsafe: the image is a directory in
-//   storage), with the stage's variables (ENV and ARG in scope, the proxy variables) as its
-//   environment. Root emulation (--force=seccomp, Charliecloud's default) adds `--seccomp`
+//   -u0 -g0 --no-passwd --cd WORKDIR MOUNTPOINT -- CMD` with $CH_RUN_BUILD_LAYERS naming the
+//   layers (ch-run mounts the overlay at MOUNTPOINT in its namespace: plan.ts), with the
+//   stage's variables (ENV and ARG in scope, the proxy variables) as its environment. Root emulation (--force=seccomp, Charliecloud's default) adds `--seccomp`
 //   (container/seccomp.ts: chown(2), setuid(2) and the like succeed without effect) and the
 //   --force-cmd arguments (force.ts: apt-get told to stay root); --force=none neither.
 // - The environment starts with Charliecloud's defaults (PATH, TAR_OPTIONS=--no-same-owner),
@@ -20,10 +30,21 @@
 //   after it says so. EXPOSE, HEALTHCHECK, STOPSIGNAL and ONBUILD are recorded as Docker's config
 //   has them; a base image's ONBUILD triggers are not run (a warning names them) nor inherited.
 import { spawnSync } from "node:child_process";
-import { lstatSync, mkdirSync, readFileSync, realpathSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
-import { join, posix } from "node:path";
+import {
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  rmdirSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { basename, join, posix } from "node:path";
 import { isSea } from "node:sea";
 import { info } from "../cli/log.ts";
+import { OVERLAY_OPTIONS_MAX } from "../container/plan.ts";
 import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
 import { copyTree } from "../image/special.ts";
@@ -32,12 +53,24 @@ import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
-import type { ForceCmd } from "./cli.ts";
+import {
+  BuildCache,
+  DigestMemo,
+  fromState,
+  hashSources,
+  instructionText,
+  MAX_CHAIN,
+  type StateRecord,
+  scopeArgs,
+  stateId,
+} from "./cache.ts";
+import type { CacheMode, ForceCmd } from "./cli.ts";
 import { copyInstruction } from "./copy.ts";
 import { type Instruction, isHeredoc } from "./dockerfile.ts";
 import { Downloader } from "./download.ts";
 import { DEFAULT_FORCE_CMDS, forceCommand } from "./force.ts";
-import { IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
+import { applyLayer, LayeredTree, revertLayer, scanLayer } from "./layers.ts";
+import { expandGlob, IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
 import type { Plan, Stage } from "./stages.ts";
 import { type BuildArgs, StageScope } from "./vars.ts";
 
@@ -58,10 +91,13 @@ export interface BuildContext {
   force: "seccomp" | "none";
   /** --force-cmd's list; null for the default (force.ts). */
   forceCmds?: ForceCmd[] | null;
+  /** --cache (enabled, the default), --no-cache (disabled), --rebuild. */
+  cache?: CacheMode;
 }
 
 interface StageState {
-  dir: string;
+  /** The state the stage is at. */
+  state: StateRecord;
   meta: BuildMetadata;
   scope: StageScope;
 }
@@ -182,8 +218,9 @@ function where(inst: Instruction): string {
   return `${inst.file}:${inst.line}`;
 }
 
-/** Copies an image directory (stage or storage) to make a stage from it (special.ts: FIFOs
- * made again, sockets and device files left out with a warning). */
+/** Copies an image directory (in storage) to make a FROM layer of it (special.ts: reflinks
+ * where the file system has them, FIFOs made again, sockets and device files left out with a
+ * warning). */
 const copyImageDir = copyTree;
 
 /** HEALTHCHECK as Docker's config keeps it. */
@@ -204,24 +241,60 @@ export function healthcheckOf(inst: Instruction): Healthcheck {
   return h;
 }
 
+/** Waits for the storage lock: builds in one storage directory take turns (Charliecloud's
+ * ch-image refuses to start instead). */
+function lockWaiting(storage: Storage): void {
+  let said = false;
+  for (;;) {
+    try {
+      storage.lock();
+      return;
+    } catch (e) {
+      if (!(e instanceof ChError) || !e.message.includes("already in use")) throw e;
+      if (!said) info(`waiting for the storage lock: ${storage.root} (another ch-image is using it)`);
+      said = true;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200);
+    }
+  }
+}
+
+/** A FROM image's key: its name and directory (a pull, import or build makes a new one), its
+ * metadata file's change time, and the cache state it holds if this cache made it (an image
+ * updated in place keeps its directory). */
+function imageIdentity(name: string, dir: string, cache: BuildCache): string {
+  const st = lstatSync(dir);
+  const meta = lstatOrNull(join(dir, "ch", "metadata.json"));
+  const state = cache.tag(basename(dir))?.state ?? "";
+  return `${name} ${st.dev}:${st.ino} ${st.ctimeMs} ${meta?.ctimeMs ?? ""} ${state}`;
+}
+
 export class Builder {
   private readonly states = new Map<number, StageState>();
   private readonly images = new Map<string, string>();
+  /** Stages materialized for COPY --from, by state ID. */
+  private readonly stageDirs = new Map<string, string>();
   private ignore: IgnoreMatcher | null = null;
   /** The storage directory, real path (never copied from the context). */
   private storageReal: string | null = null;
-  private dir = "";
   private step = 0;
+  private hits = 0;
   private download: Downloader | null = null;
+  private cache: BuildCache | null = null;
+  /** Digests of COPY sources known from earlier builds. */
+  private memo = new DigestMemo(null);
+  /** States whose layer --rebuild replaced. */
+  private readonly replaced = new Set<string>();
 
   private readonly plan: Plan;
   private readonly args: BuildArgs;
   private readonly ctx: BuildContext;
+  private readonly mode: CacheMode;
 
   constructor(plan: Plan, args: BuildArgs, ctx: BuildContext) {
     this.plan = plan;
     this.args = args;
     this.ctx = ctx;
+    this.mode = ctx.cache ?? "enabled";
   }
 
   /** Builds the target stage into storage as `tag`. */
@@ -235,9 +308,17 @@ export class Builder {
       if (s.source.kind === "image") await this.image(s.source.ref);
       for (const ref of s.images) await this.image(ref);
     }
+    // Builds take turns (the lock first: init() takes it too, and would refuse to wait).
+    if (storage.exists()) lockWaiting(storage);
     storage.init();
-    storage.lock();
+    lockWaiting(storage);
     this.storageReal = realpathSync(storage.root);
+    const shared = new BuildCache(storage.root);
+    shared.cleanTmp();
+    // --no-cache: a cache of this build's own, in tmp/ (removed at the end, or by the next
+    // build after a kill).
+    this.cache = this.mode === "disabled" ? new BuildCache(storage.root, shared.tmp("nocache")) : shared;
+    this.memo = new DigestMemo(this.mode === "disabled" ? null : join(shared.dir, "digests.json"));
     if (this.ctx.context !== null) {
       // A symlink is followed, as Docker does, but only inside the context: ignored silently,
       // it would let COPY take the very files it was written to keep out.
@@ -255,17 +336,69 @@ export class Builder {
     }
     this.download = new Downloader(join(storage.root, "dlcache"), this.ctx.client.tlsVerify);
     try {
-      await installImage(storage.imagePath(name), async (partial) => {
-        this.dir = partial;
-        for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
-        const final = this.states.get(this.plan.target) as StageState;
-        writeBuildMetadata(final.dir, final.meta);
-        return final.dir;
-      });
+      for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
+      const final = this.states.get(this.plan.target) as StageState;
+      shared.forgetTags(this.replaced);
+      await this.materialize(final, storage.imagePath(name), shared);
+      this.memo.save();
     } finally {
       this.download.close();
+      shared.cleanTmp(true);
     }
-    info(`grown in ${this.step} instructions: ${name}`);
+    const hits = this.hits > 0 ? ` (${this.hits} cached)` : "";
+    info(`grown in ${this.step} instructions${hits}: ${name}`);
+  }
+
+  /** Puts the target state in storage as a plain directory (see the top of this file). */
+  private async materialize(final: StageState, target: string, shared: BuildCache): Promise<void> {
+    const cache = this.cache as BuildCache;
+    const dir = basename(target);
+    const id = final.state.id;
+    const rec = shared.tag(dir);
+    const st = lstatOrNull(target);
+    const same = rec !== null && st?.isDirectory() && rec.dev === st.dev && rec.ino === st.ino;
+    if (this.mode === "enabled" && same && rec.state === id) {
+      info("image in storage is this build's result already: nothing to copy");
+      return;
+    }
+    if (this.mode === "enabled" && same) {
+      // The image holds another state of the cache: the layers since the last state both
+      // share undone (each path they changed put back), then the new ones applied, in place.
+      const old = cache.ancestry(rec.state);
+      const now = cache.ancestry(id);
+      const common = old.find((i) => now.includes(i));
+      if (common !== undefined) {
+        const undo = old.slice(0, old.indexOf(common)).map((i) => cache.get(i) as StateRecord);
+        const redo = now
+          .slice(0, now.indexOf(common))
+          .reverse()
+          .map((i) => cache.get(i) as StateRecord);
+        const base = cache.get(common) as StateRecord;
+        if ([...undo, ...redo].every((r) => !r.flat)) {
+          shared.setTag(dir, null);
+          const t0 = Date.now();
+          const chain = base.chain.map((l) => cache.layerPath(l));
+          const undone = undo.filter((r) => r.layer);
+          for (const r of undone) revertLayer(cache.layerPath(r.id), chain, target);
+          const applied = redo.filter((r) => r.layer);
+          for (const r of applied) applyLayer(cache.layerPath(r.id), target);
+          writeBuildMetadata(target, final.meta);
+          info(
+            `image in storage updated in place: ${undone.length} layer(s) undone, ${applied.length} applied (${Date.now() - t0} ms)`,
+          );
+          shared.setTag(dir, { state: id, dev: rec.dev, ino: rec.ino, time: new Date().toISOString() });
+          return;
+        }
+      }
+    }
+    shared.setTag(dir, null);
+    await installImage(target, async (partial) => {
+      for (const l of [...final.state.chain].reverse()) applyLayer(cache.layerPath(l), partial);
+      writeBuildMetadata(partial, final.meta);
+      return partial;
+    });
+    const now = lstatSync(target);
+    if (this.mode !== "disabled") shared.setTag(dir, { state: id, dev: now.dev, ino: now.ino, time: new Date().toISOString() });
   }
 
   /** An image in storage (pulled if missing): its directory. */
@@ -283,31 +416,93 @@ export class Builder {
     return dir;
   }
 
-  private say(inst: Instruction, text = inst.text): void {
+  private say(inst: Instruction, hit = false, text = inst.text): void {
     this.step++;
+    if (hit) this.hits++;
     // A password in a URL (refused by ADD, but written in the Dockerfile) is not repeated.
-    info(`${String(this.step).padStart(3)}. ${text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*):[^\s/@]*@/gi, "$1:***@")}`);
+    info(
+      `${String(this.step).padStart(3)}${hit ? "*" : "."} ${text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/:@]*):[^\s/@]*@/gi, "$1:***@")}`,
+    );
+  }
+
+  /** A cached state, if this build may use it. */
+  private lookup(id: string, isFrom: boolean): StateRecord | null {
+    if (this.mode === "rebuild" && !isFrom) return null;
+    return (this.cache as BuildCache).get(id);
+  }
+
+  /** A FROM state: the image (or an empty tree) as a flat layer, made once. */
+  private async fromImage(stage: Stage): Promise<StateRecord> {
+    const cache = this.cache as BuildCache;
+    const src = stage.source;
+    const dir = src.kind === "image" ? await this.image(src.ref) : null;
+    const shared = new BuildCache(this.ctx.storage.root); // what it knows of images, even with --no-cache
+    const id =
+      dir === null
+        ? fromState("scratch", "")
+        : fromState(imageIdentity(imageName((src as { ref: string }).ref), dir, shared), "");
+    const hit = this.lookup(id, true);
+    this.say(stage.from, hit !== null);
+    if (hit) return hit;
+    if (this.mode === "disabled" && dir !== null) {
+      // --no-cache: the image itself is the bottom layer, not a copy (nothing is kept, and the
+      // build holds the storage lock: no ch-image replaces it meanwhile).
+      mkdirSync(join(cache.dir, "layers"), { recursive: true, mode: 0o700 });
+      symlinkSync(dir, cache.layerPath(id));
+      const meta = baseMetadata(dir);
+      const r: StateRecord = {
+        id,
+        parent: null,
+        text: stage.from.text,
+        config: meta as unknown as Record<string, unknown>,
+        created: new Date().toISOString(),
+        layer: true,
+        flat: true,
+        chain: [id],
+        opaque: [],
+        entries: 0,
+        bytes: 0,
+      };
+      cache.commit(r, null);
+      return r;
+    }
+    const up = cache.tmp("from");
+    const tree = join(up, "tree");
+    if (dir === null) mkdirSync(tree, 0o755);
+    else await copyImageDir(dir, tree);
+    fixupImage(tree);
+    const meta = baseMetadata(dir === null ? null : tree);
+    const scan = scanLayer(tree);
+    const r: StateRecord = {
+      id,
+      parent: null,
+      text: stage.from.text,
+      config: meta as unknown as Record<string, unknown>,
+      created: new Date().toISOString(),
+      layer: true,
+      flat: true,
+      chain: [id],
+      opaque: [],
+      entries: scan.entries,
+      bytes: scan.bytes,
+    };
+    if (cache.commit(r, tree)) this.replaced.add(id);
+    return r;
   }
 
   private async stage(stage: Stage): Promise<void> {
-    const dir = join(this.dir, String(stage.index));
-    this.say(stage.from);
+    const cache = this.cache as BuildCache;
     let state: StageState;
     const src = stage.source;
-    if (src.kind === "scratch") {
-      mkdirSync(dir, 0o755);
-      const meta = baseMetadata(null);
-      state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
-    } else if (src.kind === "image") {
-      await copyImageDir(await this.image(src.ref), dir);
-      const meta = baseMetadata(dir);
-      state = { dir, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
-    } else {
+    if (src.kind === "stage") {
+      this.say(stage.from);
       const prev = this.states.get(src.index) as StageState;
-      await copyImageDir(prev.dir, dir);
-      state = { dir, meta: structuredClone(prev.meta), scope: prev.scope.child() };
+      state = { state: prev.state, meta: structuredClone(prev.meta), scope: prev.scope.child() };
+    } else {
+      const r = await this.fromImage(stage);
+      const meta = structuredClone(r.config) as unknown as BuildMetadata;
+      state = { state: r, meta, scope: new StageScope(this.plan.globals, this.args, Object.entries(meta.env)) };
     }
-    fixupImage(dir);
     if (state.meta.onbuild.length > 0) {
       // Docker runs them here, and the new image doesn't inherit them.
       warn(
@@ -318,11 +513,36 @@ export class Builder {
     let cmdSet = false;
     let userWarned = false;
     for (const [n, inst] of stage.instructions.entries()) {
-      this.say(inst);
       const e = state.scope.apply(inst);
-      const { meta } = state;
       const K = inst.keyword.toUpperCase();
-      let layer = false;
+      const parent = state.state;
+      const sources = inst.keyword === "copy" || inst.keyword === "add" ? this.sourcesDigest(inst, e) : null;
+      // RUN's result also depends on root emulation (--force, --force-cmd).
+      const force =
+        inst.keyword === "run"
+          ? `\n${JSON.stringify([this.ctx.force, this.ctx.force === "seccomp" ? (this.ctx.forceCmds ?? null) : null])}`
+          : "";
+      const id = stateId({
+        parent: parent.id,
+        instruction: instructionText(e) + force,
+        args: scopeArgs(state.scope),
+        sources,
+      });
+      const hit = this.lookup(id, false);
+      this.say(inst, hit !== null);
+      if (inst.keyword === "cmd") cmdSet = true;
+      if (hit) {
+        state.state = hit;
+        state.meta = structuredClone(hit.config) as unknown as BuildMetadata;
+        continue;
+      }
+      const { meta } = state;
+      let upper: string | null = null;
+      const layers = () => {
+        upper = join(cache.tmp("upper"), "layer");
+        mkdirSync(upper, 0o755);
+        return new LayeredTree([upper, ...parent.chain.map((l) => cache.layerPath(l))]);
+      };
       switch (inst.keyword) {
         case "arg":
           break;
@@ -331,23 +551,21 @@ export class Builder {
           break;
         case "workdir":
           meta.cwd = posix.resolve(meta.cwd, e.args[0]);
-          mkdirsIn(dir, meta.cwd);
-          layer = true;
+          mkdirsIn(layers(), meta.cwd);
           break;
         case "run":
-          this.run(inst, state);
-          layer = true;
+          layers();
+          this.run(inst, state, upper as unknown as string);
           break;
         case "copy":
         case "add":
           await copyInstruction({
             e,
-            dest: dir,
+            dest: layers(),
             cwd: meta.cwd,
             from: this.copySource(inst, e.flags.from),
             download: this.download,
           });
-          layer = true;
           break;
         case "shell":
           meta.shell = [...inst.args];
@@ -377,7 +595,6 @@ export class Builder {
           break;
         case "cmd":
           meta.cmd = inst.json ? [...inst.args] : [...meta.shell, inst.args[0] ?? ""];
-          cmdSet = true;
           break;
         case "entrypoint":
           meta.entrypoint = inst.json ? [...inst.args] : [...meta.shell, inst.args[0] ?? ""];
@@ -394,10 +611,96 @@ export class Builder {
       meta.history.push({
         created: new Date().toISOString(),
         created_by: inst.text,
-        ...(layer ? {} : { empty_layer: true }),
+        ...(upper !== null ? {} : { empty_layer: true }),
       });
+      state.state = this.commit(id, parent, inst, meta, upper);
     }
     this.states.set(stage.index, state);
+  }
+
+  /** Records a new state: its layer (the upper directory, if anything is in it) squashed with
+   * those below when the chain is too long for one overlay mount. */
+  private commit(id: string, parent: StateRecord, inst: Instruction, meta: BuildMetadata, upper: string | null): StateRecord {
+    const cache = this.cache as BuildCache;
+    const scan = upper === null ? null : scanLayer(upper);
+    const r: StateRecord = {
+      id,
+      parent: parent.id,
+      text: inst.text,
+      config: structuredClone(meta) as unknown as Record<string, unknown>,
+      created: new Date().toISOString(),
+      layer: false,
+      flat: false,
+      chain: parent.chain,
+      opaque: [],
+      entries: 0,
+      bytes: 0,
+    };
+    let layer = upper;
+    if (scan !== null && scan.entries > 0 && upper !== null) {
+      r.layer = true;
+      r.chain = [id, ...parent.chain];
+      r.opaque = scan.opaque.map((p) => p.slice(upper.length + 1));
+      r.entries = scan.entries;
+      r.bytes = scan.bytes;
+      // (overlayOptions() refuses more than a page of paths: squashed well before.)
+      const paths = r.chain.map((l) => cache.layerPath(l)).join(":").length;
+      if (r.chain.length > MAX_CHAIN || paths > OVERLAY_OPTIONS_MAX - 1000) {
+        // Squashed: the whole tree in one flat layer (one copy every MAX_CHAIN layers).
+        const flat = join(cache.tmp("flat"), "layer");
+        mkdirSync(flat, 0o755);
+        for (const l of [...parent.chain].reverse()) applyLayer(cache.layerPath(l), flat);
+        applyLayer(upper, flat);
+        const s = scanLayer(flat);
+        Object.assign(r, { flat: true, chain: [id], opaque: [], entries: s.entries, bytes: s.bytes });
+        layer = flat;
+      }
+    } else layer = null;
+    if (cache.commit(r, layer)) this.replaced.add(id);
+    return r;
+  }
+
+  /** What a COPY or ADD copies, as part of its state's key: the content of its sources in the
+   * context or image, or the state of the stage it copies from. */
+  private sourcesDigest(inst: Instruction, e: ReturnType<StageScope["apply"]>): string | null {
+    const from = e.flags.from;
+    if (typeof from === "string" && from !== "") {
+      let index = -1;
+      if (/^[+-]?\d+$/.test(from)) index = Number(from);
+      else for (const s of this.plan.stages) if (s.name === from.toLowerCase()) index = s.index;
+      const st = this.states.get(index);
+      if (st) return `stage ${st.state.id}`;
+    }
+    const src = this.copySource(inst, from);
+    if (src === null) return null;
+    const rels: string[] = [];
+    for (const a of e.args.slice(0, -1)) {
+      if (/^[a-z][a-z0-9+.-]*:\/\//i.test(a) || (inst.heredocs.length && isHeredoc(a))) continue;
+      let matches: string[];
+      try {
+        matches = expandGlob(src.root, a);
+      } catch {
+        continue; // copy.ts says what is wrong
+      }
+      for (const m of matches) {
+        const r = resolveIn(src.root, m, true);
+        if (!r.escaped) rels.push(r.rel === "" ? "." : r.rel);
+      }
+    }
+    return hashSources(src.root, rels, { ignore: src.isContext ? src.ignore : null, skip: src.skip, memo: this.memo });
+  }
+
+  /** A stage's tree as a plain directory (COPY --from reads it), made once per build. */
+  private stageDir(st: StageState): string {
+    let d = this.stageDirs.get(st.state.id);
+    if (d === undefined) {
+      const cache = this.cache as BuildCache;
+      d = join(cache.tmp("stage"), "tree");
+      mkdirSync(d, 0o755);
+      for (const l of [...st.state.chain].reverse()) applyLayer(cache.layerPath(l), d);
+      this.stageDirs.set(st.state.id, d);
+    }
+    return d;
   }
 
   /** Where COPY/ADD read: the context, or --from's stage or image. */
@@ -412,16 +715,17 @@ export class Builder {
     if (index >= 0) {
       const st = this.states.get(index);
       if (!st) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: stage not built`);
-      return { root: st.dir, isContext: false, ignore: null, skip: null };
+      return { root: this.stageDir(st), isContext: false, ignore: null, skip: null };
     }
     const dir = this.images.get(fromFlag);
     if (!dir) throw new ChError(`${where(inst)}: COPY --from=${fromFlag}: image not found`);
     return { root: dir, isContext: false, ignore: null, skip: null };
   }
 
-  /** RUN, through ch-run. */
-  private run(inst: Instruction, state: StageState): void {
-    const { meta, dir } = state;
+  /** RUN, through ch-run, on an overlay of the state's layers with `upper` on top. */
+  private run(inst: Instruction, state: StageState, upper: string): void {
+    const { meta } = state;
+    const cache = this.cache as BuildCache;
     if (Array.isArray(inst.flags.mount) && inst.flags.mount.length)
       throw new ChError(`${where(inst)}: RUN --mount: not supported yet in this version`);
     if (inst.flags.security === "insecure")
@@ -439,7 +743,7 @@ export class Builder {
       const h = inst.heredocs[0];
       if (h.content.startsWith("#!")) {
         script = `/.ch-run-heredoc.${process.pid}`;
-        writeFileSync(join(dir, script), h.content, { mode: 0o700, flag: "wx" });
+        writeFileSync(join(upper, script), h.content, { mode: 0o700, flag: "wx" });
         argv = [script];
       } else argv = [...meta.shell, h.content];
     } else if (inst.heredocs.length)
@@ -466,10 +770,19 @@ export class Builder {
       if (own !== undefined) envArgs.push(`--set-env=${k}=${own}`);
       else if (host !== undefined && k !== "HOME") envArgs.push(`--unset-env=${k}`);
     }
+    const chain = state.state.chain;
+    const work = cache.tmp("work");
+    const mnt = cache.tmp("mnt");
+    env.CH_RUN_BUILD_LAYERS = JSON.stringify({
+      lower: chain.map((l) => cache.layerPath(l)),
+      upper,
+      work,
+      opaque: chain.flatMap((l) => (cache.get(l)?.opaque ?? []).map((o) => join(cache.layerPath(l), o))),
+    });
     const [exe, pre] = selfAs("ch-run");
     const opts = ["-s", this.ctx.storage.root, "--unsafe", "-w", "-u0", "-g0", "--no-passwd", "--env-no-expand", ...envArgs];
     if (seccomp) opts.push("--seccomp");
-    const args = [...pre, ...opts, "--cd", meta.cwd, dir, "--", ...argv];
+    const args = [...pre, ...opts, "--cd", meta.cwd, mnt, "--", ...argv];
     let r: ReturnType<typeof spawnSync>;
     try {
       // ch-run says on descriptor 3 when the command starts, and whether its execve(2) failed:
@@ -482,10 +795,16 @@ export class Builder {
     } finally {
       if (script !== null)
         try {
-          if (lstatSync(join(dir, script)).isFile()) unlinkSync(join(dir, script));
+          if (lstatSync(join(upper, script)).isFile()) unlinkSync(join(upper, script));
         } catch {
           // removed by the command
         }
+      forceRemove(work);
+      try {
+        rmdirSync(mnt);
+      } catch {
+        // left to cleanTmp()
+      }
     }
     if (r.error) throw sysError(`${where(inst)}: RUN: can't run ch-run`, r.error);
     if (r.signal) throw new ChError(`${where(inst)}: RUN: command killed by signal ${r.signal}: ${inst.text}`);

@@ -1,14 +1,15 @@
-// The build cache's keys and state records. Not used by any command yet: ch-image build
-// (build.ts) runs every instruction every time; this cache is the next step (see the end of this
-// comment).
+// The build cache's keys, state records and layout (ch-image build uses it: build.ts; its
+// layers on the host side: layers.ts; ch-image build-cache, undelete: cache-commands.ts).
 //
 // A state is an image tree plus its metadata after one instruction. Its ID is a SHA-256 over:
 // the parent state's ID; the instruction after substitution (keyword, flags, arguments, heredoc
 // contents); the ARGs in scope with their values (RUN sees them; the proxy variables are left out,
 // as in Charliecloud and Docker, so a changed proxy doesn't miss); and, for COPY and ADD, a digest
 // of the sources' content (names, types, permission bits, file contents, link targets; not
-// owners or times, so a fresh checkout of the same context hits). FROM's state is keyed on the
-// image's digest and architecture, scratch is the root state.
+// owners or times, so a fresh checkout of the same context hits; .dockerignore'd files and the
+// storage directory left out; COPY --from a stage: that stage's state). FROM an image in storage
+// is keyed on the image directory (name, device, inode, change times, and the state it holds
+// if this cache made it): the image is copied once into a flat layer, later builds hit.
 // Charliecloud keys on md5(parent + instruction text) and COPY on path, mode, size and mtime:
 // an edited file with the same size and mtime hits there; not here.
 //
@@ -24,18 +25,16 @@
 // An image in storage stays a plain directory that ch-run -w may change: it is materialized
 // from its layers (copy, whiteouts applied) when the build ends, never hard-linked to the cache.
 //
-// Limits to plan for: the mount option string holds one page (4 KiB), ~50 layer paths of this
-// layout (Linux 6.8+ adds lowerdir+ through fsconfig(2), one layer per call, up to 500); an upper
-// directory must be on a local filesystem (not NFS or Lustre), like the storage directory.
+// Limits: the mount option string holds one page (4 KiB), ~40 layer paths of this layout, so a
+// state whose chain would pass MAX_CHAIN layers (or ~3000 bytes of paths) gets a flat layer
+// instead: the whole tree, its chain restarting there (one copy every MAX_CHAIN layers; Linux
+// 6.8's fsconfig(2) lowerdir+ would take 500, not used yet). An upper directory must be on a
+// local file system (not NFS or Lustre), like the storage directory.
 //
-// Layout (under STORAGE/cache/): states/ID.json (the record below, written aside then renamed),
-// layers/ID/ (the upper directory, only once complete: built in layers/.ID.tmp, renamed).
-//
-// Next: RUN through ch-run (build.ts does this on a full copy of each stage) with the overlay
-// mounted in ch-run's namespaces (a plan operation in src/container), COPY/ADD (copy.ts) into an
-// upper directory, materialization into storage, and `ch-image build-cache` to list and prune.
+// Layout: see BuildCache below.
 import { createHash } from "node:crypto";
 import {
+  type BigIntStats,
   closeSync,
   lstatSync,
   mkdirSync,
@@ -45,10 +44,14 @@ import {
   readlinkSync,
   readSync,
   renameSync,
+  rmSync,
+  statSync,
   writeFileSync,
 } from "node:fs";
-import { isAbsolute, join, posix } from "node:path";
+import { dirname, isAbsolute, join, posix } from "node:path";
+import { forceRemove } from "../image/install.ts";
 import { sysError } from "../sys/errors.ts";
+import { type IgnoreMatcher, lstatOrNull } from "./paths.ts";
 import type { Expanded, StageScope } from "./vars.ts";
 import { PROXY_ARGS } from "./vars.ts";
 
@@ -122,18 +125,74 @@ function fileDigest(path: string): string {
   return h.digest("hex");
 }
 
+/** Content digests of files already hashed, by where and what they are (device, inode, size,
+ * modification and change times in ns), kept between builds so that an unchanged context is
+ * not read again. Any write changes the change time, and so does setting the modification time
+ * back (utimes(2)): an edit with the same size and mtime is read again. Files changed less than
+ * `racy` ms before they were hashed are not kept (time stamps are coarser than writes, as Git's
+ * "racily clean" entries). */
+export class DigestMemo {
+  private readonly file: string | null;
+  private readonly racy: number;
+  private readonly old = new Map<string, [string, string]>();
+  private readonly now = new Map<string, [string, string]>();
+
+  constructor(file: string | null, racy = 2000) {
+    this.file = file;
+    this.racy = racy;
+    const j = file === null ? null : readJson<Record<string, [string, string]>>(file);
+    if (j && typeof j === "object") for (const [k, v] of Object.entries(j)) if (Array.isArray(v)) this.old.set(k, v);
+  }
+
+  digest(path: string): string {
+    let st: BigIntStats;
+    try {
+      st = lstatSync(path, { bigint: true });
+    } catch (e) {
+      throw sysError(`can't read: ${path}`, e);
+    }
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const known = this.now.get(path) ?? this.old.get(path);
+    if (known && known[0] === key) {
+      this.now.set(path, known);
+      return known[1];
+    }
+    const d = fileDigest(path);
+    const stable = BigInt(Date.now() - this.racy) * 1000000n;
+    if (st.mtimeNs < stable && st.ctimeNs < stable) this.now.set(path, [key, d]);
+    return d;
+  }
+
+  /** Keeps what this build hashed (what it didn't see is forgotten). */
+  save(): void {
+    if (this.file !== null) writeJson(this.file, Object.fromEntries(this.now));
+  }
+}
+
+interface HashFilter {
+  /** Digests already known. */
+  memo?: DigestMemo | null;
+  /** .dockerignore of the context: excluded paths (relative to it) are left out. */
+  ignore?: IgnoreMatcher | null;
+  /** A host path left out (the storage directory, when it is inside the context). */
+  skip?: string | null;
+}
+
 /** Feeds one tree (not following symbolic links) into `h`: for each entry, in byte order of
  * names, its relative path, type and permission bits, then a file's content digest, a link's
- * target or a directory's entries. Owners, times and inode numbers are left out. */
-function hashEntry(h: ReturnType<typeof createHash>, path: string, rel: string): void {
+ * target or a directory's entries. Owners, times and inode numbers are left out. `ctx` is the
+ * path from the root (for .dockerignore). */
+function hashEntry(h: ReturnType<typeof createHash>, path: string, rel: string, ctx: string, f: HashFilter): void {
+  if (path === f.skip) return;
   const st = lstatSync(path);
+  if (ctx !== "" && f.ignore?.excluded(ctx) && !(st.isDirectory() && f.ignore.hasExceptions)) return;
   const mode = (st.mode & 0o7777).toString(8);
   if (st.isSymbolicLink()) h.update(`l ${JSON.stringify(rel)} ${mode} ${JSON.stringify(readlinkSync(path))}\n`);
-  else if (st.isFile()) h.update(`f ${JSON.stringify(rel)} ${mode} ${fileDigest(path)}\n`);
+  else if (st.isFile()) h.update(`f ${JSON.stringify(rel)} ${mode} ${f.memo ? f.memo.digest(path) : fileDigest(path)}\n`);
   else if (st.isDirectory()) {
     h.update(`d ${JSON.stringify(rel)} ${mode}\n`);
     const names = readdirSync(path).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
-    for (const n of names) hashEntry(h, join(path, n), rel === "" ? n : `${rel}/${n}`);
+    for (const n of names) hashEntry(h, join(path, n), rel === "" ? n : `${rel}/${n}`, ctx === "" ? n : `${ctx}/${n}`, f);
   } else {
     const type = st.isCharacterDevice() ? "c" : st.isBlockDevice() ? "b" : st.isFIFO() ? "p" : "s";
     h.update(`o ${JSON.stringify(rel)} ${mode} ${type} ${st.rdev}\n`);
@@ -143,13 +202,15 @@ function hashEntry(h: ReturnType<typeof createHash>, path: string, rel: string):
 /** Digest of COPY/ADD sources: each source (a path relative to `root`, the context or the
  * stage copied from, in the instruction's order) with its tree. The caller resolves sources
  * (globs, top-level symbolic links) inside `root`; one that leaves it lexically is refused. */
-export function hashSources(root: string, sources: string[]): string {
+export function hashSources(root: string, sources: string[], filter: HashFilter = {}): string {
   const h = createHash("sha256");
   for (const s of sources) {
     const n = posix.normalize(s);
     if (isAbsolute(n) || n === ".." || n.startsWith("../")) throw new Error(`source outside ${root}: ${s}`);
     h.update(`source ${JSON.stringify(s)}\n`);
-    hashEntry(h, join(root, s), "");
+    const p = join(root, s);
+    if (lstatOrNull(p) === null) h.update("missing\n");
+    else hashEntry(h, p, "", n === "." ? "" : n, filter);
   }
   return h.digest("hex");
 }
@@ -163,41 +224,277 @@ export interface StateRecord {
   /** Image metadata after the instruction (ENV, WORKDIR, CMD...), as JSON-able data. */
   config: Record<string, unknown>;
   created: string;
+  /** Whether layers/ID holds what the instruction changed (else it changed no file). */
+  layer: boolean;
+  /** Whether that layer is the whole tree (a FROM, or a squashed chain), not a difference. */
+  flat: boolean;
+  /** The layers the state's tree is made of, top first (overlayfs's lowerdir order). */
+  chain: string[];
+  /** Opaque directories of its layer, relative to it. */
+  opaque: string[];
+  /** Entries and bytes of its layer. */
+  entries: number;
+  bytes: number;
 }
 
-/** State records in a directory: written aside and renamed, so a reader sees all or nothing. */
-export class StateStore {
+/** What the cache knows of an image in storage it materialized: the state it holds and the
+ * directory (device, inode) it wrote, so that a replaced directory is noticed. */
+export interface TagRecord {
+  state: string;
+  dev: number;
+  ino: number;
+  time: string;
+}
+
+/** Layers in a chain before the next state is squashed into one flat layer: overlayfs takes
+ * one page of mount options (lowerdir=A:B:...), ~40 paths of this layout. */
+export const MAX_CHAIN = 24;
+
+const ID = /^[0-9a-f]{64}$/;
+
+function readJson<T>(path: string): T | null {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as T;
+  } catch {
+    return null;
+  }
+}
+
+/** Writes `data` as JSON at `path`: aside, then renamed (all or nothing for a reader). */
+function writeJson(path: string, data: unknown): void {
+  const tmp = `${path}.${process.pid}.tmp`;
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    writeFileSync(tmp, `${JSON.stringify(data)}\n`, { mode: 0o644 });
+    renameSync(tmp, path);
+  } catch (e) {
+    throw sysError(`can't write build cache: ${path}`, e);
+  }
+}
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** The build cache: STORAGE/dlcache/build-cache/ (Charliecloud refuses a storage directory with
+ * anything else at its top, and reads nothing in dlcache/ it didn't write):
+ *   states/ID.json   state records, written aside then renamed
+ *   layers/ID/       their layers, complete (built in tmp/, renamed)
+ *   tags/DIR.json    the state each image in storage (img/DIR) was made from
+ *   deleted/DIR.json the same for the last deleted image of that name (undelete)
+ *   tmp/NAME.PID     work in progress: uppers, work and mount directories; removed when PID
+ *                    is gone
+ * A layer is renamed into place before its record is written: a build killed at any moment
+ * leaves a layer without a record (unused, removed by --gc) or a record with its layer, never
+ * a record of a half-written layer. The whole build holds the storage lock (storage.ts). */
+export class BuildCache {
   readonly dir: string;
 
-  constructor(dir: string) {
-    this.dir = dir;
+  /** `dir`: elsewhere than the storage directory's (--no-cache: a throwaway one). */
+  constructor(storageRoot: string, dir?: string) {
+    this.dir = dir ?? join(storageRoot, "dlcache", "build-cache");
   }
 
-  private path(id: string): string {
-    if (!/^[0-9a-f]{64}$/.test(id)) throw new Error(`not a state ID: ${id}`);
+  private statePath(id: string): string {
+    if (!ID.test(id)) throw new Error(`not a state ID: ${id}`);
     return join(this.dir, "states", `${id}.json`);
   }
 
-  /** The record of a state, or null (absent or unreadable: a miss, never an error). */
+  layerPath(id: string): string {
+    if (!ID.test(id)) throw new Error(`not a state ID: ${id}`);
+    return join(this.dir, "layers", id);
+  }
+
+  private tagPath(kind: "tags" | "deleted", dir: string): string {
+    if (dir.includes("/") || dir.startsWith(".") || dir === "") throw new Error(`not an image directory name: ${dir}`);
+    return join(this.dir, kind, `${dir}.json`);
+  }
+
+  /** A usable state: its record, and its layers all there; else null (a miss, never an error). */
   get(id: string): StateRecord | null {
-    const path = this.path(id);
-    try {
-      const r = JSON.parse(readFileSync(path, "utf8")) as StateRecord;
-      return r.id === id ? r : null;
-    } catch {
-      return null;
+    const r = readJson<StateRecord>(this.statePath(id));
+    if (!r || r.id !== id || !Array.isArray(r.chain)) return null;
+    // (statSync: --no-cache's throwaway cache links its FROM layer to the image in storage.)
+    for (const l of r.chain) {
+      let st: ReturnType<typeof statSync>;
+      try {
+        st = statSync(this.layerPath(l), { throwIfNoEntry: false });
+      } catch {
+        return null;
+      }
+      if (!st?.isDirectory()) return null;
+    }
+    return r;
+  }
+
+  /** A new directory in tmp/ for this process (`what`: upper, work, mnt...). */
+  tmp(what: string): string {
+    const base = join(this.dir, "tmp");
+    mkdirSync(base, { recursive: true, mode: 0o700 });
+    for (let i = 0; ; i++) {
+      const p = join(base, `${what}-${i}.${process.pid}`);
+      try {
+        mkdirSync(p, 0o700);
+        return p;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw sysError(`can't create: ${p}`, e);
+      }
     }
   }
 
-  put(record: StateRecord): void {
-    const final = this.path(record.id);
-    const tmp = `${final}.${process.pid}.tmp`;
+  /** Removes what dead processes left in tmp/ (and this process's own, at the end). */
+  cleanTmp(own = false): void {
+    const base = join(this.dir, "tmp");
+    let names: string[];
     try {
-      mkdirSync(join(this.dir, "states"), { recursive: true });
-      writeFileSync(tmp, `${JSON.stringify(record)}\n`, { mode: 0o644 });
-      renameSync(tmp, final);
-    } catch (e) {
-      throw sysError(`can't write build cache state: ${final}`, e);
+      names = readdirSync(base);
+    } catch {
+      return;
     }
+    for (const n of names) {
+      const m = /\.(\d+)(\.tmp)?$/.exec(n);
+      const pid = m ? Number(m[1]) : 0;
+      if (own ? pid === process.pid : !alive(pid)) forceRemove(join(base, n));
+    }
+  }
+
+  /** Stores a state: its layer (a finished upper directory, or null for none) renamed into
+   * place first, then its record. A layer already there (--rebuild) is replaced: returns
+   * whether one was. */
+  commit(r: StateRecord, upper: string | null): boolean {
+    let replaced = false;
+    if (upper !== null) {
+      const final = this.layerPath(r.id);
+      mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
+      if (lstatOrNull(final)) {
+        replaced = true;
+        const old = join(this.tmp("old"), "layer");
+        renameSync(final, old);
+      }
+      try {
+        renameSync(upper, final);
+      } catch (e) {
+        throw sysError(`can't store build cache layer: ${final}`, e);
+      }
+    }
+    writeJson(this.statePath(r.id), r);
+    return replaced;
+  }
+
+  /** Forgets which state the images hold where it may no longer be what their layers say
+   * (a layer of their ancestry replaced): they are made whole by their next build. */
+  forgetTags(replaced: ReadonlySet<string>): void {
+    if (replaced.size === 0) return;
+    for (const d of this.tagDirs()) {
+      const t = this.tag(d);
+      if (t && this.ancestry(t.state).some((i) => replaced.has(i))) this.setTag(d, null);
+    }
+  }
+
+  tag(dir: string, kind: "tags" | "deleted" = "tags"): TagRecord | null {
+    const r = readJson<TagRecord>(this.tagPath(kind, dir));
+    return r && typeof r.state === "string" && ID.test(r.state) ? r : null;
+  }
+
+  setTag(dir: string, r: TagRecord | null, kind: "tags" | "deleted" = "tags"): void {
+    const p = this.tagPath(kind, dir);
+    if (r === null) rmSync(p, { force: true });
+    else writeJson(p, r);
+  }
+
+  /** Names of the image directories recorded (tags or deleted ones). */
+  tagDirs(kind: "tags" | "deleted" = "tags"): string[] {
+    try {
+      return readdirSync(join(this.dir, kind))
+        .filter((n) => n.endsWith(".json") && !n.startsWith("."))
+        .map((n) => n.slice(0, -5))
+        .sort();
+    } catch {
+      return [];
+    }
+  }
+
+  /** All state records (unreadable ones left out). */
+  states(): StateRecord[] {
+    let names: string[];
+    try {
+      names = readdirSync(join(this.dir, "states"));
+    } catch {
+      return [];
+    }
+    const out: StateRecord[] = [];
+    for (const n of names) {
+      if (!/^[0-9a-f]{64}\.json$/.test(n)) continue;
+      const r = readJson<StateRecord>(join(this.dir, "states", n));
+      if (r && r.id === n.slice(0, 64)) out.push(r);
+    }
+    return out;
+  }
+
+  /** Layer directories present. */
+  layers(): string[] {
+    try {
+      return readdirSync(join(this.dir, "layers")).filter((n) => ID.test(n));
+    } catch {
+      return [];
+    }
+  }
+
+  /** The state IDs from `id` back to the first, following parents: [id, parent, ...]. */
+  ancestry(id: string): string[] {
+    const out: string[] = [];
+    const seen = new Set<string>();
+    for (let r = this.get(id); r && !seen.has(r.id); r = r.parent ? this.get(r.parent) : null) {
+      seen.add(r.id);
+      out.push(r.id);
+    }
+    return out;
+  }
+
+  /** Removes the states no image (in storage or deleted, undeletable) needs: those not among
+   * their ancestors, with their layers, and layers without a record. Returns what went. */
+  gc(): { states: number; layers: number } {
+    const keep = new Set<string>();
+    const layers = new Set<string>();
+    for (const kind of ["tags", "deleted"] as const)
+      for (const d of this.tagDirs(kind)) {
+        const t = this.tag(d, kind);
+        if (!t) continue;
+        for (const id of this.ancestry(t.state)) {
+          keep.add(id);
+          for (const l of this.get(id)?.chain ?? []) layers.add(l);
+        }
+      }
+    let states = 0;
+    let names: string[] = [];
+    try {
+      names = readdirSync(join(this.dir, "states"));
+    } catch {
+      // none
+    }
+    for (const n of names)
+      if (!keep.has(n.slice(0, -5)) || !this.get(n.slice(0, -5))) {
+        rmSync(join(this.dir, "states", n), { force: true });
+        states++;
+      }
+    let n = 0;
+    for (const l of this.layers())
+      if (!layers.has(l)) {
+        forceRemove(this.layerPath(l));
+        n++;
+      }
+    this.cleanTmp();
+    return { states, layers: n };
+  }
+
+  /** Empties the cache (tags and undelete records included). */
+  reset(): void {
+    forceRemove(this.dir);
   }
 }

@@ -1,7 +1,6 @@
 // `ch-image build`: its options (Charliecloud's names), the Dockerfile and context it reads, the
-// image name it infers, --parse-only and --dry-run; building itself is build.ts's. There is no
-// build cache yet: every build runs every instruction (--cache, --no-cache, --rebuild and
-// $CH_IMAGE_CACHE are accepted and change nothing).
+// image name it infers, --parse-only and --dry-run; building itself is build.ts's (its cache:
+// --cache, --no-cache, --rebuild and $CH_IMAGE_CACHE, as Charliecloud's).
 import { readFileSync, realpathSync, statSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import type { OptSpec, ParsedOpt } from "../cli/getopt.ts";
@@ -21,7 +20,7 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "KEY[=VALUE]",
     help: "build: set ARG KEY (to environment variable KEY if no VALUE)",
   },
-  { name: "cache", arg: "none", help: "build: use the build cache (default; there is none yet in this version)" },
+  { name: "cache", arg: "none", help: "build: use the build cache (default)" },
   { name: "dry-run", short: "n", arg: "none", help: "build: don't execute any instruction" },
   {
     name: "file",
@@ -42,9 +41,9 @@ export const BUILD_SPECS: OptSpec[] = [
     argName: "CMD,ARG1[,ARG2...]",
     help: "build: add ARGs to command CMD in RUN (repeatable; implies --force=seccomp)",
   },
-  { name: "no-cache", arg: "none", help: "build: don't use the build cache (every build runs every instruction yet)" },
+  { name: "no-cache", arg: "none", help: "build: don't use the build cache (nothing read from it or kept)" },
   { name: "parse-only", arg: "none", help: "build: parse the Dockerfile, print its instructions (JSON lines), stop" },
-  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM (what every build does yet)" },
+  { name: "rebuild", arg: "none", help: "build: re-execute every instruction but FROM, updating the cache" },
   { name: "tag", short: "t", arg: "required", argName: "TAG", help: "build: name of the image (default: inferred)" },
   {
     name: "target",
@@ -257,6 +256,7 @@ export async function build(
     context: context === "-" ? null : realpathSync(resolve(context)),
     force: o.force,
     forceCmds: o.forceCmds,
+    cache: o.cache,
   });
   await builder.build(tag);
   return 0;

@@ -41,7 +41,7 @@ import { ChError, sysError, warn } from "../sys/errors.ts";
 import type { Instruction } from "./dockerfile.ts";
 import { isHeredoc } from "./dockerfile.ts";
 import { type Checksum, type Downloader, isGitSource, isUrl, parseChecksum, urlFileName } from "./download.ts";
-import { expandGlob, hasMeta, type IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn } from "./paths.ts";
+import { expandGlob, hasMeta, type IgnoreMatcher, lstatOrNull, mkdirsIn, resolveIn, type Tree, treeOf } from "./paths.ts";
 import type { Expanded } from "./vars.ts";
 
 export interface CopySource {
@@ -57,8 +57,8 @@ export interface CopySource {
 
 export interface CopyRequest {
   e: Expanded;
-  /** The image being built. */
-  dest: string;
+  /** The image being built: a directory, or the upper layer of a cached build (cache.ts). */
+  dest: string | Tree;
   /** Its working directory (WORKDIR). */
   cwd: string;
   /** null when there is no context (Dockerfile on standard input). */
@@ -210,19 +210,21 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
 /** Writes one file at `path` in the image (parents made, symlinks on the way followed inside
  * it; one at the file's own place replaced). */
 function writeFile(
-  root: string,
+  root: string | Tree,
   path: string,
   make: (host: string) => void,
   mode: number | null,
   st: { atime: Date; mtime: Date } | null,
 ): void {
-  const parent = mkdirsIn(root, posix.dirname(path));
+  const t = treeOf(root);
+  const parent = mkdirsIn(t, posix.dirname(path));
   const host = join(parent.host, posix.basename(path));
-  const old = lstatOrNull(host);
+  // As the image shows it (a lower layer's too), and where it is written.
+  const old = t.lstat(parent.rel === "" ? posix.basename(path) : `${parent.rel}/${posix.basename(path)}`);
   if (old?.isDirectory())
     throw new ChError(`can't replace a directory with a file: ${posix.join("/", parent.rel, posix.basename(path))}`);
   try {
-    if (old) unlinkSync(host);
+    if (lstatOrNull(host)) unlinkSync(host);
     make(host);
     if (mode !== null) chmodSync(host, mode);
     if (st) utimesSync(host, st.atime, st.mtime);
@@ -236,7 +238,7 @@ function writeFile(
 function copyTree(
   src: string,
   srcRel: string,
-  root: string,
+  root: string | Tree,
   destRel: string,
   mode: number | null,
   ignore: IgnoreMatcher | null,

@@ -35,9 +35,38 @@ export function lstatOrNull(path: string): Stats | null {
   }
 }
 
+/** A tree the builder writes into: a plain directory, or (cache.ts) the upper directory of an
+ * overlay whose lower layers it reads through (see layers.ts). Paths are relative, "" the root. */
+export interface Tree {
+  /** The host directory the tree is written in. */
+  readonly root: string;
+  /** lstat(2) of `rel` as the tree shows it; null if absent. */
+  lstat(rel: string): Stats | null;
+  readlink(rel: string): string;
+  /** Makes directory `rel` where the tree is written; its parent exists there already. */
+  mkdir(rel: string, mode: number): void;
+  /** Makes sure directory `rel`, which the tree shows, is also where the tree is written (a
+   * lower layer's: made in the upper one, its mode kept); its parent is already. */
+  copyUp(rel: string): void;
+}
+
+/** A plain directory as a Tree. */
+export function dirTree(root: string): Tree {
+  return {
+    root,
+    lstat: (rel) => lstatOrNull(rel === "" ? root : join(root, rel)),
+    readlink: (rel) => readlinkSync(join(root, rel)),
+    mkdir: (rel, mode) => mkdirSync(join(root, rel), mode),
+    copyUp: () => {},
+  };
+}
+
+export const treeOf = (root: string | Tree): Tree => (typeof root === "string" ? dirTree(root) : root);
+
 /** Resolves `path` inside `root` (see the top of this file); the last component's symlink is
  * followed only when `followLast`. A missing component ends nothing: the rest is appended. */
-export function resolveIn(root: string, path: string, followLast: boolean): Resolved {
+export function resolveIn(root: string | Tree, path: string, followLast: boolean): Resolved {
+  const t = treeOf(root);
   let queue = path.split("/");
   const stack: string[] = [];
   let escaped = false;
@@ -51,10 +80,10 @@ export function resolveIn(root: string, path: string, followLast: boolean): Reso
       continue;
     }
     const last = !queue.some((q) => q !== "" && q !== ".");
-    const st = lstatOrNull(join(root, ...stack, c));
+    const st = t.lstat([...stack, c].join("/"));
     if (st?.isSymbolicLink() && (!last || followLast)) {
       if (++hops > MAX_HOPS) throw new ChError(`too many levels of symbolic links: ${path}`, { errno: 40 });
-      const target = readlinkSync(join(root, ...stack, c));
+      const target = t.readlink([...stack, c].join("/"));
       if (target.startsWith("/")) {
         escaped = true;
         stack.length = 0;
@@ -65,22 +94,24 @@ export function resolveIn(root: string, path: string, followLast: boolean): Reso
     stack.push(c);
   }
   const rel = stack.join("/");
-  const host = rel === "" ? root : join(root, rel);
-  return { host, rel, escaped, st: lstatOrNull(host) };
+  const host = rel === "" ? t.root : join(t.root, rel);
+  return { host, rel, escaped, st: t.lstat(rel) };
 }
 
 /** Makes directory `path` inside `root` and its missing parents, following symlinks inside the
  * root (an image's /lib -> usr/lib is merged into, not replaced); returns it resolved. */
-export function mkdirsIn(root: string, path: string, mode = 0o755): Resolved {
-  const r = resolveIn(root, path, true);
+export function mkdirsIn(root: string | Tree, path: string, mode = 0o755): Resolved {
+  const t = treeOf(root);
+  const r = resolveIn(t, path, true);
   const parts = r.rel === "" ? [] : r.rel.split("/");
   for (let i = 1; i <= parts.length; i++) {
-    const p = join(root, ...parts.slice(0, i));
-    const st = lstatOrNull(p);
-    if (!st) mkdirSync(p, mode);
-    else if (!st.isDirectory()) throw new ChError(`not a directory: /${parts.slice(0, i).join("/")}`, { errno: 20 });
+    const p = parts.slice(0, i).join("/");
+    const st = t.lstat(p);
+    if (!st) t.mkdir(p, mode);
+    else if (!st.isDirectory()) throw new ChError(`not a directory: /${p}`, { errno: 20 });
+    else t.copyUp(p);
   }
-  return { ...r, st: lstatOrNull(r.host) };
+  return { ...r, st: t.lstat(r.rel) };
 }
 
 // ---- Wildcards ----

@@ -56,7 +56,7 @@ export function execute(ops: Op[], sys: Syscalls, arch: Arch = hostArch()): void
           "overlay",
           0,
           `lowerdir=${op.lower},upperdir=${op.upper},workdir=${op.work},userxattr,volatile`,
-          { what: "can't overlay tmpfs for --write-fake (needs Linux 5.11 or later)" },
+          { what: op.what ?? "can't overlay tmpfs for --write-fake (needs Linux 5.11 or later)" },
         );
         break;
       case "mkdir":

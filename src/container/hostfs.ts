@@ -9,6 +9,8 @@ export interface Stat {
   type: FileType;
   uid: number;
   mode: number;
+  /** An overlayfs whiteout (a character device 0:0): a deletion in an upper layer. */
+  whiteout?: boolean;
 }
 
 export interface HostFs {
@@ -30,7 +32,10 @@ function typeOf(st: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(
 export const realFs: HostFs = {
   lstat(path) {
     const st = lstatSync(path, { throwIfNoEntry: false });
-    return st ? { type: typeOf(st), uid: st.uid, mode: st.mode } : null;
+    if (!st) return null;
+    return st.isCharacterDevice() && st.rdev === 0
+      ? { type: "other", uid: st.uid, mode: st.mode, whiteout: true }
+      : { type: typeOf(st), uid: st.uid, mode: st.mode };
   },
   stat(path) {
     try {
@@ -73,7 +78,7 @@ export function rememberingFs(fs: HostFs): HostFs {
   };
 }
 
-export type MemNode = string | { dir: true } | { link: string } | { other: true };
+export type MemNode = string | { dir: true } | { link: string } | { other: true } | { whiteout: true };
 
 /** A file system in memory: absolute paths to file contents, directories, links. Parent
  * directories of every entry exist implicitly. */
@@ -97,6 +102,7 @@ export class MemFs implements HostFs {
     if (typeof n === "string") return { type: "file", uid: 1000, mode: 0o100644 };
     if ("link" in n) return { type: "link", uid: 1000, mode: 0o120777 };
     if ("other" in n) return { type: "other", uid: 1000, mode: 0o020666 };
+    if ("whiteout" in n) return { type: "other", uid: 1000, mode: 0o020000, whiteout: true };
     return { type: "dir", uid: 1000, mode: 0o40755 };
   }
 
@@ -132,5 +138,72 @@ export function prefixedFs(fs: HostFs, root: string, prefix: string): HostFs {
     stat: (p) => fs.stat(map(p)),
     readlink: (p) => fs.readlink(map(p)),
     readFile: (p) => fs.readFile(map(p)),
+  };
+}
+
+/** The view of an overlay mounted at `root` before it is mounted: a path under `root` is looked
+ * up in the layers (`layers[0]` the upper, then the lower ones, top first) as overlayfs does:
+ * the first layer holding it decides, a whiteout hides it, a directory merges with the same
+ * directory below unless it is opaque (`opaque` holds those, as host paths in their layer). A
+ * symbolic link is read in the layer that holds it (ContainerView resolves it in the image). */
+export function layeredFs(fs: HostFs, root: string, layers: string[], opaque: ReadonlySet<string>): HostFs {
+  const find = (p: string): string | null => {
+    if (p !== root && !p.startsWith(`${root}/`)) return p;
+    const parts = p
+      .slice(root.length)
+      .split("/")
+      .filter((c) => c !== "");
+    let dirs = layers; // the layers whose directory at this depth is part of the merged one
+    let found: string | null = layers[0];
+    let rel = "";
+    for (const c of parts) {
+      rel += `/${c}`;
+      const next: string[] = [];
+      found = null;
+      let foundDir = false;
+      for (const l of dirs) {
+        const st = fs.lstat(`${l}${rel}`);
+        if (st === null) continue;
+        if (st.whiteout) break;
+        const dir = st.type === "dir";
+        if (found === null) {
+          found = `${l}${rel}`;
+          foundDir = dir;
+        }
+        if (!dir || !foundDir) break;
+        next.push(l);
+        if (opaque.has(`${l}${rel}`)) break;
+      }
+      if (found === null) return null;
+      dirs = next;
+    }
+    return found;
+  };
+  return {
+    lstat: (p) => {
+      const f = find(p);
+      return f === null ? null : fs.lstat(f);
+    },
+    stat(p) {
+      // Symbolic links followed through the merged view, as the kernel would.
+      let path = p;
+      for (let i = 0; i < 40; i++) {
+        const f = find(path);
+        if (f === null) return null;
+        const st = fs.lstat(f);
+        if (st?.type !== "link") return st;
+        path = posix.resolve(posix.dirname(path), fs.readlink(f));
+      }
+      return null;
+    },
+    readlink(p) {
+      const f = find(p);
+      if (f === null) throw Object.assign(new Error(`ENOENT: ${p}`), { errno: -2 });
+      return fs.readlink(f);
+    },
+    readFile(p) {
+      const f = find(p);
+      return f === null ? null : fs.readFile(f);
+    },
   };
 }

@@ -34,6 +34,30 @@ export interface RunOptions {
   verbosity: number;
   /** --seccomp: root emulation (seccomp.ts) installed before execve(2). */
   seccomp: boolean;
+  /** ch-image build's RUN (internal): the image root is an overlay of these layers, mounted at
+   * the image path (an empty directory), instead of the image directory itself. */
+  layers: OverlayLayers | null;
+}
+
+/** An overlay root: read-only lower directories (top first), a writable upper directory and
+ * overlayfs's work directory beside it (same file system). */
+export interface OverlayLayers {
+  lower: string[];
+  upper: string;
+  work: string;
+}
+
+/** Characters overlayfs's option string can't take in a layer path unescaped (",", ":", "\\")
+ * and what a page-sized option string allows: a longer list must be squashed first. */
+export const OVERLAY_OPTIONS_MAX = 4000;
+
+/** overlayfs's mount options for an overlay root or -W. */
+export function overlayOptions(lower: string[], upper: string, work: string): string {
+  for (const p of [...lower, upper, work])
+    if (/[,:\\\n]/.test(p)) throw new ChError(`can't use as an overlay layer (",", ":" or "\\" in its path): ${p}`);
+  const o = `lowerdir=${lower.join(":")},upperdir=${upper},workdir=${work},userxattr,volatile`;
+  if (o.length > OVERLAY_OPTIONS_MAX) throw new ChError(`too many overlay layers for one mount: ${lower.length}`);
+  return o;
 }
 
 /** ch-run's defaults: what no option changes. */
@@ -53,6 +77,7 @@ export function defaultRunOptions(argv: string[] = []): RunOptions {
     envNoExpand: false,
     verbosity: 0,
     seccomp: false,
+    layers: null,
   };
 }
 
@@ -77,7 +102,7 @@ export type Op =
   | { op: "private" }
   | { op: "bind"; src: string; dst: string; what: string }
   | { op: "tmpfs"; dst: string; options: string; what: string }
-  | { op: "overlay"; lower: string; upper: string; work: string; dst: string }
+  | { op: "overlay"; lower: string; upper: string; work: string; dst: string; what?: string }
   | { op: "mkdir"; path: string; what: string }
   | { op: "file"; path: string; content: string; what: string }
   | { op: "umount"; path: string }
@@ -137,9 +162,24 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
 
   log.push(`image: ${img}`, `container uid: ${uid}`, `container gid: ${gid}`, `host $TMPDIR: ${hostTmp}`);
 
-  // Our own mount namespace, and the image as a mount of its own (pivot_root(2) needs one).
+  // Our own mount namespace, and the image as a mount of its own (pivot_root(2) needs one):
+  // bound to itself, or the overlay of a build's layers mounted there (the caller's h.fs then
+  // shows the layers merged, see hostfs.ts's layeredFs()).
   ops.push({ op: "private" });
-  ops.push({ op: "bind", src: img, dst: img, what: `can't bind image to itself: ${img}` });
+  if (o.layers) {
+    const { lower, upper, work } = o.layers;
+    if (lower.length === 0) throw new ChError("overlay root: no lower layer");
+    overlayOptions(lower, upper, work); // checked now, not at mount(2)
+    ops.push({
+      op: "overlay",
+      lower: lower.join(":"),
+      upper,
+      work,
+      dst: img,
+      what: `can't mount build layers at ${img} (overlayfs with userxattr needs Linux 5.11 or later)`,
+    });
+    log.push(`image: overlay of ${lower.length} layer(s) + ${upper}`);
+  } else ops.push({ op: "bind", src: img, dst: img, what: `can't bind image to itself: ${img}` });
 
   // A small private tmpfs, mounted where the host's /dev will go, holds the overlay's upper
   // layer for -W and the synthesized passwd and group files; nothing is written on the host.

@@ -7,7 +7,7 @@
 //   - a device file can't be made without privilege (mknod(2) needs CAP_MKNOD): left out of a
 //     copied directory with a warning; a tarball or SquashFS image stores it, with a warning
 //     that unpacking it needs privilege.
-import { chmodSync, cpSync, type Dirent, lstatSync, readdirSync, type Stats, utimesSync } from "node:fs";
+import { chmodSync, constants, cpSync, type Dirent, lstatSync, readdirSync, type Stats, utimesSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { Header, Pax } from "tar";
 import { sysError, warn } from "../sys/errors.ts";
@@ -41,6 +41,7 @@ export async function copyTree(src: string, dst: string): Promise<void> {
       recursive: true,
       verbatimSymlinks: true,
       preserveTimestamps: true,
+      mode: constants.COPYFILE_FICLONE, // a reflink where the file system has them (XFS, Btrfs)
       filter: (path) => {
         const st = lstatSync(path, { throwIfNoEntry: false });
         const kind = st && specialKind(st);

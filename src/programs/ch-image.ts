@@ -2,6 +2,7 @@
 // gestalt.
 import { openSync, statSync } from "node:fs";
 import { userInfo } from "node:os";
+import { buildCacheCommand, recordDeleted, undeletable, undelete } from "../builder/cache-commands.ts";
 import { BUILD_SPECS, build, buildOptions, isBuildOption } from "../builder/cli.ts";
 import { helpOrVersion, type OptSpec, type ParsedOpt, parseArgs } from "../cli/getopt.ts";
 import { debug, info, setVerbosity, trace, verbose } from "../cli/log.ts";
@@ -24,6 +25,7 @@ const SPECS: OptSpec[] = [
   { name: "auth", arg: "none", help: "authenticate to the registry (default: anonymous; push always)" },
   { name: "debug", arg: "none", help: "add a stack trace to fatal errors (also $CH_IMAGE_DEBUG)" },
   { name: "fail", arg: "none", help: "gestalt logging: also fail" },
+  { name: "gc", arg: "none", help: "build-cache: remove the states no image needs" },
   { name: "image", arg: "required", argName: "DIR", help: "push: the image directory DIR instead of one in storage" },
   { name: "last-layer", arg: "required", argName: "N", help: "pull: unpack only the lowest N layers (for debugging)" },
   { name: "long", short: "l", arg: "none", help: "list: also architecture and time of last change" },
@@ -31,7 +33,9 @@ const SPECS: OptSpec[] = [
   { name: "storage", short: "s", arg: "required", argName: "DIR", help: "set storage directory to DIR" },
   { name: "tls-no-verify", arg: "none", help: "don't verify registry TLS certificates (risky)" },
   { name: "quiet", short: "q", arg: "none", help: "be quieter (can be repeated)" },
-  { name: "undeletable", short: "u", arg: "none", help: "list: images Charliecloud's build cache can undelete" },
+  { name: "reset", arg: "none", help: "build-cache: empty the build cache" },
+  { name: "tree", arg: "none", help: "build-cache: show the states, and which images hold which" },
+  { name: "undeletable", short: "u", arg: "none", help: "list: images the build cache can undelete" },
   { name: "undeleteable", arg: "none", help: "same as --undeletable" },
   { name: "verbose", short: "v", arg: "none", help: "print extra chatter (can be repeated)" },
   {
@@ -47,19 +51,24 @@ const SPECS: OptSpec[] = [
 const SUBCOMMANDS = `Subcommands:
   build [-t TAG] [-f DOCKERFILE] [--build-arg KEY[=VALUE]] [--parse-only] CONTEXT
                                 build image TAG from a Dockerfile (--parse-only: print its
-                                instructions as JSON lines); no build cache yet: every build
-                                runs every instruction; RUN with root emulation
-                                (--force=seccomp) unless --force=none
+                                instructions as JSON lines), each instruction's result kept in
+                                the build cache (--no-cache: not used; --rebuild: run them
+                                all again); RUN with root emulation (--force=seccomp) unless
+                                --force=none
+  build-cache [--reset] [--gc] [--tree]
+                                the build cache's states, layers and size (--reset: empty it;
+                                --gc: remove what no image needs; --tree: show the states)
   pull [-a ARCH] [--last-layer N] REF [DEST]
                                 pull image REF from its registry into storage (as REF, or DEST;
                                 DEST starting with / ./ ../ is a directory to unpack into)
   push [--image DIR] NAME [REF] push image NAME (or directory DIR) to REF (default NAME)
   import PATH NAME              copy image tarball or directory PATH into storage as NAME
   list [-l] [-u]                print the names of the images in storage (-u: of those
-                                Charliecloud's build cache could undelete)
+                                deleted that the build cache, or Charliecloud's, can undelete)
   list REF                      details of REF: in storage? architectures in its registry
   delete GLOB [GLOB...]         delete images from storage: names, or globs over the names
                                 ('foo*'; quote them), with their build stages NAME_stageN
+  undelete IMAGE                restore the last deleted image IMAGE from the build cache
   reset                         delete the storage directory: all images and caches in it
   gestalt [bucache|bucache-dot|storage-path|python-path|logging [--fail]]
                                 what this ch-image supports, as Charliecloud's answers
@@ -78,7 +87,7 @@ never in clear off loopback unless --tls-no-verify.
 
 Environment:
   CH_IMAGE_CACHE                build cache: enabled, disabled or rebuild (like --cache,
-                                --no-cache, --rebuild; no build cache in this version yet)
+                                --no-cache, --rebuild)
   CH_IMAGE_STORAGE              storage directory (else /var/tmp/$USER.ch; -s overrides)
   CH_IMAGE_USERNAME, CH_IMAGE_PASSWORD
                                 registry credentials (else asked for on a terminal when needed
@@ -123,10 +132,10 @@ function gestalt(storage: Storage, args: string[], fail: boolean): number {
   if (args.length > 1) throw new ChError("usage: ch-image gestalt [SELECTOR]");
   switch (args[0]) {
     case "bucache":
+      // As Charliecloud's: success when builds have a cache (ours: overlay layers, not Git).
+      return 0;
     case "bucache-dot":
-      // No Git build cache here: pull and import store images directly. Charliecloud's bucache/
-      // in a shared storage directory is left to Charliecloud.
-      throw new ChError("build cache not available: this ch-image has no build cache (Charliecloud's uses Git)");
+      throw new ChError("no DOT output of the build cache: this one is not Git's (see ch-image build-cache --tree)");
     case "storage-path":
       process.stdout.write(`${storage.root}\n`);
       return 0;
@@ -158,6 +167,7 @@ interface Flags {
   undeletable: boolean;
   lastLayer: number | null;
   fail: boolean;
+  cache: { reset: boolean; gc: boolean; tree: boolean };
 }
 
 async function run(storage: Storage, sub: string, args: string[], f: Flags): Promise<number> {
@@ -185,7 +195,9 @@ async function run(storage: Storage, sub: string, args: string[], f: Flags): Pro
         process.stdout.write(await listOne(storage, args[0], client));
         return 0;
       }
-      if (f.undeletable) for (const name of storage.undeletable()) process.stdout.write(`${name}\n`);
+      if (f.undeletable)
+        for (const name of [...new Set([...storage.undeletable(), ...undeletable(storage)])].sort())
+          process.stdout.write(`${name}\n`);
       else if (f.long) process.stdout.write(listLong(storage));
       else for (const name of storage.list()) process.stdout.write(`${name}\n`);
       return 0;
@@ -195,12 +207,23 @@ async function run(storage: Storage, sub: string, args: string[], f: Flags): Pro
       return 0;
     case "delete":
       if (args.length < 1) throw new ChError("usage: ch-image delete GLOB [GLOB...]");
-      storage.deleteGlobs(args);
+      {
+        const before = storage.list();
+        try {
+          storage.deleteGlobs(args);
+        } finally {
+          recordDeleted(storage, before);
+        }
+      }
       return 0;
     case "undelete":
-      throw new ChError(
-        "undelete: not available: this ch-image has no build cache (Charliecloud's ch-image can undelete from its own)",
-      );
+      want(args, 1, "undelete IMAGE");
+      await undelete(storage, args[0]);
+      return 0;
+    case "build-cache":
+      want(args, 0, "build-cache [--reset] [--gc] [--tree]");
+      buildCacheCommand(storage, f.cache);
+      return 0;
     case "reset":
       want(args, 0, "reset");
       storage.reset();
@@ -230,6 +253,7 @@ export async function main(argv: string[]): Promise<number> {
     undeletable: false,
     lastLayer: null,
     fail: false,
+    cache: { reset: false, gc: false, tree: false },
   };
   const hv = helpOrVersion(p, {
     name: "ch-image",
@@ -255,6 +279,7 @@ export async function main(argv: string[]): Promise<number> {
     else if (name === "undeletable" || name === "undeleteable") f.undeletable = true;
     else if (name === "debug") debugOpt = true;
     else if (name === "fail") f.fail = true;
+    else if (name === "reset" || name === "gc" || name === "tree") f.cache[name] = true;
     else if (name === "last-layer") {
       if (!/^\d+$/.test(value ?? "")) throw new ChError(`--last-layer: not a number of layers: ${value}`);
       f.lastLayer = Number(value);

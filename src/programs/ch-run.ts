@@ -9,7 +9,7 @@ import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { imageDefaults, squashDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
 import { featureEnabled, isFeature } from "../container/features.ts";
-import { prefixedFs, realFs, rememberingFs } from "../container/hostfs.ts";
+import { layeredFs, prefixedFs, realFs, rememberingFs } from "../container/hostfs.ts";
 import { findImage } from "../container/image.ts";
 import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import { RunLog } from "../container/log.ts";
@@ -164,7 +164,13 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   const user = process.env.USER || filePasswd(euid)?.name || (await lib()).getpwuid(euid)?.name;
   if (!user) throw new ChError("$USER not set and UID not found");
   const storage = storageDir(parsed.storage, process.env, user);
+  const layers = buildLayers(process.env, unsafe);
+  if (layers) {
+    opts.layers = { lower: layers.lower, upper: layers.upper, work: layers.work };
+    if (parsed.join || parsed.joinPid !== null) throw usageError("--join: not with build layers");
+  }
   const found = findImage(image, storage, opts.write, unsafe);
+  if (layers && found.kind === "squash") throw usageError(`$${BUILD_LAYERS_VAR}: not with a SquashFS image`);
   if (found.kind !== "squash" && parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
   // No command: the image's ENTRYPOINT then CMD, in its WORKDIR unless --cd; chosen here, before
   // either launch path. A SquashFS image's are read from the file, before it is mounted.
@@ -178,7 +184,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   }
   // A directory image without --join: planned here, then this process becomes the container.
   if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
-    return runDirect(parsed, found.root, { euid, egid, user }, log, syslog, status);
+    return runDirect(parsed, found.root, { euid, egid, user }, log, syslog, status, layers?.opaque ?? []);
   await syslog.now();
   await loadLibc();
   const c = libc();
@@ -279,6 +285,33 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   }
 }
 
+/** The variable ch-image build's RUN names its overlay root in (JSON: lower, upper, work,
+ * opaque), honoured with --unsafe only ("internal use only") and removed from the environment
+ * the command gets. */
+export const BUILD_LAYERS_VAR = "CH_RUN_BUILD_LAYERS";
+
+function buildLayers(
+  env: Record<string, string | undefined>,
+  unsafe: boolean,
+): { lower: string[]; upper: string; work: string; opaque: string[] } | null {
+  const text = env[BUILD_LAYERS_VAR];
+  if (text === undefined) return null;
+  delete env[BUILD_LAYERS_VAR];
+  if (!unsafe) throw usageError(`$${BUILD_LAYERS_VAR}: internal use only (with --unsafe)`);
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch {
+    j = null;
+  }
+  const o = (j ?? {}) as Record<string, unknown>;
+  const abs = (x: unknown): x is string => typeof x === "string" && x.startsWith("/");
+  const list = (x: unknown): x is string[] => Array.isArray(x) && x.every(abs);
+  if (!list(o.lower) || !abs(o.upper) || !abs(o.work) || !list(o.opaque ?? []))
+    throw usageError(`$${BUILD_LAYERS_VAR}: invalid: ${text}`);
+  return { lower: o.lower, upper: o.upper, work: o.work, opaque: (o.opaque as string[] | undefined) ?? [] };
+}
+
 /** The fast path: a directory image, no --join. The plan is made here from files alone (no
  * koffi), then ch-run replaces itself with the launcher executable, which makes the container
  * and execs the command in this same process. If no launcher can be executed here, the clone
@@ -290,6 +323,7 @@ async function runDirect(
   log: RunLog,
   syslog: Syslog,
   status: number,
+  opaque: string[],
 ): Promise<never> {
   const { opts } = parsed;
   const { euid, egid, user } = ids;
@@ -315,7 +349,7 @@ async function runDirect(
     image: { root, mountFlags: flags, readOnly: (flags & 1) !== 0 },
     passwd: (u) => (u === uid ? pw : filePasswd(u)),
     group: (g) => (g === gid ? gr : fileGroup(g)),
-    fs: rememberingFs(realFs),
+    fs: opts.layers ? layeredFs(realFs, root, [opts.layers.upper, ...opts.layers.lower], new Set(opaque)) : rememberingFs(realFs),
     kernel: release(),
   });
   showPlan(p, log);

@@ -1,7 +1,7 @@
 // ch-image build against other builds and against kill -9: a second build into storage that a
-// build is using fails at once with Charliecloud's one-line message, leaving the first build and
-// storage alone; a build killed during a RUN leaves only its partial directory, which the same
-// build run again removes (nothing of it used) before finishing.
+// build is using waits for it (the storage lock; Charliecloud's would fail), then finishes, and
+// both images are right; a build killed during a RUN leaves nothing in img/ (the RUN works in the
+// build cache's tmp/), and the same build run again finishes, the killed RUN's work unused.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -10,7 +10,6 @@ import { after, before, describe, it } from "node:test";
 import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
 
 const IMAGE = join(DIST, "ch-image");
-const ERROR = /^ch-image\[\d+\]: error: .+$/m;
 
 let dir: string;
 let storage: string;
@@ -31,7 +30,7 @@ function startBuild(args: string[]) {
   const done = new Promise<{ status: number | null; signal: string | null; stderr: string }>((resolve) =>
     p.on("close", (status, signal) => resolve({ status, signal, stderr })),
   );
-  return { pid: p.pid as number, done };
+  return { pid: p.pid as number, done, stderrNow: () => stderr };
 }
 
 async function waitFor(path: string, ms = 60_000): Promise<void> {
@@ -65,7 +64,7 @@ after(() => {
 });
 
 describe("ch-image build, concurrent and killed", () => {
-  it("a second build into storage in use fails cleanly; the first finishes; storage consistent", async () => {
+  it("a second build into storage in use waits for the first; both finish; storage consistent", async () => {
     const go = join(witness, "go");
     const ctxA = context(
       "ctxA",
@@ -73,27 +72,33 @@ describe("ch-image build, concurrent and killed", () => {
     );
     const ctxB = context("ctxB", "FROM bb\nRUN echo b > /b.txt\n");
     const a = startBuild(["build", "-t", "conc-a", ctxA]);
+    let b: ReturnType<typeof startBuild> | null = null;
     try {
       await waitFor(join(witness, "a-running"));
-      const b = image(["build", "-t", "conc-b", ctxB]);
-      assert.equal(b.status, 1, b.stderr);
-      assert.match(b.stderr, /error: storage directory is already in use: /);
-      assert.match(b.stderr, ERROR);
-      // B left nothing, and A's partial is still there (B didn't clean it up as a leftover).
+      b = startBuild(["build", "-t", "conc-b", ctxB]);
+      let finished = false;
+      b.done.then(() => {
+        finished = true;
+      });
+      // B says it waits, and waits (A holds the lock until it ends).
+      const end = Date.now() + 60_000;
+      while (!/waiting for the storage lock/.test(b.stderrNow()) && !finished && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.match(b.stderrNow(), /waiting for the storage lock: /);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(finished, false);
       assert.equal(existsSync(img("conc-b")), false);
-      assert.equal(partials().length, 1);
-      assert.match(partials()[0], /^conc-a\+latest\.partial-/);
     } finally {
       writeFileSync(go, "");
     }
     const ra = await a.done;
     assert.equal(ra.status, 0, ra.stderr);
     assert.equal(readFileSync(img("conc-a", "a.txt"), "utf8"), "a\n");
-    assert.deepEqual(partials(), []);
-    // Storage is usable afterwards: B again succeeds.
-    const b2 = image(["build", "-t", "conc-b", ctxB]);
-    assert.equal(b2.status, 0, b2.stderr);
+    const rb = await (b as ReturnType<typeof startBuild>).done;
+    assert.equal(rb.status, 0, rb.stderr);
+    assert.match(rb.stderr, /waiting for the storage lock: /);
     assert.equal(readFileSync(img("conc-b", "b.txt"), "utf8"), "b\n");
+    assert.equal(existsSync(img("conc-b", "a.txt")), false);
     assert.deepEqual(partials(), []);
   });
 
@@ -110,20 +115,23 @@ describe("ch-image build, concurrent and killed", () => {
     let r: Awaited<typeof k.done>;
     try {
       await waitFor(started);
-      assert.equal(partials().length, 1);
+      assert.equal(partials().length, 0, "a RUN works in the build cache, not in img/");
     } finally {
       process.kill(-k.pid, "SIGKILL");
       r = await k.done;
     }
     assert.equal(r.signal, "SIGKILL");
     assert.equal(existsSync(img("killed")), false);
-    assert.equal(partials().length, 1); // what kill -9 leaves
+    assert.equal(partials().length, 0);
+    const tmpDir = join(storage, "dlcache", "build-cache", "tmp");
+    assert.ok(readdirSync(tmpDir).length > 0, "what kill -9 leaves: the RUN's upper directory");
     rmSync(slow);
     const again = image(["build", "-t", "killed", ctx]);
     assert.equal(again.status, 0, again.stderr);
     assert.equal(readFileSync(img("killed", "runs"), "utf8"), "run\n");
     assert.equal(readFileSync(img("killed", "done"), "utf8"), "done\n");
     assert.deepEqual(partials(), []);
+    assert.deepEqual(readdirSync(tmpDir), [], "removed by the next build");
     assert.deepEqual(
       readdirSync(storage).filter((n) => n === "tmp"),
       [],

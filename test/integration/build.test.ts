@@ -191,10 +191,12 @@ describe("ch-image build --dry-run", () => {
     assert.match(r.stderr, /dry run: nothing executed, no image written: x\n/);
     assert.equal(existsSync(storage), false);
   });
-  it("is listed in --help, which says there is no build cache yet", () => {
+  it("is listed in --help, with build-cache and undelete", () => {
     const r = image(["--help"]);
     assert.match(r.stdout, /^ {2}build \[-t TAG\]/m);
     assert.match(r.stdout, /--parse-only/);
-    assert.match(r.stdout, /no build cache yet/);
+    assert.match(r.stdout, /--no-cache: not used; --rebuild: run them/);
+    assert.match(r.stdout, /^ {2}build-cache \[--reset\] \[--gc\] \[--tree\]/m);
+    assert.match(r.stdout, /^ {2}undelete IMAGE /m);
   });
 });

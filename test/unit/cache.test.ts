@@ -7,6 +7,7 @@ import {
   linkSync,
   mkdirSync,
   readdirSync,
+  readFileSync,
   renameSync,
   symlinkSync,
   unlinkSync,
@@ -15,7 +16,17 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { fromState, hashSources, instructionText, ROOT_STATE, StateStore, scopeArgs, stateId } from "../../src/builder/cache.ts";
+import {
+  BuildCache,
+  DigestMemo,
+  fromState,
+  hashSources,
+  instructionText,
+  ROOT_STATE,
+  type StateRecord,
+  scopeArgs,
+  stateId,
+} from "../../src/builder/cache.ts";
 import { parseDockerfile } from "../../src/builder/dockerfile.ts";
 import { BuildArgs, StageScope } from "../../src/builder/vars.ts";
 import { cleanup, tmp } from "../helpers.ts";
@@ -146,25 +157,89 @@ describe("source digests", () => {
     const t = tree();
     assert.equal(hashSources(t, ["f"]).length, 64);
     assert.notEqual(hashSources(t, ["f"]), hashSources(t, ["l"]));
-    assert.throws(() => hashSources(t, ["missing"]), /ENOENT/);
+    // A missing source is part of the key (COPY then fails and says why), not an error here.
+    assert.notEqual(hashSources(t, ["missing"]), hashSources(t, ["missing2"]));
     for (const s of ["..", "../a", "d/../../x", "/etc"]) assert.throws(() => hashSources(t, [s]), /source outside/, s);
   });
 });
 
-describe("state store", () => {
-  it("round-trips a record; absent, corrupt or mismatched ones are misses", () => {
-    const store = new StateStore(join(dir, "cache"));
+describe("build cache store", () => {
+  it("round-trips a record; absent, corrupt, mismatched or layerless ones are misses; gc keeps what tags need", () => {
+    const cache = new BuildCache(dir, join(dir, "cache"));
     const id = stateId({ parent: ROOT_STATE, instruction: "RUN x", args: [], sources: null });
-    assert.equal(store.get(id), null);
-    const rec = { id, parent: ROOT_STATE, text: "RUN x", config: { env: ["A=1"] }, created: "2024-01-01T00:00:00Z" };
-    store.put(rec);
-    assert.deepEqual(store.get(id), rec);
+    assert.equal(cache.get(id), null);
+    const rec: StateRecord = {
+      id,
+      parent: null,
+      text: "RUN x",
+      config: { env: ["A=1"] },
+      created: "2024-01-01T00:00:00Z",
+      layer: true,
+      flat: true,
+      chain: [id],
+      opaque: [],
+      entries: 1,
+      bytes: 1,
+    };
+    const up = join(cache.tmp("upper"), "layer");
+    mkdirSync(up);
+    writeFileSync(join(up, "f"), "x");
+    cache.commit(rec, up);
+    assert.deepEqual(cache.get(id), rec);
     assert.deepEqual(readdirSync(join(dir, "cache/states")), [`${id}.json`]); // nothing left aside
     writeFileSync(join(dir, "cache/states", `${ROOT_STATE}.json`), "{trunc");
-    assert.equal(store.get(ROOT_STATE), null);
+    assert.equal(cache.get(ROOT_STATE), null);
     const other = "f".repeat(64);
     writeFileSync(join(dir, "cache/states", `${other}.json`), JSON.stringify({ ...rec }));
-    assert.equal(store.get(other), null);
-    assert.throws(() => store.get("../x"), /not a state ID/);
+    assert.equal(cache.get(other), null);
+    assert.throws(() => cache.get("../x"), /not a state ID/);
+    // A child whose record is there but whose layer isn't (a kill between the two): a miss.
+    const child = stateId({ parent: id, instruction: "RUN y", args: [], sources: null });
+    cache.commit({ ...rec, id: child, parent: id, flat: false, chain: [child, id] }, null);
+    assert.equal(cache.get(child), null);
+    cache.commit({ ...rec, id: child, parent: id, layer: false, flat: false, chain: [id] }, null);
+    assert.deepEqual(cache.ancestry(child), [child, id]);
+    // gc: nothing tagged, everything goes; tagged, its ancestry stays.
+    cache.setTag("t+latest", { state: child, dev: 0, ino: 0, time: "" });
+    assert.deepEqual(cache.gc(), { states: 2, layers: 0 }); // the corrupt and the mismatched one
+    assert.deepEqual(cache.tagDirs(), ["t+latest"]);
+    assert.throws(() => cache.setTag("../x", null), /not an image directory name/);
+    cache.setTag("t+latest", null);
+    assert.deepEqual(cache.gc(), { states: 2, layers: 1 });
+    assert.deepEqual(cache.states(), []);
+  });
+});
+
+describe("digest memo", () => {
+  it("reads a file again when anything about it changed, its change time included; keeps only settled files", async () => {
+    const d = join(dir, "memo");
+    mkdirSync(d);
+    const f = join(d, "f");
+    writeFileSync(f, "one\n");
+    utimesSync(f, 1_700_000_000, 1_700_000_000);
+    await new Promise((r) => setTimeout(r, 50)); // its change time in the past
+    const file = join(d, "digests.json");
+    const m = new DigestMemo(file, 0);
+    const one = hashSources(d, ["f"], { memo: m });
+    assert.equal(one, hashSources(d, ["f"]));
+    m.save();
+    assert.deepEqual(Object.keys(JSON.parse(readFileSync(file, "utf8"))), [f]);
+    // Kept: a second memo answers from the file, without reading it (so a change it can't see,
+    // here a forged entry, shows the memo was used).
+    const forged = JSON.parse(readFileSync(file, "utf8"));
+    forged[f][1] = "0".repeat(64);
+    writeFileSync(file, JSON.stringify(forged));
+    assert.notEqual(hashSources(d, ["f"], { memo: new DigestMemo(file, 0) }), one);
+    // Same size, same mtime, other content: the change time differs, so it is read again.
+    await new Promise((r) => setTimeout(r, 50));
+    writeFileSync(f, "two\n");
+    utimesSync(f, 1_700_000_000, 1_700_000_000);
+    assert.equal(hashSources(d, ["f"], { memo: new DigestMemo(file, 0) }), hashSources(d, ["f"]));
+    assert.notEqual(hashSources(d, ["f"]), one);
+    // A file changed within the racy window is not kept.
+    const fresh = new DigestMemo(join(d, "fresh.json"));
+    hashSources(d, ["f"], { memo: fresh });
+    fresh.save();
+    assert.deepEqual(JSON.parse(readFileSync(join(d, "fresh.json"), "utf8")), {});
   });
 });

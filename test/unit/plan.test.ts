@@ -3,13 +3,14 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { ContainerView } from "../../src/container/binds.ts";
 import { execute } from "../../src/container/execute.ts";
-import { type HostFs, MemFs, type MemNode, prefixedFs, rememberingFs } from "../../src/container/hostfs.ts";
+import { type HostFs, layeredFs, MemFs, type MemNode, prefixedFs, rememberingFs } from "../../src/container/hostfs.ts";
 import {
   defaultRunOptions,
   execCandidates,
   type HostFacts,
   lockedMountFlags,
   type Op,
+  overlayOptions,
   plan,
   type RunOptions,
 } from "../../src/container/plan.ts";
@@ -421,5 +422,95 @@ describe("remembering file system view", () => {
     assert.deepEqual(remembered, direct);
     assert.ok(asked.size > 5);
     for (const [what, n] of asked) assert.equal(n, 1, what);
+  });
+});
+
+describe("plan: an overlay of build layers as the image root (ch-image build's RUN)", () => {
+  const L = (n: string) => `/s/cache/layers/${n}`;
+  /** The base layer has the image; layer "run1" deleted /etc/hosts and replaced /home (opaque). */
+  function layered(): HostFacts {
+    const tree: Record<string, MemNode> = {
+      "/dev/null": { other: true },
+      "/proc/self": { dir: true },
+      "/sys/kernel": { dir: true },
+      "/etc/hosts": "h",
+      "/etc/resolv.conf": "r",
+      "/tmp": { dir: true },
+      "/scratch": { dir: true },
+      "/s/tmp/mnt": { dir: true },
+      "/s/tmp/upper/new": "",
+      "/s/tmp/work": { dir: true },
+    };
+    for (const d of ["dev", "proc", "sys", "tmp", "home/old", "root", "mnt/0", "bin"]) tree[`${L("base")}/${d}`] = { dir: true };
+    tree[`${L("base")}/etc/hosts`] = "";
+    tree[`${L("base")}/etc/resolv.conf`] = "";
+    tree[`${L("run1")}/etc/hosts`] = { whiteout: true };
+    tree[`${L("run1")}/home/new`] = { dir: true };
+    tree[`${L("run1")}/etc/motd`] = "hi";
+    const fs = new MemFs(tree);
+    const lf = layeredFs(fs, "/s/tmp/mnt", ["/s/tmp/upper", L("run1"), L("base")], new Set([`${L("run1")}/home`]));
+    return facts({}, { image: { root: "/s/tmp/mnt", mountFlags: 4096, readOnly: false }, fs: lf });
+  }
+
+  it("mounts the overlay at the image path instead of binding it; binds see the merged tree", () => {
+    const o = opts({
+      write: true,
+      noPasswd: true,
+      layers: { lower: [L("run1"), L("base")], upper: "/s/tmp/upper", work: "/s/tmp/work" },
+    });
+    const p = plan(o, layered());
+    assert.deepEqual(p.ops[1], {
+      op: "overlay",
+      lower: `${L("run1")}:${L("base")}`,
+      upper: "/s/tmp/upper",
+      work: "/s/tmp/work",
+      dst: "/s/tmp/mnt",
+      what: "can't mount build layers at /s/tmp/mnt (overlayfs with userxattr needs Linux 5.11 or later)",
+    });
+    assert.equal(p.ops.filter((x) => x.op === "bind" && x.src === "/s/tmp/mnt").length, 0);
+    const binds = p.ops.flatMap((x) => (x.op === "bind" ? [x.dst] : []));
+    assert.ok(binds.includes("/s/tmp/mnt/etc/resolv.conf"), "a lower layer's file is seen");
+    assert.ok(!binds.includes("/s/tmp/mnt/etc/hosts"), "a whiteout hides the lower layer's /etc/hosts");
+    const r = new Recorder();
+    execute(p.ops.slice(0, 2), r);
+    assert.match(
+      r.calls.join("\n"),
+      /lowerdir=\/s\/cache\/layers\/run1:\/s\/cache\/layers\/base,upperdir=\/s\/tmp\/upper,workdir=\/s\/tmp\/work,userxattr/,
+    );
+  });
+
+  it("layeredFs: top layer decides, whiteouts hide, opaque directories don't merge, links are read in their layer", () => {
+    const f = layered().fs;
+    assert.equal(f.lstat("/s/tmp/mnt/new")?.type, "file"); // the upper layer
+    assert.equal(f.readFile("/s/tmp/mnt/etc/motd"), "hi");
+    assert.equal(f.lstat("/s/tmp/mnt/etc/hosts"), null);
+    assert.equal(f.lstat("/s/tmp/mnt/etc/resolv.conf")?.type, "file");
+    assert.equal(f.lstat("/s/tmp/mnt/home/new")?.type, "dir");
+    assert.equal(f.lstat("/s/tmp/mnt/home/old"), null, "opaque /home hides the base layer's");
+    assert.equal(f.lstat("/s/tmp/mnt/nope"), null);
+    assert.equal(f.lstat("/s/tmp/mnt")?.type, "dir");
+    assert.equal(f.lstat("/etc/hosts")?.type, "file", "paths outside the image are the host's");
+    const links = layeredFs(
+      new MemFs({ "/u/x": { dir: true }, "/l/a": { link: "b" }, "/l/b": "B", "/m": { dir: true } }),
+      "/m",
+      ["/u", "/l"],
+      new Set(),
+    );
+    assert.equal(links.readlink("/m/a"), "b");
+    assert.equal(links.stat("/m/a")?.type, "file");
+    assert.equal(links.readFile("/m/b"), "B");
+    assert.throws(() => links.readlink("/m/zz"), /ENOENT/);
+  });
+
+  it("refuses layer paths overlayfs can't take, too many layers for one mount, and none", () => {
+    const base = { upper: "/s/u", work: "/s/w" };
+    for (const bad of ["/s/a,b", "/s/a:b", "/s/a\\b"])
+      assert.throws(
+        () => plan(opts({ write: true, layers: { ...base, lower: [bad] } }), layered()),
+        /can't use as an overlay layer/,
+      );
+    const many = Array.from({ length: 60 }, (_, i) => `/storage/dlcache/build-cache/layers/${String(i).padStart(64, "0")}`);
+    assert.throws(() => overlayOptions(many, "/s/u", "/s/w"), /too many overlay layers for one mount: 60/);
+    assert.throws(() => plan(opts({ write: true, layers: { ...base, lower: [] } }), layered()), /no lower layer/);
   });
 });
