@@ -194,7 +194,13 @@ function copyEntry(s: string, d: string, st: Stats, rel: string): void {
     chmodSync(d, st.mode & 0o7777);
     utimesSync(d, st.atime, st.mtime);
   } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(s), d);
-  else warn(`not copying special file: ${rel}`);
+  else if (st.isFIFO()) {
+    // As special.ts's copyTree: a FIFO stays one (ch-image has loaded libc for the storage lock).
+    libc().mkfifo(d, st.mode & 0o7777);
+    chmodSync(d, st.mode & 0o7777); // past the umask
+    utimesSync(d, st.atime, st.mtime);
+  } else if (st.isSocket()) warn(`socket ignored: ${rel}`);
+  else warn(`device file ignored (making one needs privilege): ${rel}`);
 }
 
 /** Puts `rel` of directory `dst` back to what it is in the tree of `chain` (layers, top first):
