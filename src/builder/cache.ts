@@ -50,6 +50,7 @@ import {
 } from "node:fs";
 import { dirname, isAbsolute, join, posix } from "node:path";
 import { forceRemove } from "../image/install.ts";
+import { BUILD_CACHE_DIR } from "../image/storage.ts";
 import { sysError } from "../sys/errors.ts";
 import { type IgnoreMatcher, lstatOrNull } from "./paths.ts";
 import type { Expanded, StageScope } from "./vars.ts";
@@ -298,7 +299,7 @@ export class BuildCache {
 
   /** `dir`: elsewhere than the storage directory's (--no-cache: a throwaway one). */
   constructor(storageRoot: string, dir?: string) {
-    this.dir = dir ?? join(storageRoot, "dlcache", "build-cache");
+    this.dir = dir ?? join(storageRoot, BUILD_CACHE_DIR);
   }
 
   private statePath(id: string): string {

@@ -4,7 +4,7 @@ import { existsSync, readFileSync, realpathSync, statSync } from "node:fs";
 import { posix } from "node:path";
 import { info, verbose } from "../cli/log.ts";
 import { realFs } from "../container/hostfs.ts";
-import { Storage, storageDir } from "../image/storage.ts";
+import { forgetBuiltState, Storage, storageDir } from "../image/storage.ts";
 import { hostArch } from "../sys/arch.ts";
 import { ChError, sysError, warn } from "../sys/errors.ts";
 import {
@@ -210,7 +210,10 @@ export function fromhost(o: FromhostOptions, env: Record<string, string | undefi
     throw new ChError("nothing to inject: give --cmd, --file, --path, --nvidia, --cray-cxi or --cray-gni (see --help)");
 
   // Nothing is written before everything is known.
-  if (target.storage) new Storage(target.storage).lock();
+  if (target.storage) {
+    new Storage(target.storage).lock();
+    forgetBuiltState(target.storage, target.root); // the build cache no longer knows what it holds
+  }
   const reqs = gather(o.sources, env, cwd);
   if (!reqs.length) throw new ChError("nothing to inject: the file lists are empty");
   const plan = planInjection(reqs, realHost(env), img, { noLdconfig: o.noLdconfig });

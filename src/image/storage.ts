@@ -31,6 +31,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   renameSync,
   rmdirSync,
   rmSync,
@@ -151,6 +152,37 @@ const LAYOUT = ["img", "dlcache", "ulcache", "bucache", "bularge"];
 const SUBDIRS = ["img", "dlcache", "ulcache", "mnt"];
 /** Files of the storage directory that we use, checked when there. */
 const FILES = ["version", "lock"];
+
+/** The build cache in a storage directory (builder/cache.ts): in dlcache/, where Charliecloud
+ * reads nothing it didn't write. */
+export const BUILD_CACHE_DIR = "dlcache/build-cache";
+
+/** Before an image in storage is changed other than by ch-image build (ch-run -w --unsafe,
+ * ch-fromhost): the build cache forgets the state it recorded the image as holding, so the next
+ * build makes the image whole again instead of trusting it (an all-hit rebuild would keep the
+ * change, an update in place would mix both). `root` is the image's real path; nothing happens
+ * if it is not an image directory of `storage`. */
+export function forgetBuiltState(storage: string, root: string): void {
+  const stores = [storage];
+  try {
+    stores.push(realpathSync(storage));
+  } catch {
+    return; // no storage directory, so no build cache either
+  }
+  for (const s of stores) {
+    const img = `${s}/img/`;
+    if (!root.startsWith(img)) continue;
+    const dir = root.slice(img.length);
+    if (dir === "" || dir.includes("/") || dir.startsWith(".")) return;
+    try {
+      unlinkSync(`${s}/${BUILD_CACHE_DIR}/tags/${dir}.json`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "ENOENT")
+        throw sysError(`can't update the build cache's record of image ${dir}`, e);
+    }
+    return;
+  }
+}
 
 /** Whether glob has any of the glob characters * ? [. */
 export function isGlob(text: string): boolean {

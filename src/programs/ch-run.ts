@@ -18,7 +18,7 @@ import { type Plan, plan, planJoin } from "../container/plan.ts";
 import { mountSquash, prepareSquash } from "../container/squash.ts";
 import { SYSLOG_ENABLED, syslogMessage, syslogSocket } from "../container/syslog.ts";
 import { programFor } from "../dispatch.ts";
-import { storageDir } from "../image/storage.ts";
+import { forgetBuiltState, storageDir } from "../image/storage.ts";
 import { ChError, usageError } from "../sys/errors.ts";
 import { execLaunch } from "../sys/exec-launch.ts";
 import { inheritedFds } from "../sys/fds.ts";
@@ -171,6 +171,9 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   }
   const found = findImage(image, storage, opts.write, unsafe);
   if (layers && found.kind === "squash") throw usageError(`$${BUILD_LAYERS_VAR}: not with a SquashFS image`);
+  // An image in storage (only with --unsafe) that this run may change: the build cache no longer
+  // knows what it holds.
+  if (opts.write && found.kind === "dir" && !layers) forgetBuiltState(storage, found.root);
   if (found.kind !== "squash" && parsed.mount !== null) log.warning("--mount invalid with directory image, ignoring");
   // No command: the image's ENTRYPOINT then CMD, in its WORKDIR unless --cd; chosen here, before
   // either launch path. A SquashFS image's are read from the file, before it is mounted.

@@ -228,6 +228,41 @@ describe("ch-image build cache", () => {
     assert.equal(text(img("nc", "y")), "y\n");
   });
 
+  it("an image changed by ch-run -w --unsafe or ch-fromhost is made whole again by the next build, all hits or not", () => {
+    const ctx = context("modified", "FROM bb\nRUN echo built > /f && echo keep > /g\n");
+    const chRun = join(DIST, "ch-run");
+    const env = { ...process.env, CH_IMAGE_STORAGE: storage };
+    assert.equal(image(["build", "-t", "modified", ctx]).status, 0);
+    const whole = snapshot(img("modified"));
+    // Changed in place by the user, by name: the all-hit rebuild puts it back.
+    let c = run(chRun, ["-w", "--unsafe", "modified", "--", "sh", "-c", "echo changed > /f; rm /g; echo new > /h"], { env });
+    assert.equal(c.status, 0, c.stderr);
+    assert.equal(text(img("modified", "f")), "changed\n");
+    let r = image(["build", "-t", "modified", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(steps(r), ["1*", "2*"]);
+    assert.deepEqual(snapshot(img("modified")), whole);
+    // By path (--unsafe), then a changed RUN: no update in place over the user's change.
+    c = run(chRun, ["-w", "--unsafe", img("modified"), "--", "sh", "-c", "echo again > /f; echo new > /h"], { env });
+    assert.equal(c.status, 0, c.stderr);
+    writeFileSync(join(ctx, "Dockerfile"), "FROM bb\nRUN echo built > /f && echo keep > /g\nRUN echo more > /m\n");
+    r = image(["build", "-t", "modified", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("modified", "f")), "built\n");
+    assert.ok(!existsSync(img("modified", "h")), "the user's file is gone: the image is what the Dockerfile makes");
+    assert.equal(text(img("modified", "m")), "more\n");
+    // ch-fromhost injects into the image in storage: the next build doesn't trust it either.
+    const injected = join(dir, "injected.txt");
+    writeFileSync(injected, "from the host\n");
+    const f = run(join(DIST, "ch-fromhost"), ["--no-ldconfig", "-d", "/opt", "-p", injected, "modified"], { env });
+    assert.equal(f.status, 0, f.stderr);
+    assert.ok(existsSync(img("modified", "opt", "injected.txt")));
+    r = image(["build", "-t", "modified", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(steps(r), ["1*", "2*", "3*"]);
+    assert.ok(!existsSync(img("modified", "opt", "injected.txt")));
+  });
+
   it("kill -9 in the middle of a RUN: the next build finishes, and nothing half-written is used", async () => {
     const w = join(witness, "kill");
     mkdirSync(w);
