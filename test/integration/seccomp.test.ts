@@ -397,10 +397,10 @@ describe("ch-image build: apt-get under root emulation", () => {
     copyFileSync(join(dir, "acl-check"), join(deb, "usr/local/bin/acl-check"));
     chmodSync(join(deb, "usr/local/bin/acl-check"), 0o755);
     for (const d of ["acl-a", "acl-b"]) mkdirSync(join(deb, "var/tmp", d));
-    const r = chRun(["--seccomp", "-w", deb, "--", "acl-check", "/var/tmp/acl-a"]);
+    const r = chRun(["--seccomp", "-w", deb, "--", "/usr/local/bin/acl-check", "/var/tmp/acl-a"]);
     assert.equal(r.status, 0, r.stderr);
     assertAcls(r.stdout, true, join(deb, "var/tmp/acl-a/f"));
-    const n = chRun(["-w", deb, "--", "acl-check", "/var/tmp/acl-b"]);
+    const n = chRun(["-w", deb, "--", "/usr/local/bin/acl-check", "/var/tmp/acl-b"]);
     assert.equal(n.status, 0, n.stderr);
     assertAcls(n.stdout, false, join(deb, "var/tmp/acl-b/f"));
   });
