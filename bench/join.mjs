@@ -1,8 +1,9 @@
 // Scale benchmark for ch-run --join (by hand, not a test): N joined containers launched at once on
 // this node, as srun would (N = 1, 8, 32, 64 by default); reports the total wall time, the mean
-// launch latency (start to the command running), the peak resident memory of all ch-run
-// processes together (sampled from /proc every 5 ms), and that memory per rank once every command
-// runs. Usage: node bench/join.mjs [N...]  (as an ordinary user)
+// launch latency (start to the command running), the peak resident memory of the ch-run
+// processes it started (and their join holder) together, sampled from /proc every 5 ms (no
+// other run's or user's ch-run counted), and that memory per rank once every command runs.
+// Usage: node bench/join.mjs [N...]  (as an ordinary user)
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -14,15 +15,30 @@ const chRun = join(root, "dist/ch-run");
 const counts = process.argv.slice(2).map(Number);
 const [img, dir] = benchImage(["sh", "sleep", "date"]);
 
-/** Resident kB of every process whose executable is our ch-run binary (Node or waiter). */
-function chRunRss() {
-  let kb = 0;
+/** Resident kB of this run's ch-run processes (Node or waiter): those descended from this
+ * script, and the group's join holder (detached, so a child of init, and found by the group's
+ * lock file among its arguments). Other users' and other runs' ch-run processes don't count. */
+function chRunRss(tag) {
+  const parent = new Map();
+  const argv = new Map();
   for (const p of readdirSync("/proc")) {
     if (!/^\d+$/.test(p)) continue;
     try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0")[0];
-      if (!cmd.endsWith("ch-run")) continue;
-      kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p}/status`, "utf8"))?.[1] ?? 0);
+      const stat = readFileSync(`/proc/${p}/stat`, "latin1");
+      parent.set(Number(p), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+      argv.set(Number(p), readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0"));
+    } catch {} // gone meanwhile
+  }
+  const ours = (pid) => {
+    for (let p = parent.get(pid); p !== undefined && p > 1; p = parent.get(p)) if (p === process.pid) return true;
+    return false;
+  };
+  let kb = 0;
+  for (const [pid, args] of argv) {
+    if (!args[0].endsWith("ch-run")) continue;
+    if (!ours(pid) && !(args[1] === "join-holder" && args.includes(`sem.ch-run_sem-${tag}`))) continue;
+    try {
+      kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);
     } catch {}
   }
   return kb;
@@ -35,7 +51,7 @@ async function once(n) {
   let upCount = 0;
   let running = Number.NaN;
   const sampler = setInterval(() => {
-    peak = Math.max(peak, chRunRss());
+    peak = Math.max(peak, chRunRss(tag));
   }, 5);
   const latencies = await Promise.all(
     Array.from({ length: n }, () => {
@@ -47,7 +63,7 @@ async function once(n) {
       c.stdout.on("data", () => {
         if (up) return;
         up = performance.now() - start;
-        if (++upCount === n) running = chRunRss(); // every command running: ch-run is the waiter
+        if (++upCount === n) running = chRunRss(tag); // every command running: ch-run is the waiter
       });
       return new Promise((res) => c.on("exit", (code) => res(code === 0 ? up : Number.NaN)));
     }),

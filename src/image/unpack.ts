@@ -2,8 +2,12 @@
 // member is written by us, under our rules:
 //   - no absolute paths, no "..", nothing through a symlink that leaves the image, hard links
 //     only to members already inside it: any of these refuses the whole archive;
-//   - device files and FIFOs are dropped, setuid/setgid bits stripped, directories made u+rwx
-//     and files u+rw, ownership left to the invoking user;
+//   - FIFOs are made again with mkfifo(3), where a regular file would be written (the same
+//     rules for the path: nothing through a symlink that leaves the image), their mode and
+//     mtime kept, as GNU tar does unprivileged; device files, which mknod(2) makes only with
+//     privilege, are left out with a warning naming them;
+//   - setuid/setgid bits stripped, directories made u+rwx and files u+rw, ownership left to
+//     the invoking user;
 //   - in layer mode, OCI whiteouts (.wh.NAME, .wh..wh..opq) are applied, to what lower layers
 //     left only, and a whiteout of "", "." or ".." is refused;
 //   - GNU sparse members (old GNU, pax 0.0, 0.1, 1.0) become sparse files (see sparse.ts);
@@ -37,7 +41,8 @@ import { Worker } from "node:worker_threads";
 import { Parser, type ReadEntry } from "tar";
 import { info } from "../cli/log.ts";
 import { type Progress, startProgress } from "../cli/progress.ts";
-import { ChError, sysError } from "../sys/errors.ts";
+import { ChError, sysError, warn } from "../sys/errors.ts";
+import { libc, loadLibc } from "../sys/libc.ts";
 import { checkImageShape } from "./fixup.ts";
 import { MAX_META, type MemberExtra, MemberScanner } from "./headers.ts";
 import { forceRemove, type InstallOptions, installImage } from "./install.ts";
@@ -64,8 +69,8 @@ export interface UnpackOptions extends InstallOptions {
 
 export interface ExtractStats {
   members: number;
-  /** Device files and FIFOs, which an unprivileged image can't have. */
-  dropped: number;
+  /** Device files left out (an unprivileged user can't make them): "NAME (character device 1,3)". */
+  devices: string[];
   /** Members of types we don't unpack (tape headers, ...). */
   ignored: number;
   whiteouts: number;
@@ -177,11 +182,15 @@ class Extractor {
   /** Name of the member being written, for error messages. */
   current = "";
 
-  constructor(root: string, layer: boolean, xattrs: boolean) {
+  /** mkfifo(3), or why libc couldn't be loaded for it. */
+  private readonly mkfifo: ((path: string, mode: number) => void) | ChError;
+
+  constructor(root: string, layer: boolean, xattrs: boolean, mkfifo: ((path: string, mode: number) => void) | ChError) {
     this.root = root;
     this.layer = layer;
+    this.mkfifo = mkfifo;
     this.scanner = new MemberScanner(xattrs);
-    this.stats = { members: 0, dropped: 0, ignored: 0, whiteouts: 0, xattrs: xattrs ? new XattrReport() : null };
+    this.stats = { members: 0, devices: [], ignored: 0, whiteouts: 0, xattrs: xattrs ? new XattrReport() : null };
     if (readdirSync(root).length === 0) this.fresh.add("");
   }
 
@@ -248,12 +257,18 @@ class Extractor {
         this.hardlink(parts, e.linkpath ?? "");
         e.resume();
         return;
-      case "CharacterDevice":
-      case "BlockDevice":
       case "FIFO":
-        this.stats.dropped++;
+        this.fifo(parts, e);
         e.resume();
         return;
+      case "CharacterDevice":
+      case "BlockDevice": {
+        const kind = e.type === "CharacterDevice" ? "character" : "block";
+        const { devmaj, devmin } = e.header;
+        this.stats.devices.push(`${parts.join("/")} (${kind} device ${devmaj ?? 0},${devmin ?? 0})`);
+        e.resume();
+        return;
+      }
       default:
         this.stats.ignored++;
         e.resume();
@@ -397,6 +412,20 @@ class Extractor {
     this.clear(rel, absent, false);
     symlinkSync(target, join(this.root, rel));
     this.written = rel;
+  }
+
+  /** A FIFO, made where a regular file of that name would be written, and as safely: its
+   * directory resolved inside the image, whatever is at its name removed (never followed). */
+  private fifo(parts: string[], e: ReadEntry): void {
+    if (this.mkfifo instanceof ChError)
+      throw new ChError(`can't make FIFO ${JSON.stringify(this.current)}: ${this.mkfifo.message}`, { errno: this.mkfifo.errno });
+    const { rel, absent } = this.destination(parts);
+    const abs = join(this.root, rel);
+    this.clear(rel, absent, false);
+    // The archive's mode (umask is 0 meanwhile), less setuid and setgid, as for every member.
+    this.mkfifo(abs, (e.mode ?? 0o644) & 0o1777);
+    this.written = rel;
+    if (e.mtime) lutimesSync(abs, e.mtime, e.mtime);
   }
 
   private hardlink(parts: string[], target: string): void {
@@ -787,7 +816,15 @@ function corrupt(path: string, offset: number, member: string, detail: string): 
 /** Unpacks the tarball at `path` into the existing directory `root`. */
 export async function extractTar(path: string, root: string, opts: ExtractOptions = {}): Promise<ExtractStats> {
   if (opts.xattrs) await loadXattrs();
-  const ex = new Extractor(root, opts.layer ?? false, opts.xattrs ?? false);
+  // For FIFO members: an archive without any unpacks without libc all the same.
+  const mkfifo = await loadLibc().then(
+    () => {
+      const c = libc();
+      return (p: string, mode: number) => c.mkfifo(p, mode);
+    },
+    (e: unknown) => (e instanceof ChError ? e : new ChError(`can't load libc: ${e}`)),
+  );
+  const ex = new Extractor(root, opts.layer ?? false, opts.xattrs ?? false, mkfifo);
   const size = statSync(path).size;
   const parser = new Parser({ strict: true, zstd: false, brotli: false, maxMetaEntrySize: MAX_META });
   let offset = 0;
@@ -855,9 +892,14 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
   return ex.stats;
 }
 
-/** Reports dropped and ignored members, once per archive. */
+/** Device files named in warnings, per archive; the rest counted. */
+const DEVICES_NAMED = 10;
+
+/** Reports left-out and ignored members, once per archive. */
 export function reportStats(path: string, stats: ExtractStats): void {
-  if (stats.dropped > 0) info(`${path}: ignored ${stats.dropped} device files and FIFOs`);
+  for (const d of stats.devices.slice(0, DEVICES_NAMED)) warn(`${path}: device file ignored (making one needs privilege): ${d}`);
+  if (stats.devices.length > DEVICES_NAMED)
+    warn(`${path}: ${stats.devices.length - DEVICES_NAMED} more device files ignored (making them needs privilege)`);
   if (stats.ignored > 0) info(`${path}: ignored ${stats.ignored} members of unsupported types`);
   stats.xattrs?.report(path);
 }

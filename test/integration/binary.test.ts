@@ -122,6 +122,27 @@ describe("one executable", () => {
     );
   });
 
+  it("without its native module (no private directory for it), error lines still have strerror(3)'s text", () => {
+    const home = join(dir, "nolibc-home");
+    const open = join(dir, "nolibc-open");
+    mkdirSync(join(open, "charliecloud"), { recursive: true });
+    mkdirSync(join(open, `.charliecloud-${UID}`));
+    mkdirSync(home);
+    for (const d of [open, join(open, "charliecloud"), join(open, `.charliecloud-${UID}`)]) chmodSync(d, 0o777);
+    const env = { PATH: "/usr/bin:/bin", HOME: home, USER: "u", TMPDIR: open, XDG_CACHE_HOME: open, XDG_RUNTIME_DIR: open };
+    const r = run(CH_RUN, ["/nonexistent", "--", "true"], { env });
+    assert.equal(r.status, 31);
+    assert.match(
+      r.stderr,
+      /^ch-run\[\d+\]: error: can't find image: \/nonexistent: No such file or directory \(image\.ts:\d+ 2\)\n$/,
+    );
+    const t = run(join(DIST, "ch-tar2dir"), [join(dir, "nolibc.tar"), join(dir, "nolibc-nowhere")], { env });
+    assert.equal(t.status, 1);
+    assert.match(t.stderr, /error: .*nolibc-nowhere.*: No such file or directory \([a-z-]+\.ts:\d+ 2\)\n$/);
+    assert.deepEqual(modules(join(open, "charliecloud")), [], "the module was never written");
+    assert.deepEqual(modules(join(open, `.charliecloud-${UID}`)), []);
+  });
+
   it("prefers node-local directories ($XDG_RUNTIME_DIR, then $TMPDIR or /tmp) to a shared home", () => {
     const home = join(dir, "local-home");
     mkdirSync(home);

@@ -5,7 +5,7 @@
 // needs privilege, and kept, with a warning, in a tarball or SquashFS image.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, lstatSync, mkdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
@@ -112,6 +112,30 @@ describe("ch-convert: special files of a directory image", () => {
     assert.equal(ex.status, 0, ex.stderr);
     assert.ok(lstatSync(join(x, "sub/fifo")).isFIFO());
     assert.ok(lstatSync(join(x, LONG, "fifo")).isFIFO());
+  });
+
+  it("dir -> tar -> dir: FIFOs made again (mode, mtime kept), device files left out with a warning naming them", () => {
+    const tarball = fresh(".tar.gz");
+    assert.equal(convert(img, tarball).status, 0);
+    const out = fresh();
+    const r = convert(tarball, out);
+    assert.equal(r.status, 0, r.stderr);
+    const expected = device ? [`${tarball}: device file ignored (making one needs privilege): wh (character device 0,0)`] : [];
+    assert.deepEqual(warnings(r.stderr), expected);
+    for (const [p, mode] of [
+      ["sub/fifo", 0o640],
+      ["ro/fifo", 0o600],
+      [`${LONG}/fifo`, 0o644],
+    ] as const) {
+      const st = lstatSync(join(out, p));
+      assert.ok(st.isFIFO(), p);
+      assert.equal(st.mode & 0o7777, mode, p);
+    }
+    assert.equal(lstatSync(join(out, "sub/fifo")).mtime.toISOString(), "2001-01-01T00:00:00.000Z");
+    assert.equal(lstatSync(join(out, "sub")).mtime.toISOString(), "2002-02-02T00:00:00.000Z");
+    assert.equal(readFileSync(join(out, "sub/f"), "utf8"), "F\n");
+    assert.ok(!existsSync(join(out, "sock")));
+    assert.ok(!existsSync(join(out, "wh")));
   });
 
   it("dir -> squash: FIFOs and device files kept, sockets left out with a warning", (t) => {

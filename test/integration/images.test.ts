@@ -77,7 +77,7 @@ describe("tarball to directory", () => {
     }
   });
 
-  it("keeps modes sane, hard links as hard links, and drops devices with one line", () => {
+  it("keeps modes sane, hard links as hard links, FIFOs as FIFOs, and drops devices with a warning naming them", () => {
     const tarball = writeTar(fresh(".tar"), [
       ...imageMembers(),
       { path: "bin/su", body: "x", mode: 0o4755 },
@@ -87,19 +87,33 @@ describe("tarball to directory", () => {
       { path: "bin/hello2", type: "Link", linkpath: "bin/hello" },
       { path: "bin/hl", type: "SymbolicLink", linkpath: "hello" },
       { path: "dev/null", type: "CharacterDevice" },
-      { path: "fifo", type: "FIFO" },
+      { path: "fifo", type: "FIFO", mode: 0o640 },
+      { path: "ro/fifo", type: "FIFO", mode: 0o4600 },
     ]);
     const out = fresh();
     const r = convert("-i", "tar", tarball, out);
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stderr, /ignored 2 device files and FIFOs\n/);
+    assert.match(
+      r.stderr,
+      /^ch-convert\[\d+\]: warning: .*\.tar: device file ignored \(making one needs privilege\): dev\/null \(character device 0,0\)$/m,
+    );
+    assert.doesNotMatch(r.stderr, /fifo/i);
+    assert.ok(!existsSync(join(out, "dev/null")));
+    for (const [p, mode] of [
+      ["fifo", 0o640],
+      ["ro/fifo", 0o600], // setuid stripped, as from files
+    ] as const) {
+      const st = lstatSync(join(out, p));
+      assert.ok(st.isFIFO(), p);
+      assert.equal(st.mode & 0o7777, mode, p);
+      assert.equal(st.mtime.toISOString(), "2020-01-02T03:04:05.000Z", p);
+    }
     assert.equal(statSync(join(out, "bin/su")).mode & 0o7777, 0o755);
     assert.equal(statSync(join(out, "bin/sg")).mode & 0o7777, 0o755);
     assert.equal(statSync(join(out, "ro")).mode & 0o7777, 0o755);
     assert.equal(statSync(join(out, "ro/f")).mode & 0o7777, 0o600);
     assert.equal(statSync(join(out, "bin/hello2")).ino, statSync(join(out, "bin/hello")).ino);
     assert.equal(readlinkSync(join(out, "bin/hl")), "hello");
-    assert.ok(!existsSync(join(out, "fifo")));
     assert.equal(statSync(join(out, "bin/hello")).uid, process.getuid?.());
     assert.equal(statSync(join(out, "bin/hello")).mtime.toISOString(), "2020-01-02T03:04:05.000Z");
   });
@@ -180,6 +194,27 @@ describe("tarball to directory", () => {
     assert.equal(readFileSync(join(outside, "victim"), "utf8"), "original");
     assert.equal(readFileSync(join(out, "f"), "utf8"), "pwned");
   });
+  it("makes a FIFO member inside the image only: through a symlink that stays inside, and over a symlink out, never through it", () => {
+    const outside = fresh();
+    mkdirSync(outside);
+    writeFileSync(join(outside, "victim"), "original");
+    const out = fresh();
+    const tarball = writeTar(fresh(".tar"), [
+      ...imageMembers(),
+      { path: "usr/lib/", type: "Directory" },
+      { path: "lib", type: "SymbolicLink", linkpath: "usr/lib" },
+      { path: "lib/fifo", type: "FIFO" },
+      { path: "f", type: "SymbolicLink", linkpath: join(outside, "victim") },
+      { path: "f", type: "FIFO" },
+    ]);
+    const r = convert(tarball, out);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(lstatSync(join(out, "usr/lib/fifo")).isFIFO());
+    assert.ok(lstatSync(join(out, "f")).isFIFO());
+    assert.deepEqual(readdirSync(outside), ["victim"]);
+    assert.ok(lstatSync(join(outside, "victim")).isFile());
+    assert.equal(readFileSync(join(outside, "victim"), "utf8"), "original");
+  });
 });
 
 describe("unsafe members are refused, nothing written outside", () => {
@@ -220,6 +255,22 @@ describe("unsafe members are refused, nothing written outside", () => {
         { path: "d/sub/", type: "Directory" },
       ],
       /"d\/sub\/": goes through absolute symlink/,
+    ],
+    [
+      "FIFO through an absolute symlink",
+      (o) => [
+        { path: "l", type: "SymbolicLink", linkpath: o },
+        { path: "l/evil", type: "FIFO" },
+      ],
+      /"l\/evil": goes through absolute symlink l ->/,
+    ],
+    [
+      "FIFO through a relative symlink out",
+      () => [
+        { path: "l", type: "SymbolicLink", linkpath: "../../.." },
+        { path: "l/evil", type: "FIFO" },
+      ],
+      /"l\/evil": goes through a symlink out of the image/,
     ],
     [
       "hard link to absolute path",

@@ -227,8 +227,12 @@ describe("--join", () => {
   it("waits for the join lock at most CH_RUN_JOIN_TIMEOUT seconds", { timeout: 30_000 }, async () => {
     const tag = `lock-${process.pid}`;
     const lock = `/dev/shm/sem.ch-run_sem-${tag}`;
-    // A first peer that takes long to set its container up holds the lock meanwhile.
-    const other = spawn("flock", [lock, "sleep", "60"], { stdio: "ignore" });
+    // A first peer that takes long to set its container up holds the lock meanwhile: flock(1)
+    // and its sleep(1) (a duration of its own, to be found), in a process group of their own,
+    // all killed at the end.
+    const nap = ["sleep", "60", `0.${process.pid}`];
+    const other = spawn("flock", [lock, ...nap], { stdio: "ignore", detached: true });
+    const exited = new Promise((resolve) => other.on("exit", resolve));
     try {
       await until("flock(1) to hold the lock", () => run("flock", ["-n", lock, "true"]).status === 1);
       const r = chRun([`--join-tag=${tag}`, "--join-ct=2", img, "--", "echo", "ran"], {
@@ -244,9 +248,11 @@ describe("--join", () => {
       );
       assert.deepEqual(shmFiles(tag), [`sem.ch-run_sem-${tag}`], "only the lock file, which is flock(1)'s");
     } finally {
-      other.kill();
+      process.kill(-(other.pid as number), "SIGKILL");
+      await exited;
       rmSync(lock, { force: true });
     }
+    await until("flock(1)'s sleep(1) to go", () => !running(nap.join("\0")));
   });
 
   it("a failed peer leaves nothing: a first peer whose setup fails, a peer that can't join", { timeout: 60_000 }, async () => {

@@ -141,6 +141,18 @@ describe("a lower layer's symlink is never followed out of the image (layers)", 
       /"sub\/a\/\.wh\.\.wh\.\.opq": goes through a symlink out of the image/,
     ],
     [
+      "absolute symlink, then a FIFO through it",
+      (o) => [{ path: "a", type: "SymbolicLink", linkpath: o }],
+      () => [{ path: "a/fifo", type: "FIFO" }],
+      /"a\/fifo": goes through absolute symlink a ->/,
+    ],
+    [
+      "relative symlink up and out, then a FIFO through it",
+      () => [{ path: "sub/a", type: "SymbolicLink", linkpath: "../../../../../../../../.." }],
+      () => [{ path: "sub/a/fifo", type: "FIFO" }],
+      /"sub\/a\/fifo": goes through a symlink out of the image/,
+    ],
+    [
       "absolute symlink, then a hard link to a file through it",
       (o) => [{ path: "a", type: "SymbolicLink", linkpath: o }],
       () => [{ path: "hl", type: "Link", linkpath: "a/victim" }],
@@ -168,6 +180,41 @@ describe("a lower layer's symlink is never followed out of the image (layers)", 
       h.survives(why.source === "^$");
     });
   }
+});
+
+describe("FIFO members of layers", () => {
+  it("a FIFO over a lower layer's symlink out replaces the symlink, made inside the image", async () => {
+    const o = outsider();
+    const h = neighbourhood();
+    const layers = [
+      writeTar(fresh(".tar"), [...lower, { path: "a", type: "SymbolicLink", linkpath: join(o.path, "victim") }]),
+      writeTar(fresh(".tar"), [{ path: "a", type: "FIFO", mode: 0o620 }]),
+    ];
+    await unpackLayers(layers, h.target);
+    const st = lstatSync(join(h.target, "a"));
+    assert.ok(st.isFIFO());
+    assert.equal(st.mode & 0o7777, 0o620);
+    assert.equal(st.mtime.toISOString(), "2020-01-02T03:04:05.000Z");
+    o.intact();
+    h.survives(true);
+  });
+
+  it("a FIFO member named .wh.NAME is a whiteout, as any member so named", async () => {
+    const h = neighbourhood();
+    const layers = [
+      writeTar(fresh(".tar"), [...lower, { path: "etc/old", body: "o" }, { path: "sub/fifo", type: "FIFO" }]),
+      writeTar(fresh(".tar"), [
+        { path: "etc/.wh.old", type: "FIFO" },
+        { path: "sub/.wh.fifo", type: "FIFO" },
+        { path: ".wh..wh.plnk", type: "FIFO" },
+      ]),
+    ];
+    await unpackLayers(layers, h.target);
+    assert.ok(!existsSync(join(h.target, "etc/old")));
+    assert.ok(!existsSync(join(h.target, "etc/.wh.old")));
+    assert.deepEqual(readdirSync(join(h.target, "sub")), ["keep"]);
+    assert.ok(!existsSync(join(h.target, ".wh..wh.plnk")));
+  });
 });
 
 describe("ch-convert and ch-tar2dir: a directory replaced by a symlink gets no times set through it", () => {
@@ -277,6 +324,22 @@ describe("ch-image pull of a hostile layer", () => {
       ["subdotdot", "etc/.wh..."],
     ])
       await p.image("hostile", tag, makeImage({ layers: [bb, layerFromMembers([{ path: name, body: "" }])] }));
+    await p.image(
+      "fifo",
+      "1",
+      makeImage({
+        layers: [
+          bb,
+          layerFromMembers([
+            { path: "srv/", type: "Directory" },
+            { path: "srv/fifo", type: "FIFO", mode: 0o640 },
+            { path: "srv/gone", type: "FIFO" },
+            { path: "dev/null", type: "CharacterDevice" },
+          ]),
+          layerFromMembers([{ path: "srv/.wh.gone", body: "" }]),
+        ],
+      }),
+    );
     await p.image("devfiles", "1", makeImage({ layers: [bb, layerFromMembers([{ path: "dev/leftover", body: "x\n" }])] }));
   });
   after(async () => {
@@ -311,6 +374,23 @@ describe("ch-image pull of a hostile layer", () => {
       refused(r, name);
     });
   }
+
+  it("a layer's FIFO is pulled as a FIFO (mode, mtime kept; whited out by a later layer), a device file left out with a warning", async () => {
+    const st = fresh("-storage");
+    const r = await pull(st, `${reg.host}/fifo:1`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /warning: layer 2\/3 [0-9a-f]+: device file ignored \(making one needs privilege\): dev\/null \(character device 0,0\)/,
+    );
+    const img = join(st, "img", `${reg.host.replace(":", "+")}%fifo+1`);
+    const f = lstatSync(join(img, "srv/fifo"));
+    assert.ok(f.isFIFO());
+    assert.equal(f.mode & 0o7777, 0o640);
+    assert.equal(f.mtime.toISOString(), "2020-01-02T03:04:05.000Z");
+    assert.deepEqual(readdirSync(join(img, "srv")), ["fifo"]);
+    assert.deepEqual(readdirSync(join(img, "dev")), []);
+  });
 
   it("/dev of a pulled image is emptied, as Charliecloud does", async () => {
     const st = fresh("-storage");
