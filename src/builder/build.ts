@@ -48,7 +48,7 @@ import { OVERLAY_OPTIONS_MAX } from "../container/plan.ts";
 import { fixupImage } from "../image/fixup.ts";
 import { forceRemove, installImage } from "../image/install.ts";
 import { copyTree } from "../image/special.ts";
-import { imageName, type Storage } from "../image/storage.ts";
+import { imageChanges, imageName, type Storage } from "../image/storage.ts";
 import { pull } from "../registry/commands.ts";
 import { DEFAULT_SHELL, type Healthcheck, healthcheck, hostArch, type Metadata } from "../registry/manifest.ts";
 import type { ClientOptions } from "../registry/pull.ts";
@@ -223,6 +223,23 @@ function where(inst: Instruction): string {
  * warning). */
 const copyImageDir = copyTree;
 
+/** The record of a FROM state: one flat layer, the bottom of its chain. */
+function fromRecord(id: string, text: string, meta: BuildMetadata, size: { entries: number; bytes: number }): StateRecord {
+  return {
+    id,
+    parent: null,
+    text,
+    config: meta as unknown as Record<string, unknown>,
+    created: new Date().toISOString(),
+    layer: true,
+    flat: true,
+    chain: [id],
+    opaque: [],
+    entries: size.entries,
+    bytes: size.bytes,
+  };
+}
+
 /** HEALTHCHECK as Docker's config keeps it. */
 export function healthcheckOf(inst: Instruction): Healthcheck {
   const type = inst.args[0].toUpperCase();
@@ -265,7 +282,8 @@ function imageIdentity(name: string, dir: string, cache: BuildCache): string {
   const st = lstatSync(dir);
   const meta = lstatOrNull(join(dir, "ch", "metadata.json"));
   const state = cache.tag(basename(dir))?.state ?? "";
-  return `${name} ${st.dev}:${st.ino} ${st.ctimeMs} ${meta?.ctimeMs ?? ""} ${state}`;
+  const changes = imageChanges(cache.dir, basename(dir)).trim();
+  return `${name} ${st.dev}:${st.ino} ${st.ctimeMs} ${meta?.ctimeMs ?? ""} ${state} ${changes}`;
 }
 
 export class Builder {
@@ -449,20 +467,7 @@ export class Builder {
       // build holds the storage lock: no ch-image replaces it meanwhile).
       mkdirSync(join(cache.dir, "layers"), { recursive: true, mode: 0o700 });
       symlinkSync(dir, cache.layerPath(id));
-      const meta = baseMetadata(dir);
-      const r: StateRecord = {
-        id,
-        parent: null,
-        text: stage.from.text,
-        config: meta as unknown as Record<string, unknown>,
-        created: new Date().toISOString(),
-        layer: true,
-        flat: true,
-        chain: [id],
-        opaque: [],
-        entries: 0,
-        bytes: 0,
-      };
+      const r = fromRecord(id, stage.from.text, baseMetadata(dir), { entries: 0, bytes: 0 });
       cache.commit(r, null);
       return r;
     }
@@ -471,21 +476,7 @@ export class Builder {
     if (dir === null) mkdirSync(tree, 0o755);
     else await copyImageDir(dir, tree);
     fixupImage(tree);
-    const meta = baseMetadata(dir === null ? null : tree);
-    const scan = scanLayer(tree);
-    const r: StateRecord = {
-      id,
-      parent: null,
-      text: stage.from.text,
-      config: meta as unknown as Record<string, unknown>,
-      created: new Date().toISOString(),
-      layer: true,
-      flat: true,
-      chain: [id],
-      opaque: [],
-      entries: scan.entries,
-      bytes: scan.bytes,
-    };
+    const r = fromRecord(id, stage.from.text, baseMetadata(dir === null ? null : tree), scanLayer(tree));
     if (cache.commit(r, tree)) this.replaced.add(id);
     return r;
   }

@@ -38,6 +38,7 @@ import {
   type Stats,
   statSync,
   unlinkSync,
+  writeFileSync,
   writeSync,
 } from "node:fs";
 import { posix } from "node:path";
@@ -160,8 +161,9 @@ export const BUILD_CACHE_DIR = "dlcache/build-cache";
 /** Before an image in storage is changed other than by ch-image build (ch-run -w --unsafe,
  * ch-fromhost): the build cache forgets the state it recorded the image as holding, so the next
  * build makes the image whole again instead of trusting it (an all-hit rebuild would keep the
- * change, an update in place would mix both). `root` is the image's real path; nothing happens
- * if it is not an image directory of `storage`. */
+ * change, an update in place would mix both), and a build FROM it makes a new copy of it
+ * (imageChanges()). `root` is the image's real path; nothing happens if it is not an image
+ * directory of `storage`. */
 export function forgetBuiltState(storage: string, root: string): void {
   const stores = [storage];
   try {
@@ -174,13 +176,34 @@ export function forgetBuiltState(storage: string, root: string): void {
     if (!root.startsWith(img)) continue;
     const dir = root.slice(img.length);
     if (dir === "" || dir.includes("/") || dir.startsWith(".")) return;
+    const cache = `${s}/${BUILD_CACHE_DIR}`;
     try {
-      unlinkSync(`${s}/${BUILD_CACHE_DIR}/tags/${dir}.json`);
+      unlinkSync(`${cache}/tags/${dir}.json`);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "ENOENT")
         throw sysError(`can't update the build cache's record of image ${dir}`, e);
     }
+    // A build FROM this image must not reuse the copy it made of it before (imageChanges()).
+    if (!lstatSync(cache, { throwIfNoEntry: false })?.isDirectory()) return;
+    const file = `${cache}/changed/${dir}`;
+    try {
+      mkdirSync(`${cache}/changed`, { recursive: true, mode: 0o700 });
+      writeFileSync(`${file}.${process.pid}`, `${Date.now()} ${process.pid} ${Math.random()}\n`, { mode: 0o600 });
+      renameSync(`${file}.${process.pid}`, file);
+    } catch (e) {
+      throw sysError(`can't update the build cache: ${file}`, e);
+    }
     return;
+  }
+}
+
+/** What forgetBuiltState() last wrote for image directory `dir` ("" if nothing): part of the key
+ * of a build FROM that image, so that a change made in place (ch-run -w, ch-fromhost) misses. */
+export function imageChanges(cacheDir: string, dir: string): string {
+  try {
+    return readFileSync(`${cacheDir}/changed/${dir}`, "utf8");
+  } catch {
+    return "";
   }
 }
 

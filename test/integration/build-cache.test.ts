@@ -263,6 +263,25 @@ describe("ch-image build cache", () => {
     assert.ok(!existsSync(img("modified", "opt", "injected.txt")));
   });
 
+  it("FROM an image changed in place by ch-run -w --unsafe: the build sees the change (FROM misses)", () => {
+    const chRun = join(DIST, "ch-run");
+    const env = { ...process.env, CH_IMAGE_STORAGE: storage };
+    assert.equal(image(["import", join(dir, "bb.tar"), "bbase"]).status, 0);
+    const ctx = context("from-changed", "FROM bbase\nRUN cat /version > /seen 2>/dev/null || echo none > /seen\n");
+    let r = image(["build", "-t", "from-changed", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(text(img("from-changed", "seen")), "none\n");
+    const c = run(chRun, ["-w", "--unsafe", "bbase", "--", "sh", "-c", "echo v2 > /version"], { env });
+    assert.equal(c.status, 0, c.stderr);
+    r = image(["build", "-t", "from-changed", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(steps(r), ["1.", "2."]);
+    assert.equal(text(img("from-changed", "seen")), "v2\n");
+    // Unchanged since: hits again.
+    r = image(["build", "-t", "from-changed", ctx]);
+    assert.deepEqual(steps(r), ["1*", "2*"]);
+  });
+
   it("kill -9 in the middle of a RUN: the next build finishes, and nothing half-written is used", async () => {
     const w = join(witness, "kill");
     mkdirSync(w);
