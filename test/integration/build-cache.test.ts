@@ -267,12 +267,21 @@ describe("ch-image build cache", () => {
     const chRun = join(DIST, "ch-run");
     const env = { ...process.env, CH_IMAGE_STORAGE: storage };
     assert.equal(image(["import", join(dir, "bb.tar"), "bbase"]).status, 0);
-    const ctx = context("from-changed", "FROM bbase\nRUN cat /version > /seen 2>/dev/null || echo none > /seen\n");
+    const set = (v: string) => {
+      const c = run(chRun, ["-w", "--unsafe", "bbase", "--", "sh", "-c", `mkdir -p /opt/v && echo ${v} > /opt/v/version`], {
+        env,
+      });
+      assert.equal(c.status, 0, c.stderr);
+    };
+    set("v1");
+    const ctx = context("from-changed", "FROM bbase\nRUN cat /opt/v/version > /seen\n");
     let r = image(["build", "-t", "from-changed", ctx]);
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(text(img("from-changed", "seen")), "none\n");
-    const c = run(chRun, ["-w", "--unsafe", "bbase", "--", "sh", "-c", "echo v2 > /version"], { env });
-    assert.equal(c.status, 0, c.stderr);
+    assert.equal(text(img("from-changed", "seen")), "v1\n");
+    // The file's content changes in place: no directory entry of the image changes.
+    const before = statSync(join(storage, "img", "bbase+latest")).ctimeMs;
+    set("v2");
+    assert.equal(statSync(join(storage, "img", "bbase+latest")).ctimeMs, before);
     r = image(["build", "-t", "from-changed", ctx]);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(steps(r), ["1.", "2."]);
