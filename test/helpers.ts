@@ -1,4 +1,5 @@
 // Shared by the tests: the built programs, a busybox image made offline, and a runner.
+import assert from "node:assert/strict";
 import { type SpawnSyncOptions, spawnSync } from "node:child_process";
 import {
   chmodSync,
@@ -100,3 +101,13 @@ export function read(path: string): string {
 
 /** One-line error in Charliecloud's format: PROG[PID]: message: strerror (file.ts:LINE ERRNO). */
 export const ERROR_LINE = /^ch-run\[\d+\]: error: .+ \([a-z0-9-]+\.ts:\d+ \d+\)\n$/;
+
+/** A busybox image as a tarball in `dir` (bb.tar), imported into storage as `bb` by `image`
+ * (ch-image with the test's storage): the base the builder's tests build FROM. */
+export function importBusybox(dir: string, image: (args: string[]) => Result): void {
+  const bb = busyboxImage(dir, "bbimg");
+  const t = run("tar", ["-C", bb, "-cf", join(dir, "bb.tar"), "."]);
+  assert.equal(t.status, 0, t.stderr);
+  const i = image(["import", join(dir, "bb.tar"), "bb"]);
+  assert.equal(i.status, 0, i.stderr);
+}

@@ -22,7 +22,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { cleanup, DIST, importBusybox, type Result, run, tmp } from "../helpers.ts";
 
 const IMAGE = join(DIST, "ch-image");
 
@@ -76,11 +76,7 @@ before(() => {
   dir = tmp("ch-bucache-");
   storage = join(dir, "storage");
   witness = mkdtempSync("/tmp/ch-witness-");
-  const bb = busyboxImage(dir, "bbimg");
-  const r = run("tar", ["-C", bb, "-cf", join(dir, "bb.tar"), "."]);
-  assert.equal(r.status, 0, r.stderr);
-  const i = image(["import", join(dir, "bb.tar"), "bb"]);
-  assert.equal(i.status, 0, i.stderr);
+  importBusybox(dir, image);
 });
 after(() => {
   cleanup(dir);

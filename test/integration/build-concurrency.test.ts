@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { cleanup, DIST, importBusybox, type Result, run, tmp } from "../helpers.ts";
 
 const IMAGE = join(DIST, "ch-image");
 
@@ -52,11 +52,7 @@ before(() => {
   dir = tmp("ch-buildconc-");
   storage = join(dir, "storage");
   witness = mkdtempSync("/tmp/ch-witness-");
-  const bb = busyboxImage(dir, "bbimg");
-  const t = run("tar", ["-C", bb, "-cf", join(dir, "bb.tar"), "."]);
-  assert.equal(t.status, 0, t.stderr);
-  const i = image(["import", join(dir, "bb.tar"), "bb"]);
-  assert.equal(i.status, 0, i.stderr);
+  importBusybox(dir, image);
 });
 after(() => {
   cleanup(dir);

@@ -24,7 +24,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { gzipSync } from "node:zlib";
-import { busyboxImage, cleanup, DIST, type Result, run, tmp } from "../helpers.ts";
+import { busyboxImage, cleanup, DIST, importBusybox, type Result, run, tmp } from "../helpers.ts";
 import { makeCA } from "../registry/certs.ts";
 import { chEnv, chImage } from "../registry/chimage.ts";
 import { type Registry, startRegistry } from "../registry/registry.ts";
@@ -71,11 +71,7 @@ before(() => {
   dir = tmp("ch-buildrun-");
   storage = join(dir, "storage");
   witness = mkdtempSync("/tmp/ch-witness-");
-  const bb = busyboxImage(dir, "bbimg");
-  const r = run("tar", ["-C", bb, "-cf", join(dir, "bb.tar"), "."]);
-  assert.equal(r.status, 0, r.stderr);
-  const i = image(["import", join(dir, "bb.tar"), "bb"]);
-  assert.equal(i.status, 0, i.stderr);
+  importBusybox(dir, image);
 });
 after(() => {
   cleanup(dir);
