@@ -2,7 +2,7 @@
 // image found by container/image.ts, the container planned by container/plan.ts and started by
 // sys/exec-launch.ts (a directory image without --join: this process becomes the container) or
 // sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
-import { existsSync, fstatSync, realpathSync } from "node:fs";
+import { existsSync, realpathSync } from "node:fs";
 import { release } from "node:os";
 import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
@@ -139,18 +139,10 @@ function statusFd(env: NodeJS.ProcessEnv): number {
   const v = env.CH_RUN_STATUS_FD;
   if (v === undefined) return -1;
   delete env.CH_RUN_STATUS_FD;
-  if (!/^\d{1,9}$/.test(v) || Number(v) < 3 || !fdOpen(Number(v)))
+  // One ch-run inherited: open is not enough (Node's own descriptors, its epoll say, are open too).
+  if (!/^\d{1,9}$/.test(v) || Number(v) < 3 || !inheritedFds().includes(Number(v)))
     throw new ChError(`CH_RUN_STATUS_FD: not an open descriptor above 2: ${v}`);
   return Number(v);
-}
-
-function fdOpen(fd: number): boolean {
-  try {
-    fstatSync(fd);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): Promise<never> {
