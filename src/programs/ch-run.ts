@@ -145,6 +145,11 @@ function statusFd(env: NodeJS.ProcessEnv): number {
   return Number(v);
 }
 
+/** The kernel's release, for --seccomp's plan only: no uname(2) at every start. */
+function kernelFor(o: { seccomp: boolean }): string | undefined {
+  return o.seccomp ? release() : undefined;
+}
+
 async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): Promise<never> {
   const { opts, image, unsafe } = parsed;
   log.verbosity = opts.verbosity;
@@ -208,7 +213,11 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
           peers?.leave();
         },
         build: (b, beforeExec) =>
-          build(planJoin(opts, { env: process.env, user, fs: realFs, kernel: release() }, `/proc/${target}/root`), b, beforeExec),
+          build(
+            planJoin(opts, { env: process.env, user, fs: realFs, kernel: kernelFor(opts) }, `/proc/${target}/root`),
+            b,
+            beforeExec,
+          ),
       });
     } catch (e) {
       peers?.leave();
@@ -262,7 +271,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
           passwd: (uid) => c.getpwuid(uid),
           group: (gid) => c.getgrgid(gid),
           fs,
-          kernel: release(),
+          kernel: kernelFor(opts),
         });
         build(p, b, beforeExec);
       },
@@ -345,7 +354,7 @@ async function runDirect(
     passwd: (u) => (u === uid ? pw : filePasswd(u)),
     group: (g) => (g === gid ? gr : fileGroup(g)),
     fs: opts.layers ? layeredFs(realFs, root, [opts.layers.upper, ...opts.layers.lower], new Set(opaque)) : rememberingFs(realFs),
-    kernel: release(),
+    kernel: kernelFor(opts),
   });
   showPlan(p, log);
   const nullFds = nullFdsFor(opts.verbosity);
