@@ -288,6 +288,7 @@ __attribute__((noreturn, used)) void holder_main(i64 *sp) {
     fuse_pid = req[1];
     err = fuse = sys(NR_pidfd_open, fuse_pid, 0, 0);
     if (err == -38 /* ENOSYS */) err = 0;
+    else if (err < 0) fuse_pid = 0; /* ch-run kills it (or it is gone: its PID may be another's) */
     answer(ans, err < 0 ? err : 0, err < 0 ? 1 : 0);
   }
   if (req[0] != HOLD) quit(0); /* ch-run removed them (a group of one) */
