@@ -1,5 +1,5 @@
 // Builds the freestanding native parts (launcher, waiter, join holder, launcher executable) from src/sys/native/*.c and writes
-// src/sys/native/blobs.ts, and ch-run's descriptor helper (keepfd.c) into keepfd-blob.ts. The generated file is committed, so building the binary needs no C
+// src/sys/native/blobs.ts, ch-run's descriptor helper (keepfd.c) into keepfd-blob.ts, and errno.txt's texts into errno-text.ts. The generated files are committed, so building the binary needs no C
 // compiler; `node build/native.mjs --check` verifies that it matches the sources.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
