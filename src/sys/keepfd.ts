@@ -7,7 +7,7 @@
 import { hostArch } from "./arch.ts";
 import { ChError, sysError } from "./errors.ts";
 import { keepfdBlobs } from "./native/keepfd-blob.ts";
-import { withPrivateFile } from "./private-file.cjs";
+import { loadPrivateModule } from "./private-file.cjs";
 
 interface Helper {
   keepOnExec(fd: number): number;
@@ -17,25 +17,14 @@ interface Helper {
 export function loadHelper(): Helper | string {
   const b = keepfdBlobs[hostArch()];
   try {
-    return withPrivateFile(
-      {
-        what: "descriptor helper",
-        name: `ch-run-keepfd-${process.arch}-${b.sha256.slice(0, 16)}.node`,
-        sha256: b.sha256,
-        bytes: () => Buffer.from(b.module, "base64"),
-        mode: 0o600,
-      },
-      (file: string, why: string[]) => {
-        const m = { exports: {} as Partial<Helper> };
-        try {
-          process.dlopen(m, file);
-        } catch (e) {
-          why.push(`${file}: ${(e as Error).message}`); // noexec: the next directory
-          return undefined;
-        }
-        return typeof m.exports.keepOnExec === "function" ? (m.exports as Helper) : `${file}: no keepOnExec()`;
-      },
-    ) as Helper | string;
+    const m = loadPrivateModule({
+      what: "descriptor helper",
+      name: `ch-run-keepfd-${process.arch}-${b.sha256.slice(0, 16)}.node`,
+      sha256: b.sha256,
+      bytes: () => Buffer.from(b.module, "base64"),
+      mode: 0o600,
+    }) as Partial<Helper>;
+    return typeof m.keepOnExec === "function" ? (m as Helper) : "the descriptor helper has no keepOnExec()";
   } catch (e) {
     return (e as Error).message;
   }

@@ -7,33 +7,20 @@
 // next.
 "use strict";
 const sea = require("node:sea");
-const { withPrivateFile } = require("./private-file.cjs");
+const { loadPrivateModule } = require("./private-file.cjs");
 
 /* global __KOFFI_SHA256__, __KOFFI_VERSION__ */
 const expected = __KOFFI_SHA256__;
 const version = __KOFFI_VERSION__;
 
 function load() {
-  return withPrivateFile(
-    {
-      what: "native module",
-      name: `koffi-${version}-${process.arch}-${expected.slice(0, 16)}.node`,
-      sha256: expected,
-      bytes: () => Buffer.from(sea.getRawAsset("koffi.node")),
-      mode: 0o600,
-    },
-    (file, why) => {
-      const m = { exports: {} };
-      try {
-        process.dlopen(m, file);
-      } catch (e) {
-        // A file system mounted noexec ("failed to map segment from shared object"): try the next.
-        why.push(`${file}: ${e.message}`);
-        return undefined;
-      }
-      return m.exports;
-    },
-  );
+  return loadPrivateModule({
+    what: "native module",
+    name: `koffi-${version}-${process.arch}-${expected.slice(0, 16)}.node`,
+    sha256: expected,
+    bytes: () => Buffer.from(sea.getRawAsset("koffi.node")),
+    mode: 0o600,
+  });
 }
 
 // koffi swallows errors of this require and says only that it found no module; keep ours

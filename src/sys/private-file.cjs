@@ -191,7 +191,7 @@ function ensure(file, c) {
 
 /** Calls use(file) with content c in each usable private directory in turn, until it returns
  * something other than undefined; returns that. Throws (e.chPrivate set) when no directory is usable,
- * or when embedded content is corrupt. c.name(dir) names the file. */
+ * or when embedded content is corrupt. c.name names the file. */
 function withPrivateFile(c, use) {
   const why = [];
   for (const [dir, makeParents] of candidates()) {
@@ -223,4 +223,20 @@ function withPrivateFile(c, use) {
   );
 }
 
-module.exports = { withPrivateFile, sha256, writeAtomically };
+/** The exports of the Node-API module c, loaded with process.dlopen() from the first private
+ * directory where it loads (one mounted noexec fails to map it: the next). Throws as
+ * withPrivateFile(). */
+function loadPrivateModule(c) {
+  return withPrivateFile(c, (file, why) => {
+    const m = { exports: {} };
+    try {
+      process.dlopen(m, file);
+    } catch (e) {
+      why.push(`${file}: ${e.message}`);
+      return undefined;
+    }
+    return m.exports;
+  });
+}
+
+module.exports = { withPrivateFile, loadPrivateModule, sha256, writeAtomically };

@@ -12,6 +12,8 @@ export interface PrivateContent {
 /** Calls use(file, why) in each usable private directory in turn until it returns something
  * other than undefined (why: reasons so far, to add to); returns that. */
 export function withPrivateFile<T>(c: PrivateContent, use: (file: string, why: string[]) => T | undefined): T;
+/** The exports of the Node-API module c, loaded from the first private directory where it loads. */
+export function loadPrivateModule(c: PrivateContent): unknown;
 export function sha256(buf: Uint8Array): string;
 /** Writes file whole: aside (a name unique across hosts), then renamed into place. */
 export function writeAtomically(file: string, data: string | Uint8Array, mode?: number): void;

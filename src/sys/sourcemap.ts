@@ -136,18 +136,27 @@ const PLUMBING_POS = /^(errors|sourcemap|strerror|program)\.ts:/;
 /** Bundle positions looked up so far: many errors come from few places. */
 const positions = new Map<number, string | null | undefined>();
 
-/** sourceLocation() from V8's call sites (Error.prepareStackTrace), formatting no stack text:
- * in the single executable a bundle frame's line comes from its character position. */
-export function siteLocation(sites: NodeJS.CallSite[]): string {
-  for (const c of sites) {
-    const file = c.getFileName() ?? "";
+/** A stack frame, from a V8 call site or a line of stack text; read only as far as needed. */
+interface Frame {
+  file: string;
+  line(): number;
+  column(): number;
+  /** Its character position in the script (a call site's only). */
+  position?(): number;
+}
+
+/** "file.ts:LINE" of the first frame outside Node and the sys/errors plumbing. In the single
+ * executable a call site's bundle line comes from its character position. */
+function firstLocation(frames: Iterable<Frame>): string {
+  for (const f of frames) {
+    const { file } = f;
     if (!file || file.startsWith("node:") || PLUMBING_FILE.test(file)) continue;
-    if (file.endsWith(".ts")) return `${basename(file)}:${c.getLineNumber()}`;
+    if (file.endsWith(".ts")) return `${basename(file)}:${f.line()}`;
     const locate = bundleLocate();
     let pos: string | null | undefined;
     let line: number;
-    if (cachedStarts) {
-      const at = c.getPosition();
+    if (cachedStarts && f.position) {
+      const at = f.position();
       pos = positions.get(at);
       line = lineAt(cachedStarts, at);
       if (pos === undefined) {
@@ -155,8 +164,8 @@ export function siteLocation(sites: NodeJS.CallSite[]): string {
         positions.set(at, pos);
       }
     } else {
-      line = c.getLineNumber() ?? 0;
-      pos = locate?.(line, c.getColumnNumber() ?? 0);
+      line = f.line();
+      pos = locate?.(line, f.column());
     }
     if (pos && !PLUMBING_POS.test(pos)) return pos;
     if (pos) continue;
@@ -165,23 +174,26 @@ export function siteLocation(sites: NodeJS.CallSite[]): string {
   return "unknown:0";
 }
 
+/** sourceLocation() from V8's call sites (Error.prepareStackTrace), formatting no stack text. */
+export function siteLocation(sites: NodeJS.CallSite[]): string {
+  return firstLocation(
+    sites.map((c) => ({
+      file: c.getFileName() ?? "",
+      line: () => c.getLineNumber() ?? 0,
+      column: () => c.getColumnNumber() ?? 0,
+      position: () => c.getPosition(),
+    })),
+  );
+}
+
 /** "file.ts:LINE" of the first stack frame outside the sys/errors plumbing. */
 export function sourceLocation(at: Error): string {
-  const frames = (at.stack ?? "").split("\n").slice(1);
-  for (const f of frames) {
-    const m = FRAME.exec(f.trim());
-    if (!m) continue;
-    const [, file, line, col] = m;
-    if (PLUMBING_FILE.test(file)) continue;
-    if (file.endsWith(".ts")) return `${basename(file)}:${line}`;
-    if (file.startsWith("node:")) continue;
-    const locate = bundleLocate();
-    const pos = locate?.(Number(line), Number(col));
-    if (pos && !PLUMBING_POS.test(pos)) return pos;
-    if (pos) continue;
-    return `${basename(file)}:${line}`;
+  const frames: Frame[] = [];
+  for (const l of (at.stack ?? "").split("\n").slice(1)) {
+    const m = FRAME.exec(l.trim());
+    if (m) frames.push({ file: m[1], line: () => Number(m[2]), column: () => Number(m[3]) });
   }
-  return "unknown:0";
+  return firstLocation(frames);
 }
 
 /** The stack of at, one "  at FUNCTION (file.ts:LINE)" line a frame, our TypeScript source
