@@ -52,6 +52,7 @@ import { dirname, isAbsolute, join, posix } from "node:path";
 import { forceRemove } from "../image/install.ts";
 import { BUILD_CACHE_DIR } from "../image/storage.ts";
 import { sysError } from "../sys/errors.ts";
+import { applyLayer } from "./layers.ts";
 import { type IgnoreMatcher, lstatOrNull } from "./paths.ts";
 import type { Expanded, StageScope } from "./vars.ts";
 import { PROXY_ARGS } from "./vars.ts";
@@ -332,6 +333,12 @@ export class BuildCache {
       if (!st?.isDirectory()) return null;
     }
     return r;
+  }
+
+  /** Makes plain directory `dst` hold the tree of layer chain `chain` (top first): its layers
+   * applied bottom up. */
+  applyChain(chain: string[], dst: string): void {
+    for (const l of [...chain].reverse()) applyLayer(this.layerPath(l), dst);
   }
 
   /** A new directory in tmp/ for this process (`what`: upper, work, mnt...). */
