@@ -321,7 +321,7 @@ export class BuildCache {
   /** A usable state: its record, and its layers all there; else null (a miss, never an error). */
   get(id: string): StateRecord | null {
     const r = readJson<StateRecord>(this.statePath(id));
-    if (!r || r.id !== id || !Array.isArray(r.chain)) return null;
+    if (!r || r.id !== id || !Array.isArray(r.chain) || (r.parent !== null && !ID.test(String(r.parent)))) return null;
     // (statSync: --no-cache's throwaway cache links its FROM layer to the image in storage.)
     for (const l of r.chain) {
       let st: ReturnType<typeof statSync>;
