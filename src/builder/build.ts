@@ -275,6 +275,16 @@ function lockWaiting(storage: Storage): void {
   }
 }
 
+/** Installs the tree of layer chain `chain` of `cache`, with metadata `meta`, as image directory
+ * `target` (aside, then renamed: installImage()). */
+export async function installState(target: string, cache: BuildCache, chain: string[], meta: BuildMetadata): Promise<void> {
+  await installImage(target, async (partial) => {
+    cache.applyChain(chain, partial);
+    writeBuildMetadata(partial, meta);
+    return partial;
+  });
+}
+
 /** A FROM image's key: its name and directory (a pull, import or build makes a new one), its
  * metadata file's change time, and the cache state it holds if this cache made it (an image
  * updated in place keeps its directory). */
@@ -410,11 +420,7 @@ export class Builder {
       }
     }
     shared.setTag(dir, null);
-    await installImage(target, async (partial) => {
-      for (const l of [...final.state.chain].reverse()) applyLayer(cache.layerPath(l), partial);
-      writeBuildMetadata(partial, final.meta);
-      return partial;
-    });
+    await installState(target, cache, final.state.chain, final.meta);
     const now = lstatSync(target);
     if (this.mode !== "disabled") shared.setTag(dir, { state: id, dev: now.dev, ino: now.ino, time: new Date().toISOString() });
   }
@@ -640,7 +646,7 @@ export class Builder {
         // Squashed: the whole tree in one flat layer (one copy every MAX_CHAIN layers).
         const flat = join(cache.tmp("flat"), "layer");
         mkdirSync(flat, 0o755);
-        for (const l of [...parent.chain].reverse()) applyLayer(cache.layerPath(l), flat);
+        cache.applyChain(parent.chain, flat);
         applyLayer(upper, flat);
         const s = scanLayer(flat);
         Object.assign(r, { flat: true, chain: [id], opaque: [], entries: s.entries, bytes: s.bytes });
@@ -688,7 +694,7 @@ export class Builder {
       const cache = this.cache as BuildCache;
       d = join(cache.tmp("stage"), "tree");
       mkdirSync(d, 0o755);
-      for (const l of [...st.state.chain].reverse()) applyLayer(cache.layerPath(l), d);
+      cache.applyChain(st.state.chain, d);
       this.stageDirs.set(st.state.id, d);
     }
     return d;

@@ -3,12 +3,10 @@
 import { lstatSync } from "node:fs";
 import { basename } from "node:path";
 import { info } from "../cli/log.ts";
-import { installImage } from "../image/install.ts";
 import { dirToName, imageName, nameToDir, type Storage } from "../image/storage.ts";
 import { ChError } from "../sys/errors.ts";
-import { type BuildMetadata, writeBuildMetadata } from "./build.ts";
+import { type BuildMetadata, installState } from "./build.ts";
 import { BuildCache, type StateRecord } from "./cache.ts";
-import { applyLayer } from "./layers.ts";
 
 export interface BuildCacheFlags {
   reset: boolean;
@@ -123,11 +121,7 @@ export async function undelete(storage: Storage, text: string): Promise<void> {
   storage.lock();
   const target = storage.imagePath(name);
   if (basename(target) !== dir) throw new ChError(`image name is stored differently: ${name}`);
-  await installImage(target, async (partial) => {
-    for (const l of [...r.chain].reverse()) applyLayer(cache.layerPath(l), partial);
-    writeBuildMetadata(partial, r.config as unknown as BuildMetadata);
-    return partial;
-  });
+  await installState(target, cache, r.chain, r.config as unknown as BuildMetadata);
   const st = lstatSync(target);
   cache.setTag(dir, { state: r.id, dev: st.dev, ino: st.ino, time: new Date().toISOString() });
   cache.setTag(dir, null, "deleted");

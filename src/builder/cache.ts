@@ -52,6 +52,7 @@ import { dirname, isAbsolute, join, posix } from "node:path";
 import { forceRemove } from "../image/install.ts";
 import { BUILD_CACHE_DIR } from "../image/storage.ts";
 import { sysError } from "../sys/errors.ts";
+import { applyLayer } from "./layers.ts";
 import { type IgnoreMatcher, lstatOrNull } from "./paths.ts";
 import type { Expanded, StageScope } from "./vars.ts";
 import { PROXY_ARGS } from "./vars.ts";
@@ -320,7 +321,7 @@ export class BuildCache {
   /** A usable state: its record, and its layers all there; else null (a miss, never an error). */
   get(id: string): StateRecord | null {
     const r = readJson<StateRecord>(this.statePath(id));
-    if (!r || r.id !== id || !Array.isArray(r.chain)) return null;
+    if (!r || r.id !== id || !Array.isArray(r.chain) || (r.parent !== null && !ID.test(String(r.parent)))) return null;
     // (statSync: --no-cache's throwaway cache links its FROM layer to the image in storage.)
     for (const l of r.chain) {
       let st: ReturnType<typeof statSync>;
@@ -332,6 +333,12 @@ export class BuildCache {
       if (!st?.isDirectory()) return null;
     }
     return r;
+  }
+
+  /** Makes plain directory `dst` hold the tree of layer chain `chain` (top first): its layers
+   * applied bottom up. */
+  applyChain(chain: string[], dst: string): void {
+    for (const l of [...chain].reverse()) applyLayer(this.layerPath(l), dst);
   }
 
   /** A new directory in tmp/ for this process (`what`: upper, work, mnt...). */

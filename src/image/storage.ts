@@ -168,8 +168,11 @@ export function forgetBuiltState(storage: string, root: string): void {
   const stores = [storage];
   try {
     stores.push(realpathSync(storage));
+    // Nothing is written in a storage directory that isn't ours alone (ch-run by path checks
+    // none): another user could have put a symlink where the build cache's records go.
+    if (new Storage(storage).safe() === null) return;
   } catch {
-    return; // no storage directory, so no build cache either
+    return; // no storage directory, or not ours: no build cache of ours either
   }
   for (const s of stores) {
     const img = `${s}/img/`;

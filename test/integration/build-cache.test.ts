@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
+  chmodSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -257,6 +258,33 @@ describe("ch-image build cache", () => {
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(steps(r), ["1*", "2*", "3*"]);
     assert.ok(!existsSync(img("modified", "opt", "injected.txt")));
+  });
+
+  it("ch-run -w --unsafe writes nothing in the build cache of a storage directory that isn't safe (writable by others)", () => {
+    const ctx = context("foreign", "FROM bb\nRUN echo built > /f\n");
+    assert.equal(image(["build", "-t", "foreign", ctx]).status, 0);
+    const tag = join(cacheDir(), "tags", "foreign+latest.json");
+    assert.ok(existsSync(tag));
+    const mode = statSync(storage).mode & 0o7777;
+    chmodSync(storage, mode | 0o002);
+    let c: Result;
+    try {
+      c = run(join(DIST, "ch-run"), ["-w", "--unsafe", img("foreign"), "--", "true"], {
+        env: { ...process.env, CH_IMAGE_STORAGE: storage },
+      });
+    } finally {
+      chmodSync(storage, mode);
+    }
+    assert.equal(c.status, 0, c.stderr);
+    assert.ok(existsSync(tag), "the record stays: this run didn't trust the storage directory enough to write in it");
+    assert.ok(!existsSync(join(cacheDir(), "changed", "foreign+latest")));
+    // Safe again: the same run makes the cache forget.
+    c = run(join(DIST, "ch-run"), ["-w", "--unsafe", img("foreign"), "--", "true"], {
+      env: { ...process.env, CH_IMAGE_STORAGE: storage },
+    });
+    assert.equal(c.status, 0, c.stderr);
+    assert.ok(!existsSync(tag));
+    assert.ok(existsSync(join(cacheDir(), "changed", "foreign+latest")));
   });
 
   it("FROM an image changed in place by ch-run -w --unsafe: the build sees the change (FROM misses)", () => {

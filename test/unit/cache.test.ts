@@ -9,6 +9,7 @@ import {
   readdirSync,
   readFileSync,
   renameSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   utimesSync,
@@ -193,6 +194,12 @@ describe("build cache store", () => {
     writeFileSync(join(dir, "cache/states", `${other}.json`), JSON.stringify({ ...rec }));
     assert.equal(cache.get(other), null);
     assert.throws(() => cache.get("../x"), /not a state ID/);
+    // A record whose parent is not a state ID (corrupt, or written by hand): a miss, not a path.
+    const odd = "e".repeat(64);
+    writeFileSync(join(dir, "cache/states", `${odd}.json`), JSON.stringify({ ...rec, id: odd, parent: "../x", chain: [id] }));
+    assert.equal(cache.get(odd), null);
+    assert.deepEqual(cache.ancestry(odd), []);
+    rmSync(join(dir, "cache/states", `${odd}.json`));
     // A child whose record is there but whose layer isn't (a kill between the two): a miss.
     const child = stateId({ parent: id, instruction: "RUN y", args: [], sources: null });
     cache.commit({ ...rec, id: child, parent: id, flat: false, chain: [child, id] }, null);
