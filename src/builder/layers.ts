@@ -25,7 +25,8 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { forceRemove } from "../image/install.ts";
-import { sysError, warn } from "../sys/errors.ts";
+import { makeFifo, specialKind, warnLeftOut } from "../image/special.ts";
+import { sysError } from "../sys/errors.ts";
 import { LibcError, libc } from "../sys/libc.ts";
 import { lstatOrNull, type Tree } from "./paths.ts";
 
@@ -194,13 +195,12 @@ function copyEntry(s: string, d: string, st: Stats, rel: string): void {
     chmodSync(d, st.mode & 0o7777);
     utimesSync(d, st.atime, st.mtime);
   } else if (st.isSymbolicLink()) symlinkSync(readlinkSync(s), d);
-  else if (st.isFIFO()) {
+  else {
     // As special.ts's copyTree: a FIFO stays one (ch-image has loaded libc for the storage lock).
-    libc().mkfifo(d, st.mode & 0o7777);
-    chmodSync(d, st.mode & 0o7777); // past the umask
-    utimesSync(d, st.atime, st.mtime);
-  } else if (st.isSocket()) warn(`socket ignored: ${rel}`);
-  else warn(`device file ignored (making one needs privilege): ${rel}`);
+    const kind = specialKind(st);
+    if (kind === "fifo") makeFifo(d, st);
+    else if (kind) warnLeftOut(rel, st, kind);
+  }
 }
 
 /** Puts `rel` of directory `dst` back to what it is in the tree of `chain` (layers, top first):

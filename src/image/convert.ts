@@ -1,7 +1,7 @@
 // Converting images between formats. Each conversion goes the shortest way: tarballs unpack
 // straight into their destination, directories pack or squash straight from where they are;
 // otherwise the image passes through a directory (or tarball) in a temporary directory.
-import { lstatSync, mkdtempSync, renameSync, rmSync, type Stats, writeFileSync } from "node:fs";
+import { lstatSync, mkdtempSync, renameSync, rmSync, type Stats } from "node:fs";
 import { join, resolve } from "node:path";
 import { info } from "../cli/log.ts";
 import { ChError, warn } from "../sys/errors.ts";
@@ -67,32 +67,28 @@ export async function squashImage(dir: string, out: string, ctx: ConvertContext)
   checkFileOut(out, ctx);
   cleanLeftovers(out);
   const partial = partialPath(out);
-  // Special files as tar has them: FIFOs and device files kept, sockets left out.
+  // Special files as tar has them: FIFOs and device files kept, sockets left out. They are left
+  // out by name after -e, which mksquashfs takes literally; its exclude file (-ef) is not: it
+  // strips leading spaces and skips "#" lines, so a socket " x" there would leave out file "x".
   const sockets: string[] = [];
   for (const [rel, st, kind] of specialFiles(dir)) {
     if (kind === "fifo") continue;
     if (kind !== "socket") warnDeviceKept(rel, st, kind);
-    else if (rel.includes("\n")) throw new ChError(`can't leave out socket with a newline in its name: ${JSON.stringify(rel)}`);
     else {
       warn(`socket ignored: ${rel}`);
       sockets.push(rel);
     }
   }
-  const exclude = `${partial}.exclude`;
   try {
     const xattrs = ctx.xattrs ? "-xattrs" : "-no-xattrs";
     const args = [dir, partial, "-noappend", "-all-root", xattrs, "-no-progress", "-quiet"];
-    if (sockets.length) {
-      writeFileSync(exclude, sockets.map((s) => `${s}\n`).join(""), { mode: 0o600 });
-      args.push("-ef", exclude);
-    }
+    // -e takes the rest of the command line: last.
+    if (sockets.length) args.push("-e", ...sockets);
     await runCommand(exe, args, true);
     renameSync(partial, out);
   } catch (e) {
     rmSync(partial, { force: true });
     throw e;
-  } finally {
-    rmSync(exclude, { force: true });
   }
 }
 

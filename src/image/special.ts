@@ -48,8 +48,7 @@ export async function copyTree(src: string, dst: string): Promise<void> {
         if (!st || !kind) return true;
         const rel = relative(src, path);
         if (kind === "fifo") fifos.push([rel, st]);
-        else if (kind === "socket") warn(`socket ignored: ${rel}`);
-        else warn(`device file ignored (making one needs privilege): ${rel} (${deviceName(kind, st)})`);
+        else warnLeftOut(rel, st, kind);
         return false;
       },
     });
@@ -58,7 +57,6 @@ export async function copyTree(src: string, dst: string): Promise<void> {
   }
   if (fifos.length === 0) return;
   await loadLibc();
-  const c = libc();
   const dirs = new Map<string, [string, Stats][]>();
   for (const f of fifos) dirs.set(dirname(f[0]), [...(dirs.get(dirname(f[0])) ?? []), f]);
   for (const [dir, inside] of dirs) {
@@ -70,9 +68,7 @@ export async function copyTree(src: string, dst: string): Promise<void> {
       for (const [rel, st] of inside) {
         const to = join(dst, rel);
         try {
-          c.mkfifo(to, st.mode & 0o7777);
-          chmodSync(to, st.mode & 0o7777); // past the umask
-          utimesSync(to, st.atime, st.mtime);
+          makeFifo(to, st);
         } catch (e) {
           throw sysError(`can't make FIFO: ${to}`, e);
         }
@@ -84,6 +80,19 @@ export async function copyTree(src: string, dst: string): Promise<void> {
     const st = lstatSync(join(src, dir));
     utimesSync(parent, st.atime, st.mtime);
   }
+}
+
+/** Makes a FIFO at `to` like `st` (mode past the umask, times); libc must be loaded. */
+export function makeFifo(to: string, st: Stats): void {
+  libc().mkfifo(to, st.mode & 0o7777);
+  chmodSync(to, st.mode & 0o7777);
+  utimesSync(to, st.atime, st.mtime);
+}
+
+/** Warns that a socket or device file (`kind`) is left out of a copied directory. */
+export function warnLeftOut(rel: string, st: Stats, kind: Exclude<SpecialKind, "fifo">): void {
+  if (kind === "socket") warn(`socket ignored: ${rel}`);
+  else warn(`device file ignored (making one needs privilege): ${rel} (${deviceName(kind, st)})`);
 }
 
 /** Special files under root, by path relative to it (directories not followed through

@@ -265,7 +265,10 @@ class Extractor {
       case "BlockDevice": {
         const kind = e.type === "CharacterDevice" ? "character" : "block";
         const { devmaj, devmin } = e.header;
-        this.stats.devices.push(`${parts.join("/")} (${kind} device ${devmaj ?? 0},${devmin ?? 0})`);
+        // The archive's name, quoted if it has control characters (a newline would fake a log line).
+        const name = parts.join("/");
+        const shown = [...name].some((c) => c < " " || c === "\x7f") ? JSON.stringify(name) : name;
+        this.stats.devices.push(`${shown} (${kind} device ${devmaj ?? 0},${devmin ?? 0})`);
         e.resume();
         return;
       }

@@ -191,6 +191,26 @@ describe("ch-image build cache", () => {
     assert.deepEqual(snapshot(img("wh")), snapshot(img("wh-fresh")));
   });
 
+  it("a RUN's FIFO reaches the image as a FIFO (mode and mtime kept), built whole and updated in place", () => {
+    const base = "FROM bb\nRUN busybox mkfifo -m 640 /fifo && busybox touch -d @978307200 /fifo\n";
+    const ctx = context("fifo", base);
+    const r1 = image(["build", "-t", "fifo", ctx]);
+    assert.equal(r1.status, 0, r1.stderr);
+    writeFileSync(join(ctx, "Dockerfile"), `${base}RUN busybox mkfifo -m 600 /fifo2\n`);
+    const r2 = image(["build", "-t", "fifo", ctx]);
+    assert.equal(r2.status, 0, r2.stderr);
+    assert.match(r2.stderr, /updated in place/);
+    for (const [p, mode] of [
+      ["fifo", 0o640],
+      ["fifo2", 0o600],
+    ] as const) {
+      const st = lstatSync(img("fifo", p));
+      assert.ok(st.isFIFO(), p);
+      assert.equal(st.mode & 0o7777, mode, p);
+    }
+    assert.equal(lstatSync(img("fifo", "fifo")).mtime.toISOString(), "2001-01-01T00:00:00.000Z");
+  });
+
   it("--no-cache and $CH_IMAGE_CACHE=disabled run everything and keep nothing; --rebuild runs all but FROM", () => {
     const w = join(witness, "nocache");
     mkdirSync(w);

@@ -87,6 +87,7 @@ describe("tarball to directory", () => {
       { path: "bin/hello2", type: "Link", linkpath: "bin/hello" },
       { path: "bin/hl", type: "SymbolicLink", linkpath: "hello" },
       { path: "dev/null", type: "CharacterDevice" },
+      { path: "dev/x\nch-convert[1]: error: fake", type: "CharacterDevice" },
       { path: "fifo", type: "FIFO", mode: 0o640 },
       { path: "ro/fifo", type: "FIFO", mode: 0o4600 },
     ]);
@@ -97,6 +98,11 @@ describe("tarball to directory", () => {
       r.stderr,
       /^ch-convert\[\d+\]: warning: .*\.tar: device file ignored \(making one needs privilege\): dev\/null \(character device 0,0\)$/m,
     );
+    assert.match(
+      r.stderr,
+      /: device file ignored \(making one needs privilege\): "dev\/x\\nch-convert\[1\]: error: fake" \(character device 0,0\)$/m,
+    );
+    assert.doesNotMatch(r.stderr, /^ch-convert\[1\]/m, "a name can't fake a line");
     assert.doesNotMatch(r.stderr, /fifo/i);
     assert.ok(!existsSync(join(out, "dev/null")));
     for (const [p, mode] of [
