@@ -134,6 +134,29 @@ await Promise.all(
   ),
 );
 
+// A third, small one: the first step of ch-run (src/memo-main.ts, a remembered launch), keyed
+// on ch-run's bundle.
+const chRunBuild = createHash("sha256")
+  .update(readFileSync(join(dist, "ch-run.cjs")))
+  .digest("hex");
+await esbuild.build({
+  entryPoints: [join(root, "src/memo-main.ts")],
+  outfile: join(dist, "ch-run-memo.cjs"),
+  bundle: true,
+  platform: "node",
+  format: "cjs",
+  target: "node24",
+  plugins: [koffiShim],
+  define: {
+    __CH_RUN_BUILD__: JSON.stringify(chRunBuild),
+    __KOFFI_SHA256__: JSON.stringify(koffiSha),
+    __KOFFI_VERSION__: JSON.stringify(koffiVersion),
+    __CH_SYSLOG__: JSON.stringify(syslog),
+  },
+  logLevel: "warning",
+});
+BUNDLES["ch-run-memo"] = null;
+
 // Each bundle as the executable runs it (src/sea-main.cjs): wrapped in a function on its first
 // line (so line numbers stay the bundle's), ASCII only (the loader reads it as Latin-1, which
 // costs a copy, not a UTF-8 decoding: other characters are written as \u escapes, which mean the
@@ -145,6 +168,7 @@ for (const name of Object.keys(BUNDLES)) {
     join(dist, `${name}.js`),
     js.replace(/[^\0-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`),
   );
+  if (name === "ch-run-memo") continue; // its errors are misses: no line table
   execFileSync(
     nodeBin,
     [join(root, "build/linetable.ts"), join(dist, `${name}.cjs.map`), join(dist, name), join(dist, `${name}.js`)],

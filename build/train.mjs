@@ -43,9 +43,17 @@ if (stage === undefined) {
       execFileSync(process.execPath, [process.argv[1], dir, s, img], { stdio: ["ignore", "inherit", "inherit"], env });
     const size = fs.statSync(join(dir, "ch-run.cache")).size;
     if (size < 1024) throw new Error(`${dir}/ch-run.cache is only ${size} bytes`);
+    // The launch just remembered (src/container/memo.ts), replayed: its bundle's cache.
+    try {
+      execFileSync(process.execPath, [process.argv[1], dir, "replay", img], { stdio: ["ignore", "inherit", "inherit"], env });
+    } catch (e) {
+      console.warn(`train: WARNING: no replay (${e.message}): ch-run-memo's code cache holds top-level code only`);
+      topLevelCache("ch-run-memo");
+    }
   } catch (e) {
     console.warn(`train: WARNING: no training launch (${e.message}): ch-run's code cache holds top-level code only`);
     topLevelCache("ch-run");
+    topLevelCache("ch-run-memo");
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
@@ -61,7 +69,6 @@ function topLevelCache(name) {
 
 // Child: one launch.
 const img = process.argv[4];
-const script = new vm.Script(fs.readFileSync(join(dir, "ch-run.js"), "latin1"), { filename: "ch-run.cjs" });
 const sea = {
   isSea: () => true,
   getAsset(name, encoding) {
@@ -85,9 +92,11 @@ const fsSeen = {
 const nodeRequire = createRequire(import.meta.url);
 const require = (id) => (id === "node:sea" ? sea : id === "node:fs" || id === "fs" ? fsSeen : nodeRequire(id));
 let done = false;
+let script;
 process.execve = () => {
   done = true;
   if (stage === "train") fs.writeFileSync(join(dir, "ch-run.cache"), script.createCachedData());
+  if (stage === "replay") fs.writeFileSync(join(dir, "ch-run-memo.cache"), script.createCachedData());
   process.exit(0);
 };
 process.on("exit", (code) => {
@@ -97,8 +106,18 @@ process.on("exit", (code) => {
   }
 });
 process.argv = [process.execPath, "ch-run", img, "--", "/bin/true"];
-const module = { exports: {} };
-script.runInThisContext()(module.exports, require, module, join(dir, "ch-run.cjs"), dir, {
-  codeCache: "training",
-  bundle: "ch-run",
-});
+/** Runs a bundle as the loader does (src/sea-main.cjs); its module's exports. */
+function run(name, loader) {
+  script = new vm.Script(fs.readFileSync(join(dir, `${name}.js`), "latin1"), { filename: `${name}.cjs` });
+  const module = { exports: {} };
+  script.runInThisContext()(module.exports, require, module, join(dir, `${name}.cjs`), dir, loader);
+  return module.exports;
+}
+if (stage === "replay") {
+  run("ch-run-memo", {}).run();
+  console.error("train: the remembered launch was not replayed");
+  process.exit(1);
+}
+// The launch that records (the loader's context, without a replay: this one must plan).
+const memo = run("ch-run-memo", {}).context();
+run("ch-run", { codeCache: "training", bundle: "ch-run", memo });

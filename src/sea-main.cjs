@@ -6,6 +6,10 @@
 // only the top-level code that the SEA's own useCodeCache covers; ch-run's start then compiles
 // almost nothing.
 //
+// Called as ch-run, it first runs ch-run-memo.js (src/memo-main.ts), small: a remembered launch
+// of the same command (src/container/memo.ts) execs the container from there, and ch-run's own
+// bundle is never compiled; otherwise it says what ch-run is to record.
+//
 // The cache is V8's to check (its version and flags, the source's length): one it rejects is
 // ignored and the bundle compiles from source as it would without one, correct and only slower;
 // `ch-run -vv` says which (loader: code cache accepted|rejected|none).
@@ -13,16 +17,32 @@
 const { getRawAsset } = require("node:sea");
 const { Script } = require("node:vm");
 
+/** The bundle's function, compiled with its code cache if it has one, and what became of that. */
+function compile(bundle) {
+  let cachedData;
+  try {
+    cachedData = new Uint8Array(getRawAsset(`${bundle}.cache`));
+  } catch {
+    // none: an executable built for another arch (the cache is specific to the one that made it)
+  }
+  // The bundle is ASCII (the build makes sure): Latin-1 is a copy, UTF-8 a decoding.
+  const source = Buffer.from(getRawAsset(`${bundle}.js`)).toString("latin1");
+  const script = new Script(source, { filename: `${bundle}.cjs`, cachedData });
+  const codeCache = cachedData === undefined ? "none" : script.cachedDataRejected ? "rejected" : "accepted";
+  return { fn: script.runInThisContext(), codeCache };
+}
+
 const called = require("node:path").basename(process.argv0 || "");
 const bundle = /^ch-run(?:[.-]|$)/.test(called) ? "ch-run" : "ch";
-let cachedData;
-try {
-  cachedData = new Uint8Array(getRawAsset(`${bundle}.cache`));
-} catch {
-  // none: an executable built for another arch (the cache is specific to the one that made it)
+let memo = null;
+if (bundle === "ch-run") {
+  try {
+    const m = { exports: {} };
+    compile("ch-run-memo").fn(m.exports, require, m, __filename, __dirname, {});
+    memo = m.exports.run();
+  } catch {
+    memo = null; // nothing remembered: ch-run plans as always
+  }
 }
-// The bundle is ASCII (the build makes sure): Latin-1 is a copy, UTF-8 a decoding.
-const source = Buffer.from(getRawAsset(`${bundle}.js`)).toString("latin1");
-const script = new Script(source, { filename: `${bundle}.cjs`, cachedData });
-const codeCache = cachedData === undefined ? "none" : script.cachedDataRejected ? "rejected" : "accepted";
-script.runInThisContext()(exports, require, module, __filename, __dirname, { codeCache, bundle });
+const { fn, codeCache } = compile(bundle);
+fn(exports, require, module, __filename, __dirname, { codeCache, bundle, memo });

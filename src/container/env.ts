@@ -78,9 +78,20 @@ export function hasBin(path: string): boolean {
   return path.split(":").some((d) => d === "/bin" || d === "/bin/");
 }
 
+/** A host environment may answer this with its entries, read without being watched: the
+ * recording view of memo-record.ts, where the copy of the whole environment that buildEnv()
+ * makes is no dependency of the plan (a remembered plan makes it again from the environment of
+ * its day: memo.ts). */
+export const HOST_ENTRIES: unique symbol = Symbol("host environment entries");
+
+function entriesOf(host: Record<string, string | undefined>): [string, string | undefined][] {
+  const own = (host as { [HOST_ENTRIES]?: () => [string, string | undefined][] })[HOST_ENTRIES];
+  return typeof own === "function" ? own() : Object.entries(host);
+}
+
 export function buildEnv(input: EnvInput): EnvResult {
   const env = new Map<string, string>();
-  for (const [k, v] of Object.entries(input.host)) if (v !== undefined) env.set(k, v);
+  for (const [k, v] of entriesOf(input.host)) if (v !== undefined) env.set(k, v);
   const warnings: string[] = [];
   const log: string[] = [];
   env.set("HOME", input.home);
@@ -114,4 +125,46 @@ export function buildEnv(input: EnvInput): EnvResult {
   }
   env.set("CH_RUNNING", "Weird Al Yankovic");
   return { env, warnings, log };
+}
+
+/** How the command's environment is made from the host's: everything of the host's that it
+ * depends on is in the host environment passed to commandEnv() (a remembered plan, memo.ts, is
+ * run again with another environment). */
+export interface EnvRecipe {
+  home: string;
+  ops: EnvOp[];
+  expand: boolean;
+  /** PMIx keeps its data per process (pmix.ts's "hash" step). */
+  pmixHash: boolean;
+  /** The host file of each --set-env FILE in the image (container path), null if none. */
+  files: [string, string | null][];
+}
+
+/** The command's environment: buildEnv() with the recipe, then PMIx's change; the change's
+ * text in `pmix` (null: none or not asked for). */
+export function commandEnv(
+  r: EnvRecipe,
+  host: Record<string, string | undefined>,
+  readFile: (hostPath: string) => string | null,
+): EnvResult & { pmix: string | null } {
+  const files = new Map(r.files);
+  const env = buildEnv({
+    host,
+    home: r.home,
+    ops: r.ops,
+    expand: r.expand,
+    readImageFile: (p) => {
+      const f = files.get(p);
+      return f ? readFile(f) : null;
+    },
+  });
+  return { ...env, pmix: r.pmixHash ? pmixHashEnv(env.env) : null };
+}
+
+/** PMIx's change for its per-process store (pmix.ts's "hash" step), unless the user chose a
+ * store already: its text, or null. */
+export function pmixHashEnv(env: Map<string, string>): string | null {
+  if (env.has("PMIX_MCA_gds")) return null;
+  env.set("PMIX_MCA_gds", "hash");
+  return "PMIX_MCA_gds=hash";
 }

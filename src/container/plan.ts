@@ -4,11 +4,11 @@ import { posix } from "node:path";
 import { ChError } from "../sys/errors.ts";
 import type { Group, Passwd } from "../sys/libc.ts";
 import { ContainerView } from "./binds.ts";
-import { buildEnv, type EnvOp } from "./env.ts";
+import { buildEnv, commandEnv, type EnvOp, type EnvRecipe, pmixHashEnv } from "./env.ts";
 import type { HostFs } from "./hostfs.ts";
 import { Mounts } from "./mounts.ts";
 import { groupFile, passwdFile } from "./passwd.ts";
-import { pmixHashEnv, pmixServerDir, pmixStep } from "./pmix.ts";
+import { pmixServerDir, pmixStep } from "./pmix.ts";
 import { notifyKernel } from "./seccomp.ts";
 import { argvToString } from "./syslog.ts";
 
@@ -119,7 +119,11 @@ export interface Plan {
   warnings: string[];
   /** Lines for -v. */
   log: string[];
+  /** How the exec step's environment was made from the host's (plan() only). */
+  env?: EnvRecipe;
 }
+
+export type { EnvRecipe };
 
 export const DEFAULT_WRITE_FAKE_SIZE = "12%";
 
@@ -253,26 +257,28 @@ export function plan(o: RunOptions, h: HostFacts): Plan {
   ops.push({ op: "userns", uid, gid });
 
   // Environment, working directory, command.
-  const env = buildEnv({
-    host: h.env,
+  const recipe: EnvRecipe = {
     home: homeDir,
     ops: o.env,
     expand: !o.envNoExpand,
-    readImageFile: (p) => {
-      const r = view.resolve(p);
-      return r.host && r.type === "file" ? h.fs.readFile(r.host) : null;
-    },
-  });
+    pmixHash,
+    files: o.env.flatMap((e): [string, string | null][] => {
+      if (e.kind !== "image-file") return [];
+      const r = view.resolve(e.path);
+      return [[e.path, r.host && r.type === "file" ? r.host : null]];
+    }),
+  };
+  const env = commandEnv(recipe, h.env, (f) => h.fs.readFile(f));
   warnings.push(...env.warnings);
   log.push(...env.log);
-  if (pmixHash) pmixLog(log, pmixDir as string, pmixHashEnv(env.env));
+  if (pmixHash) pmixLog(log, pmixDir as string, env.pmix);
   if (o.cd !== null) ops.push({ op: "chdir", path: posix.resolve("/", o.cd) }); // else / from the pivot
   const envp = [...env.env].map(([k, v]) => `${k}=${v}`);
   const candidates = execCandidates(o.argv[0], env.env.get("PATH"));
   if (o.seccomp) ops.push(seccompOp(o, h.kernel, warnings));
   ops.push({ op: "exec", candidates, argv: o.argv, env: envp });
   log.push(`executing: ${argvToString(o.argv)}`);
-  return { ops, warnings, log };
+  return { ops, warnings, log, env: recipe };
 }
 
 /** A --join peer's plan: the first peer set the container up, so only the environment, the

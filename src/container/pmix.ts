@@ -44,10 +44,3 @@ export function pmixStep(view: ContainerView, dir: string, writable: boolean): P
     return { kind: "bind", src: spool, dst: r.path, mkdirs: missingDirs(r) };
   return { kind: "hash" };
 }
-
-/** The environment change for the "hash" step, unless the user chose a store already. */
-export function pmixHashEnv(env: Map<string, string>): string | null {
-  if (env.has("PMIX_MCA_gds")) return null;
-  env.set("PMIX_MCA_gds", "hash");
-  return "PMIX_MCA_gds=hash";
-}

@@ -13,6 +13,7 @@ import { layeredFs, prefixedFs, realFs, rememberingFs } from "../container/hostf
 import { findImage } from "../container/image.ts";
 import { checkJoinable, describeGroup, joinGroup, Peers } from "../container/join.ts";
 import { RunLog } from "../container/log.ts";
+import { Recorder } from "../container/memo-record.ts";
 import { AFTER_OPTIONS, ARGS_DOC, parseRunArgs, type RunArgs, SPECS, SUMMARY } from "../container/options.ts";
 import { type Plan, plan, planJoin } from "../container/plan.ts";
 import { mountSquash, prepareSquash } from "../container/squash.ts";
@@ -36,8 +37,12 @@ function calledAs(): string {
   return programFor(name) === "ch-run" ? name : "ch-run";
 }
 
+/** This launch's recording, to remember it (container/memo.ts), if the loader asked for one. */
+let recorder: Recorder | null = null;
+
 /** libc through koffi, loaded only when needed: not on the fast path (it costs ~16 ms). */
 async function lib(): Promise<ReturnType<typeof libc>> {
+  recorder?.spoil("uses libc");
   await loadLibc();
   return libc();
 }
@@ -57,6 +62,22 @@ class Syslog {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  const memo = loaderInfo()?.memo;
+  if (memo) {
+    try {
+      recorder = new Recorder(memo, process.cwd()).start();
+    } catch {
+      recorder = null; // no working directory: ch-run says so later
+    }
+  }
+  try {
+    return await recorded(argv);
+  } finally {
+    recorder?.stop();
+  }
+}
+
+async function recorded(argv: string[]): Promise<number> {
   const syslog = new Syslog();
   try {
     return await dispatch(argv, syslog);
@@ -147,7 +168,9 @@ function statusFd(env: NodeJS.ProcessEnv): number {
 
 /** The kernel's release, for --seccomp's plan only: no uname(2) at every start. */
 function kernelFor(o: { seccomp: boolean }): string | undefined {
-  return o.seccomp ? release() : undefined;
+  if (!o.seccomp) return undefined;
+  recorder?.kernel();
+  return release();
 }
 
 async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): Promise<never> {
@@ -185,6 +208,7 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   // A directory image without --join: planned here, then this process becomes the container.
   if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
     return runDirect(parsed, found.root, { euid, egid, user }, log, syslog, status, layers?.opaque ?? []);
+  recorder?.spoil("not a directory image without --join");
   await syslog.now();
   await loadLibc();
   const c = libc();
@@ -357,13 +381,20 @@ async function runDirect(
     kernel: kernelFor(opts),
   });
   showPlan(p, log);
+  // Planned: what is read from here on (descriptors, the launcher file) isn't the plan's.
+  recorder?.stop();
   const nullFds = nullFdsFor(opts.verbosity);
+  const exec = p.ops[p.ops.length - 1];
+  const env = exec.op === "exec" ? exec.env : [];
   const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
   // Node marks inherited descriptors close-on-exec at start-up: native code must keep them.
   const inherited = inheritedFds();
   if (status >= 0 && !inherited.includes(status)) inherited.push(status); // the launcher's, not the command's
   keepOnExec(inherited);
-  const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText() });
+  const path = env.find((kv) => kv.startsWith("PATH="))?.slice(5) ?? null;
+  const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText(), env }, (launch) =>
+    recorder?.save(launch, p.env, path, syslog.message !== null),
+  );
   say(`no launcher executable (${why}): starting the container from Node`);
   await syslog.now();
   await loadLibc();

@@ -7,8 +7,9 @@
 import { readFileSync, realpathSync } from "node:fs";
 import { dirname } from "node:path";
 import { hostArch } from "./arch.ts";
-import { formatError } from "./errors.ts";
+import { formatError, programName } from "./errors.ts";
 import { mountFlagsOf } from "./hostfacts.ts";
+import { argLimit, LAUNCH_PREFIX, launcherEnv, payloadEnv, tooBig } from "./launcher-env.ts";
 import { blobs } from "./native/blobs.ts";
 import { withPrivateFile, writeAtomically } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
@@ -22,16 +23,15 @@ export interface ExecSpec {
   nullFds: number[];
   /** A message for syslog, sent first (path of the socket, message). */
   syslog: [string, string] | null;
+  /** The command's environment (NAME=VALUE): the launcher's, beside the plan (not in it). */
+  env: string[];
   /** Adds the setup steps, then calls beforeExec(), then adds the execve(2) step. */
   build(b: ProgramBuilder, beforeExec: () => void): void;
   /** Written after an error line of the launcher's (the warnings ch-run reprints). */
   tail: string;
 }
 
-const MAGIC = 0x3130434558454843n; // "CHEXEC01"
-/** Largest base64 chunk: MAX_ARG_STRLEN (32 pages) less the NUL and a name ("P999="), a
- * multiple of 4. */
-const CHUNK = 131064;
+const MAGIC = 0x3230434558454843n; // "CHEXEC02"
 
 /** sourceLocation() for many errors: their stacks are read as call sites (V8 formats no text),
  * each frame found by its position. */
@@ -51,24 +51,7 @@ function locator(): (at: Error) => string {
 
 const ST_NOEXEC = 8;
 
-/** The least argLimit() can be. */
-const ARG_FLOOR = (128 << 10) - 4096;
-
-/** How many bytes of arguments execve(2) takes here: a quarter of the stack's soft limit, at
- * most 6 MiB, at least 128 KiB (the kernel's bprm_stack_limits()), less a margin. */
-export function argLimit(limits = readLimits()): number {
-  const m = /^Max stack size\s+(\S+)/m.exec(limits);
-  const soft = m && m[1] !== "unlimited" ? Number(m[1]) : Number.POSITIVE_INFINITY;
-  return Math.max(Math.min(soft / 4, 6 << 20), 128 << 10) - 4096;
-}
-
-function readLimits(): string {
-  try {
-    return readFileSync("/proc/self/limits", "utf8");
-  } catch {
-    return "";
-  }
-}
+export { argLimit, LAUNCH_PREFIX, launcherEnv, payloadEnv, tooBig };
 
 /** Whether the launcher at `file` can be executed here: null if so, else why ("noexec" where
  * another directory may do; not so under qemu-user without binfmt_misc, say). Tried once,
@@ -106,7 +89,7 @@ export function execPayload(b: ProgramBuilder, tail: string): Buffer {
   const strings: Uint8Array[] = [];
   let stringsLen = 0;
   const seen = new Map<string, number>();
-  const headerLen = (6 + relocs.length) * 8;
+  const headerLen = (8 + relocs.length) * 8;
   const prog = headerLen;
   const msgs = prog + Math.ceil(bytes.length / 8) * 8;
   const text0 = msgs + b.ops.length * 32;
@@ -123,17 +106,30 @@ export function execPayload(b: ProgramBuilder, tail: string): Buffer {
   };
   const table = new BigInt64Array(b.ops.length * 4);
   const where = locator();
+  // Each message without its "NAME[PID]", which the launcher prints (its PID is ch-run's, and
+  // a remembered plan serves later ch-runs: container/memo.ts).
+  const [name, nameLen] = place(programName());
+  const own = `${programName()}[0]`;
   b.ops.forEach((op, i) => {
     if (op.soft) return;
-    const [h, hl] = place(formatError(op.why.what, 0, null));
+    const [h, hl] = place(formatError(op.why.what, 0, null, 0).slice(own.length));
     const [w, wl] = place(where(op.at));
     table.set([BigInt(h), BigInt(hl), BigInt(w), BigInt(wl)], 4 * i);
   });
   const [t, tl] = tail ? place(tail) : [0, 0];
   const out = Buffer.alloc(text0 + stringsLen);
-  const header = new BigInt64Array([MAGIC, BigInt(relocs.length), BigInt(prog), BigInt(msgs), BigInt(t), BigInt(tl)]);
+  const header = new BigInt64Array([
+    MAGIC,
+    BigInt(relocs.length),
+    BigInt(prog),
+    BigInt(msgs),
+    BigInt(t),
+    BigInt(tl),
+    BigInt(name),
+    BigInt(nameLen),
+  ]);
   out.set(new Uint8Array(header.buffer), 0);
-  out.set(new Uint8Array(new BigInt64Array(relocs.map(BigInt)).buffer), 48);
+  out.set(new Uint8Array(new BigInt64Array(relocs.map(BigInt)).buffer), 64);
   out.set(bytes, prog);
   out.set(new Uint8Array(table.buffer), msgs);
   let off = text0;
@@ -144,21 +140,12 @@ export function execPayload(b: ProgramBuilder, tail: string): Buffer {
   return out;
 }
 
-/** The launcher's environment: the payload, base64, in chunks execve(2) takes, named P0, P1...
- * in order. Not in its arguments: every user may read those in /proc/PID/cmdline, and the plan
- * holds the command's environment. */
-export function payloadEnv(payload: Uint8Array): Record<string, string> {
-  const text = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("base64");
-  const out: Record<string, string> = {};
-  for (let i = 0; i < text.length; i += CHUNK) out[`P${i / CHUNK}`] = text.slice(i, i + CHUNK);
-  return out;
-}
-
 /** The program ch-run's launcher runs: syslog, its own namespaces and ID maps, the plan. */
 export function execProgram(spec: ExecSpec): ProgramBuilder {
   const b = new ProgramBuilder(hostArch());
   b.execMessages = false; // the launcher prints every failure itself
-  if (spec.syslog) b.sendLog(...spec.syslog);
+  b.launcherInputs = true; // the command's environment and the syslog message: the launcher's
+  if (spec.syslog) b.sendLog(spec.syslog[0], null);
   b.unshare(CLONE_NEWUSER | CLONE_NEWNS, {
     what: "can't create the container's user namespace (ch-checkns says what blocks it)",
   });
@@ -170,15 +157,23 @@ export function execProgram(spec: ExecSpec): ProgramBuilder {
   return b;
 }
 
+/** A launch about to happen: the launcher file, its arguments, and the payload's variables. */
+export interface ReadyLaunch {
+  file: string;
+  args: string[];
+  payload: Record<string, string>;
+}
+
 /** Replaces this process with the launcher running the container; returns only if no launcher
  * can be executed (no private directory for it, only noexec file systems, a launcher that
  * doesn't run here, a plan too large for the arguments), with why: the caller then takes the
  * clone path. */
-export function execLaunch(spec: ExecSpec): string {
+export function execLaunch(spec: ExecSpec, before?: (launch: ReadyLaunch) => void): string {
   const execve = process.execve;
   if (!execve) return "this Node has no process.execve()";
   const args = [process.argv0 || "ch-run"];
-  const env = payloadEnv(execPayload(execProgram(spec), spec.tail));
+  const payload = payloadEnv(execPayload(execProgram(spec), spec.tail));
+  const env = launcherEnv(spec.env, payload, spec.syslog?.[1] ?? null);
   const native = blobs[hostArch()];
   try {
     return withPrivateFile(
@@ -192,10 +187,8 @@ export function execLaunch(spec: ExecSpec): string {
       (file, why) => {
         // This Node's process.execve() aborts the process when execve(2) fails: everything
         // that could make it fail is checked first.
-        const strings = [...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
-        const size = strings.reduce((n, a) => n + Buffer.byteLength(a) + 1 + 8, Buffer.byteLength(file) + 1 + 16);
-        // The limit is never below the kernel's floor: no need to read it for a plan within that.
-        if (size > ARG_FLOOR && size > argLimit()) return `plan too large for the launcher's arguments (${size} bytes)`;
+        const big = tooBig(file, args, env);
+        if (big) return big;
         if ((mountFlagsOf(realpathSync(dirname(file))) ?? 0) & ST_NOEXEC) {
           why.push(`${dirname(file)}: mounted noexec`);
           return undefined;
@@ -206,6 +199,7 @@ export function execLaunch(spec: ExecSpec): string {
           return undefined;
         }
         if (cant) return cant; // the same in any directory
+        before?.({ file, args, payload });
         execve.call(process, file, args, env);
         return "process.execve() returned";
       },

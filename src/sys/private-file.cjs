@@ -25,24 +25,40 @@ function fail(msg) {
   throw e;
 }
 
-/** Makes dir (mode 0700) if it doesn't exist; returns why it can't be ours, or null: it must be
- * a directory (not a symlink) owned by us that others can't write, in a parent that others can't
- * rename it out of (and put their own in its place). */
+/** Makes dir (mode 0700) if it doesn't exist; returns why it can't be ours, or null (see
+ * usableDir()); the parent is checked first. */
 function privateDir(dir, makeParents) {
+  if (makeParents) fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o700 });
+  const bad = parentProblem(path.dirname(dir));
+  if (bad) return bad;
+  try {
+    fs.mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if (e.code !== "EEXIST") throw e;
+  }
+  return dirProblem(dir);
+}
+
+/** Why the existing directory dir can't be ours, or null: it must be a directory (not a
+ * symlink) owned by us that others can't write, in a parent that others can't rename it out of
+ * (and put their own in its place). Throws if it can't be looked at (ENOENT, say). */
+function usableDir(dir) {
+  return parentProblem(path.dirname(dir)) ?? dirProblem(dir);
+}
+
+function parentProblem(parent) {
   const euid = process.geteuid();
-  const parent = path.dirname(dir);
-  if (makeParents) fs.mkdirSync(parent, { recursive: true, mode: 0o700 });
   const pst = fs.statSync(parent);
   // Whoever may rename entries of the parent could swap our directory for theirs between this
   // check and the use of a file in it: only we, root, or (sticky) no one but an entry's owner.
   if (pst.uid !== euid && pst.uid !== 0) return `${parent}: owned by UID ${pst.uid}, neither you nor root`;
   if (pst.mode & 0o022 && !(pst.mode & 0o1000))
     return `${parent}: writable by ${pst.mode & 0o002 ? "others" : "its group"} and not sticky (mode ${(pst.mode & 0o777).toString(8)})`;
-  try {
-    fs.mkdirSync(dir, { mode: 0o700 });
-  } catch (e) {
-    if (e.code !== "EEXIST") throw e;
-  }
+  return null;
+}
+
+function dirProblem(dir) {
+  const euid = process.geteuid();
   const st = fs.lstatSync(dir);
   if (st.isSymbolicLink()) return `${dir}: a symbolic link`;
   if (!st.isDirectory()) return `${dir}: not a directory`;
@@ -239,4 +255,4 @@ function loadPrivateModule(c) {
   });
 }
 
-module.exports = { withPrivateFile, loadPrivateModule, sha256, writeAtomically };
+module.exports = { withPrivateFile, loadPrivateModule, sha256, writeAtomically, candidates, usableDir, identity };

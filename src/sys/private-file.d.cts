@@ -17,3 +17,11 @@ export function loadPrivateModule(c: PrivateContent): unknown;
 export function sha256(buf: Uint8Array): string;
 /** Writes file whole: aside (a name unique across hosts), then renamed into place. */
 export function writeAtomically(file: string, data: string | Uint8Array, mode?: number): void;
+/** The private directories to try, in order: [path, whether to make its parents]. */
+export function candidates(): [string, boolean][];
+/** Why the existing directory can't be a private one of ours, or null; throws if it can't be
+ * looked at. */
+export function usableDir(dir: string): string | null;
+/** The stamp of file as verified to hold the content whose SHA-256 is `expected`: what
+ * identifies it without reading it (throws if another user owns it). */
+export function identity(file: string, expected: string): string;

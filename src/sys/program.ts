@@ -73,6 +73,14 @@ export function setStatusFd(fd: number): void {
 
 const FD_CLOEXEC = 1;
 
+/** Registers that ch-run's launcher executable (native/exec.c) fills from its own environment
+ * before its program runs: the command's environment (a NULL-terminated array), the syslog
+ * message, its length, and its length with the NUL after it. */
+export const REG_ENVP = 12;
+export const REG_LOG = 13;
+export const REG_LOG_LEN = 14;
+export const REG_LOG_LEN0 = 11;
+
 export class ProgramBuilder implements Syscalls {
   readonly ops: Op[] = [];
   readonly nr: SyscallNumbers;
@@ -88,6 +96,10 @@ export class ProgramBuilder implements Syscalls {
   ownMapping: { address: bigint; size: number } | null = null;
   /** The status channel, once the command's execve(2) is next (see setStatusFd()). */
   private statusFd = -1;
+  /** A program for ch-run's launcher executable, whose environment is the command's and holds
+   * the syslog message: execve(2) and sendLog() take them from its registers (REG_*), so that
+   * the program itself holds neither (one plan serves any environment: container/memo.ts). */
+  launcherInputs = false;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -245,7 +257,7 @@ export class ProgramBuilder implements Syscalls {
 
   /** Sends a message to a syslog socket, as libc.sendLog() does; nothing fails (a datagram
    * socket, else a stream one: only the kind the socket is connects). */
-  sendLog(path: string, message: string): void {
+  sendLog(path: string, message: string | null): void {
     const n = this.nr;
     const name = new TextEncoder().encode(path);
     if (name.length >= 108) return;
@@ -254,14 +266,20 @@ export class ProgramBuilder implements Syscalls {
     addr.set(name, 2);
     const why = { what: "syslog" };
     const MSG_NOSIGNAL = 0x4000;
-    for (const [type, text] of [
-      [2, message],
-      [1, `${message}\0`],
+    // The message: here, or (null) the launcher's, its NUL included for a stream socket.
+    const text = (nul: boolean): [Arg, Arg] => {
+      if (message === null) return [{ reg: REG_LOG }, { reg: nul ? REG_LOG_LEN0 : REG_LOG_LEN }];
+      const bytes = new TextEncoder().encode(nul ? `${message}\0` : message);
+      return [{ bytes }, bytes.length];
+    };
+    for (const [type, nul] of [
+      [2, false],
+      [1, true],
     ] as const) {
-      const bytes = new TextEncoder().encode(text);
+      const [msg, len] = text(nul);
       this.op(n.socket, [1, type | O_CLOEXEC, 0], why, { dst: 2, soft: true });
       this.op(n.connect, [{ reg: 2 }, { bytes: addr }, addr.length], why, { soft: true });
-      this.op(n.sendto, [{ reg: 2 }, { bytes }, bytes.length, MSG_NOSIGNAL, 0, 0], why, { soft: true });
+      this.op(n.sendto, [{ reg: 2 }, msg, len, MSG_NOSIGNAL, 0, 0], why, { soft: true });
       this.op(n.close, [{ reg: 2 }], why, { soft: true });
     }
   }
@@ -311,7 +329,7 @@ export class ProgramBuilder implements Syscalls {
 
   execve(candidates: string[], argv: string[], envp: string[], why: Why): void {
     const a = { strs: argv };
-    const e = { strs: envp };
+    const e: Arg = this.launcherInputs ? { reg: REG_ENVP } : { strs: envp };
     // Rendered only for the clone path's child; ch-run's launcher prints its own (no strerror()
     // for 18 errnos at every start).
     const messages = (): [number, string][] => {

@@ -18,11 +18,18 @@ export function selfCommand(program: string): SelfCommand {
 }
 
 /** Given to the bundle by the executable's loader (src/sea-main.cjs); absent under plain Node. */
-declare const __chLoader: { codeCache: string; bundle: string } | undefined;
+declare const __chLoader: LoaderInfo | undefined;
+
+export interface LoaderInfo {
+  codeCache: string;
+  bundle: string;
+  /** ch-run: the key of a launch to remember (container/memo.ts), when none was replayed. */
+  memo?: { key: string; slot: string } | null;
+}
 
 /** What the executable's loader ran: which bundle ("ch", every program; "ch-run", ch-run alone)
  * and whether V8 took its code cache ("accepted", "rejected", "none": an executable without one);
  * null when not run by the executable's loader. */
-export function loaderInfo(): { codeCache: string; bundle: string } | null {
+export function loaderInfo(): LoaderInfo | null {
   return typeof __chLoader === "undefined" ? null : __chLoader;
 }

@@ -521,20 +521,24 @@ describe("descriptors, signals, resources", () => {
   });
 
   it("runs a plan too large for the launcher's arguments on the clone path", () => {
-    // 1.6 MB of environment: ch-run starts (under the 2 MB that an 8 MiB stack allows), but the
-    // plan, which holds it, is too large for the launcher's arguments (E2BIG).
+    // 0.9 MB of environment and 0.9 MB of the command's arguments: ch-run starts (under the
+    // 2 MB that an 8 MiB stack allows), and so would the command, but the launcher's arguments
+    // and environment hold both and the plan (the arguments again, base64): too large (E2BIG).
     const big: Record<string, string> = {};
-    for (let i = 0; i < 16; i++) big[`BIG${i}`] = "x".repeat(100_000);
-    // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
-    const r = run("sh", ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "-v", img, "--", "sh", "-c", "echo ${#BIG15}"], {
-      env: { ...process.env, ...big },
-    });
+    for (let i = 0; i < 9; i++) big[`BIG${i}`] = "x".repeat(100_000);
+    const args = Array.from({ length: 9 }, (_, i) => String(i).repeat(100_000)); // distinct: the plan holds each once;
+    const r = run(
+      "sh",
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: the shell's
+      ["-c", 'ulimit -s 8192 && exec "$0" "$@"', CH_RUN, "-v", img, "--", "sh", "-c", 'echo "${#BIG8} $# ${#9}"', "x", ...args],
+      { env: { ...process.env, ...big } },
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.match(
       r.stderr,
       /no launcher executable \(plan too large for the launcher's arguments \(\d+ bytes\)\): starting the container from Node/,
     );
-    assert.equal(r.stdout, "100000\n");
+    assert.equal(r.stdout, "100000 9 100000\n");
   });
 
   it("writes no temporary files", () => {
@@ -548,7 +552,7 @@ describe("descriptors, signals, resources", () => {
     chRun([img, "--", "no-such-command"], { env });
     chRun(["-b", "/no/such", img, "--", "true"], { env });
     // Only the private directory of the files ch-run runs from (the launcher, koffi's module),
-    // which stay for the next start: no temporary file.
+    // and the launches it remembers, which stay for the next start: no temporary file.
     const kept = readdirSync(own);
     assert.ok(
       kept.every((f) => f === `.charliecloud-${uid}`),
@@ -558,7 +562,7 @@ describe("descriptors, signals, resources", () => {
       assert.match(
         f,
         new RegExp(
-          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$`,
+          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$|^ch-run-memo-[0-9a-f]{2}$`,
         ),
       );
     const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));

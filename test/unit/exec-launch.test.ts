@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
 import { ChError, setProgram } from "../../src/sys/errors.ts";
-import { argLimit, execPayload, execProgram, payloadEnv } from "../../src/sys/exec-launch.ts";
+import { argLimit, execPayload, execProgram, launcherEnv, payloadEnv, tooBig } from "../../src/sys/exec-launch.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
 import { keepOnExec } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
@@ -60,6 +60,7 @@ describe("launcher plan", () => {
       nullFds: [1],
       syslog: ["/dev/log", "<14>ch-run: hello"],
       tail: "",
+      env: ["A=1"],
       build(b, beforeExec) {
         b.chdir("/srv", { what: "can't cd" });
         beforeExec();
@@ -91,16 +92,42 @@ describe("launcher plan", () => {
     b.chdir("/nowhere", { what: "can't cd to /nowhere" });
     b.op(nr.close, [99], { what: "x" }, { soft: true });
     const p = execPayload(b, "TAIL\n");
-    const w = new BigInt64Array(p.buffer, p.byteOffset, 6 + 1);
-    assert.equal(Buffer.from(p.subarray(0, 8)).toString(), "CHEXEC01");
+    const w = new BigInt64Array(p.buffer, p.byteOffset, 8 + 1);
+    assert.equal(Buffer.from(p.subarray(0, 8)).toString(), "CHEXEC02");
     assert.equal(w[1], 1n); // the chdir path's pointer
     const msgs = Number(w[3]);
     const table = new BigInt64Array(p.buffer.slice(p.byteOffset + msgs, p.byteOffset + msgs + 64));
     const text = (off: bigint, len: bigint) => Buffer.from(p.subarray(Number(off), Number(off + len))).toString();
-    assert.equal(text(table[0], table[1]), `ch-run[${process.pid}]: error: can't cd to /nowhere`);
+    // No PID in the plan: the launcher prints NAME[ITS PID] before each message.
+    assert.equal(text(w[6], w[7]), "ch-run");
+    assert.equal(text(table[0], table[1]), ": error: can't cd to /nowhere");
     assert.match(text(table[2], table[3]), /^exec-launch\.test\.ts:\d+$/);
     assert.deepEqual([...table.slice(4)], [0n, 0n, 0n, 0n]); // soft: never reported
     assert.equal(text(w[4], w[5]), "TAIL\n");
+  });
+});
+
+describe("launcher environment", () => {
+  it("is the command's, less variables named like the launcher's, with the plan and the syslog message", () => {
+    const env = launcherEnv(
+      ["A=1", "B=x=y", "CH_RUN_LAUNCH_P0=forged", "CH_RUN_LAUNCH_LOG=forged"],
+      { CH_RUN_LAUNCH_P0: "AAAA" },
+      "msg",
+    );
+    assert.deepEqual(env, { A: "1", B: "x=y", CH_RUN_LAUNCH_P0: "AAAA", CH_RUN_LAUNCH_LOG: "msg" });
+    assert.equal(launcherEnv([], {}, null).CH_RUN_LAUNCH_LOG, undefined);
+    // A command line of any length: the message is cut, not the launch refused.
+    assert.equal(launcherEnv([], {}, "m".repeat(1_000_000)).CH_RUN_LAUNCH_LOG.length, 16384);
+  });
+
+  it("is refused before execve(2) when too large, or with a string longer than execve(2) takes", () => {
+    assert.equal(tooBig("/l", ["ch-run"], { A: "x".repeat(100_000) }), null);
+    assert.match(
+      tooBig("/l", ["ch-run"], { A: "x".repeat(131_071) }) ?? "",
+      /^a string too long for the launcher's arguments \(131074 bytes\)$/,
+    );
+    const big = Object.fromEntries(Array.from({ length: 70 }, (_, i) => [`V${i}`, "x".repeat(100_000)]));
+    assert.match(tooBig("/l", ["ch-run"], big) ?? "", /^plan too large for the launcher's arguments \(\d+ bytes\)$/);
   });
 });
 
@@ -156,7 +183,7 @@ describe("launcher executable", () => {
     const r = spawnSync(exe, ["plan?"], { encoding: "utf8", env: { PATH: "/bin" } });
     assert.equal(r.status, 31);
     assert.match(r.stderr, /launcher: no plan/);
-    const bad = spawnSync(exe, [], { encoding: "utf8", env: { P0: "A".repeat(100) } });
+    const bad = spawnSync(exe, [], { encoding: "utf8", env: { CH_RUN_LAUNCH_P0: "A".repeat(100) } });
     assert.equal(bad.status, 31);
     assert.match(bad.stderr, /launcher: bad plan/);
   });

@@ -49,11 +49,11 @@ describe("executable loader", () => {
     );
     assert.equal(made.status, 0, made.stderr);
     const good = Buffer.from(made.stdout, "base64");
-    assert.deepEqual(load(src, good), [{ codeCache: "accepted", bundle: "ch" }, 42]);
+    assert.deepEqual(load(src, good), [{ codeCache: "accepted", bundle: "ch", memo: null }, 42]);
     assert.deepEqual(load(bundle("rejected"), new Uint8Array(good.length).fill(7)), [
-      { codeCache: "rejected", bundle: "ch" },
+      { codeCache: "rejected", bundle: "ch", memo: null },
       42,
     ]);
-    assert.deepEqual(load(bundle("none"), null), [{ codeCache: "none", bundle: "ch" }, 42]);
+    assert.deepEqual(load(bundle("none"), null), [{ codeCache: "none", bundle: "ch", memo: null }, 42]);
   });
 });

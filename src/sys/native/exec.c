@@ -2,18 +2,24 @@
    (process.execve), which then sets the container up and execs the command in the same process,
    as Charliecloud's C ch-run does: no clone, no waiter, ch-run's PID is the command's.
 
-   The environment is the plan, base64 in chunks (each a multiple of 4 characters) as the values
-   of P0=..., P1=... in order (other variables are ignored), not the arguments: /proc/PID/cmdline is readable by every
-   user, /proc/PID/environ only by ours, and the plan holds the command's environment. The
-   chunks decode to:
-     words (little-endian 64-bit): magic "CHEXEC01", nrelocs, prog, msgs, tail, tail_len,
-                                   then nrelocs offsets into the program
-   (prog, msgs, tail: byte offsets in the payload). The program at `prog` is the one
+   The environment is the command's, plus the launcher's own variables, named CH_RUN_LAUNCH_*
+   (not the arguments: /proc/PID/cmdline is readable by every user, /proc/PID/environ only by
+   ours): the plan, base64 in chunks (each a multiple of 4 characters) as the values of
+   CH_RUN_LAUNCH_P0, CH_RUN_LAUNCH_P1... (read in that order), and the syslog message,
+   CH_RUN_LAUNCH_LOG. They are taken out of the environment, which the program then finds in
+   register REG_ENVP (a NULL-terminated array), the message in REG_LOG with its length in
+   REG_LOG_LEN (and that plus its NUL in REG_LOG_LEN0): the plan holds neither, so the same plan
+   serves any environment (ch-run remembers plans, see src/container/memo.ts). The chunks decode
+   to:
+     words (little-endian 64-bit): magic "CHEXEC02", nrelocs, prog, msgs, tail, tail_len,
+                                   name, name_len, then nrelocs offsets into the program
+   (prog, msgs, tail, name: byte offsets in the payload). The program at `prog` is the one
    src/sys/program.ts lays out (prog.h), as if loaded at address 0: each relocation offset names a
    pointer word to add the program's address to. `msgs` holds per op {head, head_len, where,
    where_len} (payload offsets): on failure this program prints
-     HEAD: strerror (WHERE ERRNO)\n
-   then the tail (the warnings ch-run reprints), and exits with the op's status (31 by default).
+     NAME[PID]HEAD: strerror (WHERE ERRNO)\n
+   (PID its own, which is ch-run's: the plan holds no PID), then the tail (the warnings ch-run
+   reprints), and exits with the op's status (31 by default).
 
    Before the program runs: every signal at its default, none blocked (only ignored ones survive
    execve(2), but Node ignores SIGPIPE and SIGXFSZ), and O_NONBLOCK off on 0-2 (Node leaves it on
@@ -51,23 +57,66 @@ static int b64(char c) {
   return -1;
 }
 
-/* Whether s is one of the plan's chunks: P<digits>=... (anything else is ignored). */
-static int plan_var(const char *s) {
-  if (s[0] != 'P' || s[1] < '0' || s[1] > '9') return 0;
-  for (s++; *s >= '0' && *s <= '9'; s++) {
+/* The launcher's own variables: CH_RUN_LAUNCH_NAME=VALUE; returns VALUE if s is one, else 0. */
+static const char PREFIX[] = "CH_RUN_LAUNCH_";
+static char *own_var(char *s, const char *name) {
+  i64 i = 0;
+  for (; PREFIX[i]; i++)
+    if (s[i] != PREFIX[i]) return 0;
+  if (!name) return s + i; /* any of ours */
+  for (i64 j = 0; name[j]; j++, i++)
+    if (s[i] != name[j]) return 0;
+  return s[i] == '=' ? s + i + 1 : 0;
+}
+
+/* "P<k>" for chunk k. */
+static void chunk_name(char *buf, i64 k) {
+  char d[24];
+  i64 n = 0;
+  do {
+    d[n++] = '0' + k % 10;
+    k /= 10;
+  } while (k);
+  buf[0] = 'P';
+  for (i64 i = 0; i < n; i++) buf[1 + i] = d[n - 1 - i];
+  buf[1 + n] = 0;
+}
+
+/* Chunk k's value, or 0 if there is none. */
+static char *chunk(char **envp, i64 k) {
+  char name[26];
+  chunk_name(name, k);
+  for (char **e = envp; *e; e++) {
+    char *v = own_var(*e, name);
+    if (v) return v;
   }
-  return *s == '=';
+  return 0;
 }
 
 static void append(char *buf, i64 *len, i64 cap, const char *s, i64 n) {
   for (i64 i = 0; i < n && *len < cap; i++) buf[(*len)++] = s[i];
 }
 
-/* HEAD[: strerror] (WHERE ERRNO)\n, then the tail; one write for the line. */
+/* Appends n in decimal. */
+static void append_num(char *buf, i64 *len, i64 cap, i64 n) {
+  char num[24];
+  i64 k = sizeof num;
+  do {
+    num[--k] = '0' + n % 10;
+    n /= 10;
+  } while (n);
+  append(buf, len, cap, num + k, sizeof num - k);
+}
+
+/* NAME[PID]HEAD[: strerror] (WHERE ERRNO)\n, then the tail; one write for the line. */
 __attribute__((noreturn)) static void fail(unsigned char *base, i64 *hdr, i64 i, i64 err, i64 code) {
   i64 *m = (i64 *)(base + hdr[3]) + 4 * i;
   char line[4096];
   i64 len = 0;
+  append(line, &len, sizeof line - 1, (char *)base + hdr[6], hdr[7]);
+  append(line, &len, sizeof line - 1, "[", 1);
+  append_num(line, &len, sizeof line - 1, sys(NR_getpid, 0, 0, 0));
+  append(line, &len, sizeof line - 1, "]", 1);
   append(line, &len, sizeof line - 1, (char *)base + m[0], m[1]);
   if (err) {
     const char *t = err < ERRTEXT_N ? ERRTEXT[err] : "Unknown error";
@@ -78,15 +127,8 @@ __attribute__((noreturn)) static void fail(unsigned char *base, i64 *hdr, i64 i,
   }
   append(line, &len, sizeof line - 1, " (", 2);
   append(line, &len, sizeof line - 1, (char *)base + m[2], m[3]);
-  char num[24];
-  i64 k = sizeof num;
-  i64 e = err;
-  do {
-    num[--k] = '0' + e % 10;
-    e /= 10;
-  } while (e);
-  num[--k] = ' ';
-  append(line, &len, sizeof line - 1, num + k, sizeof num - k);
+  append(line, &len, sizeof line - 1, " ", 1);
+  append_num(line, &len, sizeof line - 1, err);
   line[len++] = ')';
   line[len++] = '\n';
   sys(NR_write, 2, (i64)line, len);
@@ -108,9 +150,11 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
   }
   /* Decode the plan. */
   i64 total = 0;
-  for (char **e = envp; *e; e++)
-    if (plan_var(*e))
-      for (char *c = *e; *c; c++) total++;
+  for (i64 k = 0;; k++) {
+    char *c = chunk(envp, k);
+    if (!c) break;
+    while (*c++) total++;
+  }
   if (total < 64) {
     say("ch-run: error: launcher: no plan (it is started by ch-run only)\n");
     die(31);
@@ -122,11 +166,9 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
     die(31);
   }
   i64 n = 0;
-  for (char **e = envp; *e; e++) {
-    if (!plan_var(*e)) continue;
-    char *c = *e + 1;
-    while (*c != '=') c++;
-    c++;
+  for (i64 k = 0;; k++) {
+    char *c = chunk(envp, k);
+    if (!c) break;
     while (c[0] && c[1] && c[2] && c[3]) {
       int v0 = b64(c[0]), v1 = b64(c[1]), v2 = b64(c[2]), v3 = b64(c[3]);
       if (v0 < 0 || v1 < 0) goto bad;
@@ -144,21 +186,41 @@ __attribute__((noreturn, used)) void exec_main(i64 *sp) {
     if (*c) goto bad;
   }
   i64 *hdr = (i64 *)base;
-  /* "CHEXEC01" little-endian */
-  if (n < 48 || hdr[0] != 0x3130434558454843L || hdr[1] < 0 || 48 + hdr[1] * 8 > n) goto bad;
+  /* "CHEXEC02" little-endian */
+  if (n < 64 || hdr[0] != 0x3230434558454843L || hdr[1] < 0 || 64 + hdr[1] * 8 > n) goto bad;
+  if (hdr[6] < 0 || hdr[7] < 0 || hdr[6] + hdr[7] > n || hdr[4] < 0 || hdr[5] < 0 || hdr[4] + hdr[5] > n) goto bad;
   if (hdr[2] < 0 || hdr[2] + 24 > n || hdr[2] % 8) goto bad;
   struct prog *p = (struct prog *)(base + hdr[2]);
   if (p->nops < 0 || hdr[2] + 24 + p->nops * (i64)sizeof(struct op) > n) goto bad;
   for (i64 r = 0; r < hdr[1]; r++) {
-    if (hdr[6 + r] < 0 || hdr[2] + hdr[6 + r] + 8 > n) goto bad;
-    *(i64 *)((unsigned char *)p + hdr[6 + r]) += (i64)p;
+    if (hdr[8 + r] < 0 || hdr[2] + hdr[8 + r] + 8 > n) goto bad;
+    *(i64 *)((unsigned char *)p + hdr[8 + r]) += (i64)p;
   }
   /* This launcher runs one stage and prints its own messages: a second stage (nr -1) or a
      message table (flag bit 30), which only launcher.c knows, is a plan meant for the other. */
   for (i64 i = 0; i < p->nops; i++)
     if (p->ops[i].nr == -1 || (p->ops[i].flags >> 30) & 1) goto bad;
 
+  /* The launcher's inputs: its own variables out of the command's environment. */
   i64 reg[15];
+  for (i64 r = 0; r < 15; r++) {
+    reg[r] = 0;
+    __asm__ volatile("" ::: "memory"); /* a loop, not a call to memset(), which there is none of */
+  }
+  char **w = envp;
+  for (char **e = envp; *e; e++) {
+    char *m = own_var(*e, "LOG");
+    if (m) {
+      i64 len = 0;
+      while (m[len]) len++;
+      reg[REG_LOG] = (i64)m;
+      reg[REG_LOG_LEN] = len;
+      reg[REG_LOG_LEN0] = len + 1;
+    }
+    if (!own_var(*e, 0)) *w++ = *e;
+  }
+  *w = 0;
+  reg[REG_ENVP] = (i64)envp;
   for (i64 i = 0; i < p->nops; i++) {
     struct op *o = &p->ops[i];
     i64 a[6], err;

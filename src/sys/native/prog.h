@@ -24,6 +24,12 @@ struct prog {
   struct op ops[];
 };
 
+/* Registers the launcher executable (exec.c) fills before the program runs. */
+#define REG_LOG_LEN0 11
+#define REG_ENVP 12
+#define REG_LOG 13
+#define REG_LOG_LEN 14
+
 #define OP_SOFT(o) (((o)->flags >> 29) & 1)
 #define OP_STATUS(o) (((o)->flags >> 32) & 255)
 

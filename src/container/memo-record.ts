@@ -1,0 +1,226 @@
+// Recording a launch to remember (memo.ts): while ch-run reads its options, finds the image and
+// plans, every path it looks at through node:fs and every environment variable it reads are
+// noted; anything a remembered launch could not do again the same way (output, a write, koffi,
+// a change to the environment, a /proc or /sys file other than the mount table) spoils the
+// recording. At the exec into the launcher, an unspoiled one is written to its slot.
+import * as fs from "node:fs";
+import { isAbsolute, join, resolve } from "node:path";
+import type { ReadyLaunch } from "../sys/exec-launch.ts";
+import { writeAtomically } from "../sys/private-file.cjs";
+import { type EnvRecipe, HOST_ENTRIES } from "./env.ts";
+import { type Fact, type FactKind, MEMO_VERSION, type Memo, type MemoContext, memoNote, observe } from "./memo.ts";
+
+type Patchable = Record<string, unknown>;
+
+/** Calls of node:fs that read a path (argument 0): what each shows of it. */
+const READS: Record<string, FactKind> = {
+  existsSync: "s",
+  statSync: "s",
+  readFileSync: "s",
+  readdirSync: "s",
+  opendirSync: "s",
+  accessSync: "s",
+  openSync: "s",
+  lstatSync: "l",
+  readlinkSync: "l",
+  realpathSync: "r",
+};
+
+/** Calls that change something: a launch remembered would not make them again. */
+const WRITES = [
+  "writeFileSync",
+  "appendFileSync",
+  "mkdirSync",
+  "mkdtempSync",
+  "renameSync",
+  "rmSync",
+  "rmdirSync",
+  "unlinkSync",
+  "symlinkSync",
+  "linkSync",
+  "copyFileSync",
+  "cpSync",
+  "chmodSync",
+  "chownSync",
+  "lchownSync",
+  "utimesSync",
+  "truncateSync",
+  "ftruncateSync",
+  "writeSync",
+  "writevSync",
+];
+
+const MOUNT_TABLE = "/proc/self/mountinfo";
+
+export class Recorder {
+  /** Why this launch can't be remembered (the first reason), or null. */
+  spoiled: string | null = null;
+  private readonly seen = new Map<string, [FactKind, string]>();
+  private readonly vars = new Map<string, string | null>();
+  private readonly undo: (() => void)[] = [];
+  private readonly rawEnv: NodeJS.ProcessEnv;
+  private stopped = false;
+  readonly ctx: MemoContext;
+  private readonly cwd: string;
+
+  constructor(ctx: MemoContext, cwd: string) {
+    this.ctx = ctx;
+    this.cwd = cwd;
+    this.rawEnv = process.env;
+  }
+
+  spoil(why: string): void {
+    this.spoiled ??= why;
+  }
+
+  /** The kernel's release was read (--seccomp's plan). */
+  kernel(): void {
+    this.seen.set("k", ["k", ""]);
+  }
+
+  private path(kind: FactKind, p: unknown): void {
+    if (this.stopped) return;
+    if (typeof p !== "string") {
+      if (p instanceof URL || Buffer.isBuffer(p)) this.spoil("a path not a string");
+      return; // a descriptor: its path was noted when it was opened
+    }
+    const abs = isAbsolute(p) ? p : resolve(this.cwd, p);
+    if (abs === MOUNT_TABLE) kind = "t";
+    else if (/^\/(proc|sys)(\/|$)/.test(abs)) {
+      this.spoil(`reads ${abs}`);
+      return;
+    }
+    this.seen.set(`${kind} ${abs}`, [kind, abs]);
+  }
+
+  /** Starts watching node:fs, process.env, and standard output and error. */
+  start(): this {
+    const mod = fs as unknown as Patchable;
+    // node:fs's exports as the bundle reads them (esbuild's namespace object) may be frozen; the
+    // module object itself, which the bundle's calls go through, is not.
+    const target = (process.getBuiltinModule("node:fs") as unknown as Patchable) ?? mod;
+    const patch = (name: string, wrap: (orig: (...a: unknown[]) => unknown) => (...a: unknown[]) => unknown) => {
+      const orig = target[name];
+      if (typeof orig !== "function") return;
+      const w = Object.assign(wrap(orig as (...a: unknown[]) => unknown), orig);
+      target[name] = w;
+      this.undo.push(() => {
+        target[name] = orig;
+      });
+    };
+    for (const [name, kind] of Object.entries(READS))
+      patch(name, (orig) => (...a) => {
+        if (name === "openSync" && typeof a[1] !== "undefined" && a[1] !== "r" && a[1] !== fs.constants.O_RDONLY)
+          this.spoil(`opens ${String(a[0])} to write`);
+        this.path(kind, a[0]);
+        return orig(...a);
+      });
+    const real = target.realpathSync as { native?: (...a: unknown[]) => unknown };
+    if (real.native) {
+      const orig = real.native;
+      real.native = (...a: unknown[]) => {
+        this.path("r", a[0]);
+        return orig(...a);
+      };
+      this.undo.push(() => {
+        real.native = orig;
+      });
+    }
+    for (const name of WRITES)
+      patch(name, (orig) => (...a) => {
+        if (!this.stopped) this.spoil(name === "writeSync" && (a[0] === 1 || a[0] === 2) ? "output" : `writes (${name})`);
+        return orig(...a);
+      });
+    for (const stream of [process.stdout, process.stderr]) {
+      const orig = stream.write;
+      stream.write = ((...a: Parameters<typeof orig>) => {
+        if (!this.stopped) this.spoil("output");
+        return orig.apply(stream, a);
+      }) as typeof orig;
+      this.undo.push(() => {
+        stream.write = orig;
+      });
+    }
+    const raw = this.rawEnv;
+    const note = (k: string | symbol) => {
+      if (typeof k === "string" && !this.stopped) this.vars.set(k, raw[k] ?? null);
+    };
+    process.env = new Proxy(raw, {
+      get: (t, k) => {
+        if (k === HOST_ENTRIES) return () => Object.entries(t);
+        note(k);
+        return Reflect.get(t, k);
+      },
+      has: (t, k) => {
+        note(k);
+        return Reflect.has(t, k);
+      },
+      getOwnPropertyDescriptor: (t, k) => {
+        note(k);
+        return Reflect.getOwnPropertyDescriptor(t, k);
+      },
+      ownKeys: (t) => {
+        if (!this.stopped) this.spoil("lists the environment");
+        return Reflect.ownKeys(t);
+      },
+      set: (t, k, v) => {
+        if (!this.stopped) this.spoil(`sets $${String(k)}`);
+        return Reflect.set(t, k, v);
+      },
+      deleteProperty: (t, k) => {
+        if (!this.stopped) this.spoil(`unsets $${String(k)}`);
+        return Reflect.deleteProperty(t, k);
+      },
+    }) as NodeJS.ProcessEnv;
+    this.undo.push(() => {
+      process.env = raw;
+    });
+    return this;
+  }
+
+  /** Stops watching (what is read from now on is the launch's own business: the launcher file,
+   * the descriptors). Idempotent. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const u of this.undo.reverse()) u();
+    this.undo.length = 0;
+  }
+
+  /** What was seen, as facts checked now (the same instant, for all ch-run changed: nothing). */
+  facts(): Fact[] {
+    const out: Fact[] = [];
+    for (const [kind, p] of this.seen.values()) out.push([kind, p, observe(kind, p)]);
+    return out;
+  }
+
+  /** Writes the memo for this launch beside its launcher, unless spoiled; never throws (a
+   * launch that can't be remembered is launched all the same). */
+  save(launch: ReadyLaunch, recipe: EnvRecipe | undefined, path: string | null, syslog: boolean): void {
+    this.stop();
+    const env = this.rawEnv;
+    if (!recipe) this.spoil("no environment recipe");
+    if (this.spoiled) {
+      memoNote(env, `not recorded: ${this.spoiled}`);
+      return;
+    }
+    try {
+      const m: Memo = {
+        v: MEMO_VERSION,
+        key: this.ctx.key,
+        env: [...this.vars],
+        facts: this.facts(),
+        recipe: recipe as EnvRecipe,
+        path,
+        launcher: { file: launch.file, ident: fs.readFileSync(`${launch.file}.verified`, "utf8") },
+        args: launch.args,
+        payload: launch.payload,
+        syslog,
+      };
+      writeAtomically(join(launch.file, "..", this.ctx.slot), JSON.stringify(m));
+      memoNote(env, "recorded");
+    } catch (e) {
+      memoNote(env, `not recorded: ${(e as Error).message}`);
+    }
+  }
+}
