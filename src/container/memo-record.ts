@@ -16,11 +16,11 @@ type Patchable = Record<string, unknown>;
 const READS: Record<string, FactKind> = {
   existsSync: "s",
   statSync: "s",
-  readFileSync: "s",
-  readdirSync: "s",
-  opendirSync: "s",
   accessSync: "s",
-  openSync: "s",
+  readFileSync: "c",
+  readdirSync: "c",
+  opendirSync: "c",
+  openSync: "c",
   lstatSync: "l",
   readlinkSync: "l",
   realpathSync: "r",
@@ -55,11 +55,15 @@ const MOUNT_TABLE = "/proc/self/mountinfo";
 export class Recorder {
   /** Why this launch can't be remembered (the first reason), or null. */
   spoiled: string | null = null;
-  private readonly seen = new Map<string, [FactKind, string]>();
+  /** Each path looked at, with what it showed just before ch-run looked (so that a change while
+   * planning makes the memo stale, never wrong). */
+  private readonly seen = new Map<string, Fact>();
   private readonly vars = new Map<string, string | null>();
   private readonly undo: (() => void)[] = [];
   private readonly rawEnv: NodeJS.ProcessEnv;
   private stopped = false;
+  /** Inside observe(), whose own calls of node:fs are no reads of ch-run's. */
+  private observing = false;
   readonly ctx: MemoContext;
   private readonly cwd: string;
 
@@ -75,11 +79,20 @@ export class Recorder {
 
   /** The kernel's release was read (--seccomp's plan). */
   kernel(): void {
-    this.seen.set("k", ["k", ""]);
+    if (!this.stopped && !this.seen.has("k")) this.seen.set("k", ["k", "", this.observe("k", "")]);
+  }
+
+  private observe(kind: FactKind, p: string): string {
+    this.observing = true;
+    try {
+      return observe(kind, p);
+    } finally {
+      this.observing = false;
+    }
   }
 
   private path(kind: FactKind, p: unknown): void {
-    if (this.stopped) return;
+    if (this.stopped || this.observing) return;
     if (typeof p !== "string") {
       if (p instanceof URL || Buffer.isBuffer(p)) this.spoil("a path not a string");
       return; // a descriptor: its path was noted when it was opened
@@ -90,7 +103,8 @@ export class Recorder {
       this.spoil(`reads ${abs}`);
       return;
     }
-    this.seen.set(`${kind} ${abs}`, [kind, abs]);
+    const key = `${kind} ${abs}`;
+    if (!this.seen.has(key)) this.seen.set(key, [kind, abs, this.observe(kind, abs)]);
   }
 
   /** Starts watching node:fs, process.env, and standard output and error. */
@@ -187,11 +201,9 @@ export class Recorder {
     this.undo.length = 0;
   }
 
-  /** What was seen, as facts checked now (the same instant, for all ch-run changed: nothing). */
+  /** What was seen. */
   facts(): Fact[] {
-    const out: Fact[] = [];
-    for (const [kind, p] of this.seen.values()) out.push([kind, p, observe(kind, p)]);
-    return out;
+    return [...this.seen.values()];
   }
 
   /** Writes the memo for this launch beside its launcher, unless spoiled; never throws (a

@@ -34,9 +34,11 @@ import { SYSLOG_ENABLED, syslogMessage } from "./syslog.ts";
 
 export const MEMO_VERSION = 1;
 
-/** What a path showed: stat(2) (s), lstat(2) (l), its real path (r), its text (t, for
- * /proc/self/mountinfo), or the kernel's release (k, path ""). */
-export type FactKind = "s" | "l" | "r" | "t" | "k";
+/** What a path showed: stat(2) (s), lstat(2) (l), its content's identity (c: a file read or a
+ * directory listed), its real path (r), its text (t, for /proc/self/mountinfo), or the kernel's
+ * release (k, path ""). A directory only looked at (s, l) shows its inode, mode and owner, not
+ * its times or size, which change with every entry made in it (/tmp's, all the time). */
+export type FactKind = "s" | "l" | "c" | "r" | "t" | "k";
 export type Fact = [FactKind, string, string];
 
 export interface Memo {
@@ -75,7 +77,7 @@ export function slotName(key: string): string {
   return `ch-run-memo-${(h & 0xff).toString(16).padStart(2, "0")}`;
 }
 
-function stamp(st: {
+type BigStat = {
   ino: bigint;
   mode: bigint;
   nlink: bigint;
@@ -85,8 +87,13 @@ function stamp(st: {
   mtimeNs: bigint;
   ctimeNs: bigint;
   rdev: bigint;
-}): string {
+  isDirectory(): boolean;
+};
+
+function stamp(st: BigStat | undefined, content: boolean): string {
+  if (!st) return "-";
   // No device number: an NFS mount's differs from node to node (as private-file.cjs's stamps).
+  if (!content && st.isDirectory()) return `d:${st.ino}:${st.mode}:${st.uid}:${st.gid}`;
   return `${st.ino}:${st.mode}:${st.nlink}:${st.uid}:${st.gid}:${st.size}:${st.rdev}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
@@ -98,14 +105,11 @@ function code(e: unknown): string {
 export function observe(kind: FactKind, path: string): string {
   try {
     switch (kind) {
-      case "s": {
-        const st = statSync(path, { bigint: true, throwIfNoEntry: false });
-        return st ? stamp(st) : "-";
-      }
-      case "l": {
-        const st = lstatSync(path, { bigint: true, throwIfNoEntry: false });
-        return st ? stamp(st) : "-";
-      }
+      case "s":
+      case "c":
+        return stamp(statSync(path, { bigint: true, throwIfNoEntry: false }), kind === "c");
+      case "l":
+        return stamp(lstatSync(path, { bigint: true, throwIfNoEntry: false }), false);
       case "r":
         return realpathSync.native(path);
       case "t":

@@ -67,6 +67,18 @@ describe("facts", () => {
     symlinkSync("absent", l);
     assert.equal(staleFact(linked), `l ${l}`);
     assert.equal(observe("r", l), "EENOENT");
+    // A directory looked at holds while entries come and go; one listed doesn't.
+    const d = join(dir, "listed");
+    fs.mkdirSync(d);
+    const dirs: Fact[] = [
+      ["s", d, observe("s", d)],
+      ["c", d, observe("c", d)],
+    ];
+    writeFileSync(join(d, "new"), "");
+    assert.equal(staleFact(dirs.slice(0, 1)), null);
+    assert.equal(staleFact(dirs), `c ${d}`);
+    chmodSync(d, 0o700);
+    assert.equal(staleFact(dirs.slice(0, 1)), `s ${d}`);
     const t: Fact = ["t", f, observe("t", f)];
     assert.equal(t[2], "xyz");
     assert.equal(staleFact([["k", "", observe("k", "")]]), null);
@@ -136,6 +148,7 @@ describe("recorder", () => {
     assert.equal(r.spoiled, null);
     const facts = r.facts().map(([k, p]) => `${k} ${p}`);
     assert.deepEqual(facts.sort(), [
+      `c ${f}`,
       `l ${join(dir, "relative")}`,
       `r ${dir}`,
       `s ${join(dir, "nothing")}`,
