@@ -2,7 +2,7 @@
 // container set-up with the owner's privileges (a setuid-root copy maps host root into the
 // container): like Charliecloud, every program refuses, before it loads anything from a path the
 // caller controls (koffi's module, a configuration, an image).
-import { readFileSync } from "node:fs";
+import { closeSync, openSync, readSync } from "node:fs";
 
 /** AT_SECURE in the auxiliary vector: the kernel's own word that this is a privileged exec
  * (setuid, setgid, file capabilities, an LSM transition). */
@@ -26,10 +26,24 @@ export interface Ids {
   secure: boolean | null;
 }
 
+/** /proc/self/auxv: a few hundred bytes, read at once (readFileSync() grows its buffer, as for
+ * any file of /proc, which says its size is 0: slower, at every start). */
+function readAuxv(): Buffer {
+  const fd = openSync("/proc/self/auxv", "r");
+  try {
+    const buf = Buffer.allocUnsafe(4096);
+    let n = 0;
+    for (let r = 1; r > 0 && n < buf.length; n += r) r = readSync(fd, buf, n, buf.length - n, null);
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function currentIds(): Ids {
   let secure: boolean | null = null;
   try {
-    secure = atSecure(readFileSync("/proc/self/auxv"));
+    secure = atSecure(readAuxv());
   } catch {
     // no /proc: the IDs alone decide
   }
