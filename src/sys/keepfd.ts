@@ -11,7 +11,7 @@ import { inheritedFds } from "./fds.ts";
 import { keepfdBlobs } from "./native/keepfd-blob.ts";
 import { loadPrivateModule } from "./private-file.cjs";
 
-export interface Helper {
+interface Helper {
   keepOnExec(fd: number): number;
   /** The inherited descriptors, sorted, now without close-on-exec; or what failed: fd -1 for
    * listing /proc/self/fd, else clearing that descriptor's flag. */
@@ -55,7 +55,8 @@ export function keepOnExec(fds: number[]): void {
  * each, so that the command gets them; returns them, sorted. The helper does both in one call
  * (about 2 ms less than listing them from JavaScript); where it can't be loaded, they are listed
  * from JavaScript, and only an inherited one makes that an error (as keepOnExec()). */
-export function keepInheritedFds(helper: Helper | string = loadHelper()): number[] {
+export function keepInheritedFds(): number[] {
+  const helper = loadHelper();
   if (typeof helper === "string") {
     const fds = inheritedFds();
     keepEach(helper, fds);
