@@ -53,8 +53,9 @@ export function keepOnExec(fds: number[]): void {
 
 /** Finds the descriptors ch-run inherited (fds.ts's inheritedFds()) and clears close-on-exec on
  * each, so that the command gets them; returns them, sorted. The helper does both in one call
- * (about 2 ms less than listing them from JavaScript); where it can't be loaded, they are listed
- * from JavaScript, and only an inherited one makes that an error (as keepOnExec()). */
+ * (loading it and listing them take about a millisecond less than listing them from JavaScript
+ * at start-up); where it can't be loaded, they are listed from JavaScript, and only an
+ * inherited one makes that an error (as keepOnExec()). */
 export function keepInheritedFds(): number[] {
   const helper = loadHelper();
   if (typeof helper === "string") {
