@@ -2,8 +2,7 @@
 // before it compiles ch-run's): run a remembered launch of this very command if one holds
 // (container/memo.ts; then this never returns), else give ch-run the key to record it by.
 import { type MemoContext, memoKey, replay, slotName } from "./container/memo.ts";
-import { inheritedFds } from "./sys/fds.ts";
-import { keepOnExec } from "./sys/keepfd.ts";
+import { keepInheritedFds } from "./sys/keepfd.ts";
 import { currentIds } from "./sys/secure.ts";
 
 /** This build of ch-run: the SHA-256 of its bundle (build/build.mjs), part of every key. */
@@ -11,7 +10,7 @@ declare const __CH_RUN_BUILD__: string;
 
 /** Keeps the inherited descriptors across the exec, as ch-run does. */
 function keep(): void {
-  keepOnExec(inheritedFds());
+  keepInheritedFds();
 }
 
 /** Replays a remembered launch, or returns the context to record one (null: none to record). */

@@ -24,7 +24,7 @@ import { ChError, usageError } from "../sys/errors.ts";
 import { execLaunch } from "../sys/exec-launch.ts";
 import { inheritedFds } from "../sys/fds.ts";
 import { fileGroup, filePasswd, mountFlagsOf } from "../sys/hostfacts.ts";
-import { keepOnExec } from "../sys/keepfd.ts";
+import { keepInheritedFds, keepOnExec } from "../sys/keepfd.ts";
 import { launch, launchJoined } from "../sys/launch.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import { type ProgramBuilder, setStatusFd } from "../sys/program.ts";
@@ -387,10 +387,9 @@ async function runDirect(
   const exec = p.ops[p.ops.length - 1];
   const env = exec.op === "exec" ? exec.env : [];
   const build = (b: ProgramBuilder, beforeExec: () => void) => addPlan(p, b, beforeExec);
-  // Node marks inherited descriptors close-on-exec at start-up: native code must keep them.
-  const inherited = inheritedFds();
-  if (status >= 0 && !inherited.includes(status)) inherited.push(status); // the launcher's, not the command's
-  keepOnExec(inherited);
+  // Node marks inherited descriptors close-on-exec at start-up: native code must find and keep them.
+  const inherited = keepInheritedFds();
+  if (status >= 0 && !inherited.includes(status)) keepOnExec([status]); // the launcher's, not the command's
   const path = env.find((kv) => kv.startsWith("PATH="))?.slice(5) ?? null;
   const why = execLaunch({ euid, egid, nullFds, syslog: syslog.message, build, tail: log.reprintText(), env }, (launch) =>
     recorder?.save(launch, p.env, path, syslog.message !== null),

@@ -16,7 +16,8 @@ export interface FdEntry {
 
 const O_CLOEXEC = 0o2000000;
 
-/** Pure part: picks the inherited descriptors (above 2) from a listing of /proc/self/fd. */
+/** Pure part: picks the inherited descriptors (above 2) from a listing of /proc/self/fd. ch-run's
+ * fast path applies the same rule in native code (native/keepfd.c's keepInherited()): change both. */
 export function pickInherited(entries: FdEntry[]): number[] {
   const count = new Map<string, number>();
   for (const e of entries) count.set(e.target, (count.get(e.target) ?? 0) + 1);

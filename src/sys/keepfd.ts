@@ -1,16 +1,21 @@
 // Keeping inherited descriptors open across ch-run's process.execve() into its launcher. Node
 // marks them close-on-exec at start-up, and only native code can undo that: the descriptor helper
-// (native/keepfd.c, a Node-API module of one function: fcntl(fd, F_SETFD, 0)), written once into
+// (native/keepfd.c, a Node-API module: fcntl(fd, F_SETFD, 0) on one descriptor, or on each that
+// it finds ch-run inherited, by fds.ts's rule, listing /proc/self/fd itself), written once into
 // a private directory and verified by its SHA-256 like the launcher (private-file.cjs), then
 // loaded with process.dlopen() (about 0.2 ms; koffi's libc took about 10 ms to load). Where it
 // can't be loaded (every private directory mounted noexec), neither could koffi's module.
 import { hostArch } from "./arch.ts";
 import { ChError, sysError } from "./errors.ts";
+import { inheritedFds } from "./fds.ts";
 import { keepfdBlobs } from "./native/keepfd-blob.ts";
 import { loadPrivateModule } from "./private-file.cjs";
 
 interface Helper {
   keepOnExec(fd: number): number;
+  /** The inherited descriptors, sorted, now without close-on-exec; or what failed: fd -1 for
+   * listing /proc/self/fd, else clearing that descriptor's flag. */
+  keepInherited(): number[] | { errno: number; fd: number };
 }
 
 /** The descriptor helper, or why it can't be loaded here. */
@@ -24,19 +29,42 @@ export function loadHelper(): Helper | string {
       bytes: () => Buffer.from(b.module, "base64"),
       mode: 0o600,
     }) as Partial<Helper>;
-    return typeof m.keepOnExec === "function" ? (m as Helper) : "the descriptor helper has no keepOnExec()";
+    if (typeof m.keepOnExec !== "function") return "the descriptor helper has no keepOnExec()";
+    if (typeof m.keepInherited !== "function") return "the descriptor helper has no keepInherited()";
+    return m as Helper;
   } catch (e) {
     return (e as Error).message;
   }
 }
 
-/** Clears close-on-exec on each descriptor, so that the command gets it. */
-export function keepOnExec(fds: number[]): void {
+function keepEach(helper: Helper | string, fds: number[]): void {
   if (!fds.length) return;
-  const helper = loadHelper();
   if (typeof helper === "string") throw new ChError(`can't load the descriptor helper: ${helper}`);
   for (const fd of fds) {
     const errno = helper.keepOnExec(fd);
     if (errno) throw sysError(`can't keep descriptor ${fd} open for the command`, { errno });
   }
+}
+
+/** Clears close-on-exec on each descriptor, so that the command gets it. */
+export function keepOnExec(fds: number[]): void {
+  if (fds.length) keepEach(loadHelper(), fds);
+}
+
+/** Finds the descriptors ch-run inherited (fds.ts's inheritedFds()) and clears close-on-exec on
+ * each, so that the command gets them; returns them, sorted. The helper does both in one call
+ * (loading it and listing them take about a millisecond less than listing them from JavaScript
+ * at start-up); where it can't be loaded, they are listed from JavaScript, and only an
+ * inherited one makes that an error (as keepOnExec()). */
+export function keepInheritedFds(): number[] {
+  const helper = loadHelper();
+  if (typeof helper === "string") {
+    const fds = inheritedFds();
+    keepEach(helper, fds);
+    return fds;
+  }
+  const r = helper.keepInherited();
+  if (Array.isArray(r)) return r;
+  if (r.fd < 0) throw sysError("can't list the inherited descriptors: /proc/self/fd", { errno: r.errno });
+  throw sysError(`can't keep descriptor ${r.fd} open for the command`, { errno: r.errno });
 }

@@ -361,13 +361,42 @@ describe("descriptors, signals, resources", () => {
       files.join(" "),
     );
     assert.ok(!files.some((f) => f.startsWith("koffi-")), `koffi's module was loaded: ${files.join(" ")}`);
-    // With no descriptor to keep, not even the helper.
+    // With no descriptor to keep, the helper still finds that out (quicker than JavaScript), and
+    // koffi is not loaded either.
     const rt2 = join(dir, "keepfd-rt2");
     mkdirSync(rt2, { mode: 0o700 });
     assert.equal(chRun([img, "--", "true"], { env: { ...env, XDG_RUNTIME_DIR: rt2 } }).status, 0);
     assert.deepEqual(
-      readdirSync(join(rt2, "charliecloud")).filter((f) => f.endsWith(".node")),
-      [],
+      readdirSync(join(rt2, "charliecloud"))
+        .filter((f) => f.endsWith(".node"))
+        .map((f) => f.replace(/-[0-9a-f]{16}\.node$/, "")),
+      [`ch-run-keepfd-${process.arch}`],
+    );
+  });
+
+  it("passes inherited descriptors of every kind as found by the helper, written on this first start, and none of Node's", () => {
+    // 5 and 6: both ends of one pipe, left (ch-run can't tell them from Node's own pairs); 7: the
+    // single end of another; 8: a regular file and 9: /dev/null, which Node marks close-on-exec
+    // at start-up (/dev/null is left: Node opens one too); 40: a regular file, 41: /dev/null,
+    // neither marked. 3 is ls's own handle on the directory. A private directory of its own: the
+    // helper is written there on this start, after which ch-run must have no more open than before.
+    const rt = join(dir, "keepfd-every-rt");
+    mkdirSync(rt, { mode: 0o700 });
+    const script =
+      'true | { exec 5<>/proc/self/fd/0 6<&5 0</dev/null; true | { exec 7<>/proc/self/fd/0 0</dev/null; exec "$0" "$1" -- ls /proc/self/fd 8</etc/passwd 9>/dev/null 40</etc/passwd 41>/dev/null; }; }';
+    const r = run("bash", ["-c", script, CH_RUN, img], { env: { ...process.env, XDG_RUNTIME_DIR: rt } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(
+      r.stdout
+        .trim()
+        .split("\n")
+        .map(Number)
+        .sort((a, b) => a - b),
+      [0, 1, 2, 3, 7, 8, 40, 41],
+    );
+    assert.ok(
+      readdirSync(join(rt, "charliecloud")).some((f) => /^ch-run-keepfd-.*\.node\.verified$/.test(f)),
+      "the helper was not written on this start",
     );
   });
 
@@ -551,8 +580,9 @@ describe("descriptors, signals, resources", () => {
     chRun([img, "--", "true"], { env });
     chRun([img, "--", "no-such-command"], { env });
     chRun(["-b", "/no/such", img, "--", "true"], { env });
-    // Only the private directory of the files ch-run runs from (the launcher, koffi's module),
-    // and the launches it remembers, which stay for the next start: no temporary file.
+    // Only the private directory of the files ch-run runs from (the launcher, koffi's module,
+    // the descriptor helper) and the launches it remembers, which stay for the next start: no
+    // temporary file.
     const kept = readdirSync(own);
     assert.ok(
       kept.every((f) => f === `.charliecloud-${uid}`),
@@ -562,7 +592,7 @@ describe("descriptors, signals, resources", () => {
       assert.match(
         f,
         new RegExp(
-          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|koffi-[\\d.]+-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$|^ch-run-memo-[0-9a-f]{2}$`,
+          `^(ch-run-exec-${process.arch}-[0-9a-f]{16}|(koffi-[\\d.]+|ch-run-keepfd)-${process.arch}-[0-9a-f]{16}\\.node)(\\.verified|\\.runs)?$|^ch-run-memo-[0-9a-f]{2}$`,
         ),
       );
     const added = readdirSync("/tmp").filter((f) => !before.has(f) && /ch-run|passwd|group|koffi|waiter/.test(f));

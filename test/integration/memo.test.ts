@@ -83,6 +83,26 @@ describe("remembered launches", () => {
     assert.match(e.stdout, /^CH_RUNNING=Weird Al Yankovic$/m);
   });
 
+  it("replays a launch whose command gets SIGTERM sent to ch-run's PID (a batch system's)", async () => {
+    const script = 'trap "echo term; exit 7" TERM; echo ready; while :; do sleep 0.1; done';
+    for (let i = 0; i < 2; i++) {
+      const c = spawn(CH_RUN, [img, "--", "sh", "-c", script], { env: env(), cwd: dir });
+      let out = "";
+      const ready = new Promise<void>((res) =>
+        c.stdout.on("data", (b) => {
+          out += b;
+          if (out.includes("ready\n")) res();
+        }),
+      );
+      await ready;
+      process.kill(c.pid as number, "SIGTERM");
+      const status = await new Promise((res) => c.on("close", res));
+      assert.equal(status, 7);
+      assert.equal(out, "ready\nterm\n");
+    }
+    assert.deepEqual(said(), ["miss: none", "recorded", "hit"]);
+  });
+
   it("plans again when a file the plan looked at changes", () => {
     const hosts = join(img, "etc/hosts");
     rmSync(hosts, { force: true });

@@ -3,13 +3,24 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
 import { ChError, setProgram } from "../../src/sys/errors.ts";
 import { argLimit, execPayload, execProgram, launcherEnv, payloadEnv, tooBig } from "../../src/sys/exec-launch.ts";
+import type { FdEntry } from "../../src/sys/fds.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
 import { keepOnExec } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
@@ -226,6 +237,111 @@ describe("descriptor helper", () => {
     } finally {
       closeSync(fd);
     }
+  });
+
+  // A Node process (bash's exec) that inherited descriptors of every kind, run as code: what
+  // fds.ts's JavaScript listing picks, what the helper's own listing picks and keeps, and which
+  // descriptors are without close-on-exec afterwards. 5 and 6: both ends of one pipe (like
+  // Node's own pairs: left); 7: the single end of another (kept); 8: a regular file and 9:
+  // /dev/null, both close-on-exec (Node marks 0 to 16 so at start-up); 40: a regular file and
+  // 41: /dev/null, neither close-on-exec. (A pipe opened through /proc/self/fd/0 read-write is
+  // the same pipe, and the open doesn't wait for a writer.)
+  const fdsTs = new URL("../../src/sys/fds.ts", import.meta.url).href;
+  const keepfdTs = new URL("../../src/sys/keepfd.ts", import.meta.url).href;
+  const child = (
+    code: string,
+    redirects: string,
+    env: NodeJS.ProcessEnv = { PATH: "/usr/bin:/bin", XDG_RUNTIME_DIR: priv },
+    pipes = true,
+  ) => {
+    const exec = `exec "$0" --input-type=module -e "$1" ${redirects}`;
+    const script = pipes
+      ? `true | { exec 5<>/proc/self/fd/0 6<&5 0</dev/null; true | { exec 7<>/proc/self/fd/0 0</dev/null; ${exec}; }; }`
+      : exec;
+    const src = `import { listFds, pickInherited } from ${JSON.stringify(fdsTs)};
+import { keepInheritedFds } from ${JSON.stringify(keepfdTs)};
+${code}`;
+    const r = spawnSync("bash", ["-c", script, process.execPath, src], { encoding: "utf8", env });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  };
+  const every = "8</etc/passwd 9>/dev/null 40</etc/passwd 41>/dev/null";
+
+  it("finds the inherited descriptors as fds.ts's listing does, and keeps them", () => {
+    const r: { before: FdEntry[]; want: number[]; got: number[]; open: number[] } = child(
+      `const before = listFds();
+const want = pickInherited(before);
+const got = keepInheritedFds();
+const open = listFds().filter((e) => !e.cloexec).map((e) => e.fd);
+console.log(JSON.stringify({ before, want, got, open }));`,
+      every,
+    );
+    assert.deepEqual(r.got, r.want);
+    assert.deepEqual(r.got, [7, 8, 40, 41]);
+    const at = (fd: number) => r.before.find((e) => e.fd === fd);
+    assert.match(at(5)?.target ?? "", /^pipe:/);
+    assert.equal(at(6)?.target, at(5)?.target);
+    assert.match(at(7)?.target ?? "", /^pipe:/);
+    assert.deepEqual(
+      [7, 8, 9, 40, 41].map((fd) => at(fd)?.cloexec),
+      [true, true, true, false, false],
+    );
+    // Kept: close-on-exec cleared on each; on nothing else above 2.
+    assert.deepEqual(
+      r.open.filter((fd) => fd > 2).sort((a, b) => a - b),
+      [7, 8, 40, 41],
+    );
+  });
+
+  it("lists them from JavaScript where it can't be loaded: no matter without one, an error with one", () => {
+    // No private directory: each place is a file.
+    const none = join(priv, "no-helper");
+    mkdirSync(join(none, ".cache"), { recursive: true, mode: 0o700 });
+    chmodSync(none, 0o700);
+    writeFileSync(join(none, `.charliecloud-${process.geteuid?.()}`), "");
+    writeFileSync(join(none, ".cache", "charliecloud"), "");
+    const env = { PATH: "/usr/bin:/bin", TMPDIR: none, HOME: none };
+    const code = `try {
+  console.log(JSON.stringify(keepInheritedFds()));
+} catch (e) {
+  console.log(JSON.stringify(e.message));
+}`;
+    // Nothing beyond stdio and Node's own: nothing to keep.
+    assert.deepEqual(child(code, "", env, false), []);
+    assert.match(
+      child(code, every, env),
+      /^can't load the descriptor helper: no private directory for the descriptor helper \(.*no-helper\/\.charliecloud-\d+: not a directory.*\)/,
+    );
+    // It can't be loaded: no file was written.
+    assert.deepEqual(readdirSync(join(none, ".cache")), ["charliecloud"]);
+  });
+
+  it("says so when it can't list /proc/self/fd", () => {
+    // A user and mount namespace of its own, /proc covered by an empty tmpfs.
+    const src = `import { keepInheritedFds } from ${JSON.stringify(keepfdTs)};
+import { describe as describeError } from ${JSON.stringify(new URL("../../src/sys/errors.ts", import.meta.url).href)};
+try {
+  console.log(keepInheritedFds());
+} catch (e) {
+  console.log(describeError(e));
+}`;
+    const r = spawnSync(
+      "unshare",
+      [
+        "-Urm",
+        "sh",
+        "-c",
+        'mount -t tmpfs tmpfs /proc && exec "$0" --input-type=module -e "$1" 8</etc/passwd',
+        process.execPath,
+        src,
+      ],
+      { encoding: "utf8", env: { PATH: "/usr/bin:/bin", XDG_RUNTIME_DIR: priv } },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /error: can't list the inherited descriptors: \/proc\/self\/fd: No such file or directory \(keepfd\.ts:\d+ 2\)\n$/,
+    );
   });
 
   it("says which descriptor it couldn't keep, and why", () => {
