@@ -4,6 +4,7 @@
 // processes it started (and their join holder) together, sampled from /proc every 5 ms (no
 // other run's or user's ch-run counted), and that memory per rank once every command runs.
 // Usage: node bench/join.mjs [N...]  (as an ordinary user)
+// CH_RUN=PATH times another ch-run (a build before a change, say: run both in turn, same session).
 import { spawn } from "node:child_process";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -11,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { benchImage } from "./image.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-const chRun = join(root, "dist/ch-run");
+const chRun = process.env.CH_RUN || join(root, "dist/ch-run");
 const counts = process.argv.slice(2).map(Number);
 const [img, dir] = benchImage(["sh", "sleep", "date"]);
 
@@ -35,7 +36,7 @@ function chRunRss(tag) {
   };
   let kb = 0;
   for (const [pid, args] of argv) {
-    if (!args[0].endsWith("ch-run")) continue;
+    if (!args[0].endsWith("ch-run") && args[0] !== chRun) continue;
     if (!ours(pid) && !(args[1] === "join-holder" && args.includes(`sem.ch-run_sem-${tag}`))) continue;
     try {
       kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? 0);

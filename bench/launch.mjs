@@ -58,15 +58,20 @@ try {
   console.log("\nCPU time, user + system, mean (ms):");
   for (const r of res) console.log(`  ${r.command.padEnd(30)} ${cpu(r).toFixed(1)}  x${(cpu(r) / nodeCpu).toFixed(2)} node -e 0`);
   // The same, interleaved (one of each in turn, so that the machine's drift hits all alike),
-  // timed from here (spawnSync adds the same few ms to each).
-  const cmds = [["ch-run", chRun, [img, "--", "/bin/true"]]];
-  if (baseline) cmds.push(["ch-run (baseline)", baseline, [img, "--", "/bin/true"]]);
-  cmds.push(["node -e 0", node, ["-e", "0"]]);
+  // timed from here (spawnSync adds the same few ms to each). ch-run remembers a launch
+  // (src/container/memo.ts): hyperfine's runs are all the same one, remembered after the first;
+  // "first launch" is a command line never seen (an argument /bin/true ignores), which ch-run
+  // plans and records.
+  const same = () => [img, "--", "/bin/true"];
+  const cmds = [["ch-run", chRun, same]];
+  cmds.push(["ch-run, first launch", chRun, (i) => [img, "--", "/bin/true", `first-${process.pid}-${i}`]]);
+  if (baseline) cmds.push(["ch-run (baseline)", baseline, same]);
+  cmds.push(["node -e 0", node, () => ["-e", "0"]]);
   const times = cmds.map(() => []);
   for (let i = 0; i < Number(runs); i++)
     cmds.forEach(([, cmd, args], k) => {
       const t0 = performance.now();
-      spawnSync(cmd, args, { stdio: "ignore" });
+      spawnSync(cmd, args(i), { stdio: "ignore" });
       times[k].push(performance.now() - t0);
     });
   const med = (a) => a.sort((x, y) => x - y)[a.length >> 1];
@@ -76,9 +81,13 @@ try {
     console.log(`  ${name.padEnd(30)} ${meds[k].toFixed(1)}  x${(meds[k] / meds[meds.length - 1]).toFixed(2)} node -e 0`);
   });
   // Peak memory of one launch (the whole process: Node, then the launcher, then the command).
-  for (const [name, bin] of [["ch-run", chRun], ...(baseline ? [["ch-run (baseline)", baseline]] : [])]) {
-    const peaks = Array.from({ length: 5 }, () => {
-      const r = spawnSync("/usr/bin/time", ["-f", "%M", bin, img, "--", "/bin/true"], { encoding: "utf8" });
+  for (const [name, bin, extra] of [
+    ["ch-run", chRun, () => []],
+    ["ch-run, first launch", chRun, (i) => [`peak-${process.pid}-${i}`]],
+    ...(baseline ? [["ch-run (baseline)", baseline, () => []]] : []),
+  ]) {
+    const peaks = Array.from({ length: 5 }, (_, i) => {
+      const r = spawnSync("/usr/bin/time", ["-f", "%M", bin, img, "--", "/bin/true", ...extra(i)], { encoding: "utf8" });
       return Number(r.stderr.trim().split("\n").pop());
     });
     console.log(`  ${name}: peak RSS of one launch ${Math.max(...peaks)} kB (max of 5)`);
