@@ -8,7 +8,18 @@ import { isAbsolute, join, resolve } from "node:path";
 import type { ReadyLaunch } from "../sys/exec-launch.ts";
 import { writeAtomically } from "../sys/private-file.cjs";
 import { type EnvRecipe, HOST_ENTRIES } from "./env.ts";
-import { type Fact, type FactKind, MEMO_VERSION, type Memo, type MemoContext, memoNote, observe } from "./memo.ts";
+import {
+  type Fact,
+  type FactKind,
+  MEMO_VERSION,
+  type Memo,
+  type MemoContext,
+  memoNote,
+  observe,
+  parseSlot,
+  readOwn,
+  withMemo,
+} from "./memo.ts";
 
 type Patchable = Record<string, unknown>;
 
@@ -229,7 +240,14 @@ export class Recorder {
         payload: launch.payload,
         syslog,
       };
-      writeAtomically(join(launch.file, "..", this.ctx.slot), JSON.stringify(m));
+      const file = join(launch.file, "..", this.ctx.slot);
+      let slot: Memo[] = [];
+      try {
+        slot = parseSlot(readOwn(file, process.geteuid?.() ?? 0)) ?? [];
+      } catch {
+        // none yet, or not one to keep
+      }
+      writeAtomically(file, JSON.stringify(withMemo(slot, m)));
       memoNote(env, "recorded");
     } catch (e) {
       memoNote(env, `not recorded: ${(e as Error).message}`);

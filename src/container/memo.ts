@@ -133,6 +133,28 @@ export function staleEnv(env: [string, string | null][], now: Record<string, str
   return null;
 }
 
+/** How many variants of one launch a slot keeps: ranks of one job may differ in a variable the
+ * plan reads (Slurm sets $TMPDIR for some tasks and not others, say). */
+export const VARIANTS = 4;
+
+/** A slot's memos, newest first; null if it isn't one. */
+export function parseSlot(text: string): Memo[] | null {
+  try {
+    const j = JSON.parse(text) as unknown;
+    return Array.isArray(j) ? (j as Memo[]) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The slot with memo m added: first, in place of a variant read with the same variables
+ * (older facts), other launches' dropped (a collision), at most VARIANTS. */
+export function withMemo(slot: Memo[], m: Memo): Memo[] {
+  const vars = JSON.stringify(m.env);
+  const others = slot.filter((o) => o.v === m.v && o.key === m.key && JSON.stringify(o.env) !== vars);
+  return [m, ...others].slice(0, VARIANTS);
+}
+
 /** The file's text if it is a regular file of ours that others can't write (no symlink
  * followed); throws otherwise (ENOENT if there is none). */
 export function readOwn(file: string, euid: number): string {
@@ -223,25 +245,30 @@ export function replay(build: string, keep: () => void): MemoContext | null {
     } catch {
       continue;
     }
-    let m: Memo;
-    try {
-      m = JSON.parse(text) as Memo;
-    } catch {
+    const slotted = parseSlot(text);
+    if (slotted === null) {
       memoNote(env, "miss: unreadable");
       return ctx;
     }
-    if (m.v !== MEMO_VERSION || m.key !== key) {
+    const mine = slotted.filter((m) => m.v === MEMO_VERSION && m.key === key);
+    if (mine.length === 0) {
       memoNote(env, "miss: another launch in the slot");
       return ctx;
     }
-    const launch = replayEnv(m, env, ids, argv0, args);
-    if (typeof launch === "string") {
-      memoNote(env, `miss: ${launch}`);
+    // Each variant of this launch (the variables it read had other values) in turn.
+    let why = "";
+    for (const m of mine) {
+      const launch = replayEnv(m, env, ids, argv0, args);
+      if (typeof launch === "string") {
+        why ||= launch;
+        continue;
+      }
+      keep();
+      memoNote(env, "hit");
+      process.execve?.(m.launcher.file, m.args, launch);
       return ctx;
     }
-    keep();
-    memoNote(env, "hit");
-    process.execve?.(m.launcher.file, m.args, launch);
+    memoNote(env, `miss: ${why}`);
     return ctx;
   }
   memoNote(env, "miss: none");

@@ -134,6 +134,10 @@ describe("remembered launches", () => {
     assert.equal(chRun(args, { HOME: a }).stdout, "only-in-a\n");
     assert.equal(chRun(args, { HOME: b }).stdout, "only-in-b\n");
     assert.deepEqual(said(), ["miss: none", "recorded", "hit", "miss: changed: $HOME", "recorded"]);
+    // Both kept, as variants of one launch (ranks whose variables differ).
+    assert.equal(chRun(args, { HOME: a }).stdout, "only-in-a\n");
+    assert.equal(chRun(args, { HOME: b }).stdout, "only-in-b\n");
+    assert.deepEqual(said().slice(5), ["hit", "hit"]);
   });
 
   it("plans again when the launcher file changed, or the memo is not one to trust", () => {
@@ -157,7 +161,7 @@ describe("remembered launches", () => {
     assert.equal(chRun(args).status, 0);
     assert.equal(said()[7], "miss: unreadable");
     const m = JSON.parse(readFileSync(file, "utf8"));
-    m.key = "another";
+    m[0].key = "another";
     writeFileSync(file, JSON.stringify(m));
     assert.equal(chRun(args).status, 0);
     assert.equal(said()[9], "miss: another launch in the slot");

@@ -7,7 +7,20 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { buildEnv } from "../../src/container/env.ts";
-import { type Fact, memoKey, observe, readOwn, slotName, staleEnv, staleFact } from "../../src/container/memo.ts";
+import {
+  type Fact,
+  MEMO_VERSION,
+  type Memo,
+  memoKey,
+  observe,
+  parseSlot,
+  readOwn,
+  slotName,
+  staleEnv,
+  staleFact,
+  VARIANTS,
+  withMemo,
+} from "../../src/container/memo.ts";
 import { Recorder } from "../../src/container/memo-record.ts";
 
 // The recorder watches node:fs's module object, which CommonJS code (the executable's bundle)
@@ -101,6 +114,38 @@ describe("facts", () => {
 });
 
 describe("memo files", () => {
+  it("keep a few variants of one launch, newest first, and drop another launch's", () => {
+    const memo = (key: string, home: string): Memo => ({
+      v: MEMO_VERSION,
+      key,
+      env: [["HOME", home]],
+      facts: [],
+      recipe: { home: "/", ops: [], expand: true, pmixHash: false, files: [] },
+      path: null,
+      launcher: { file: "/l", ident: "x" },
+      args: [],
+      payload: {},
+      syslog: false,
+    });
+    let slot = withMemo([memo("other", "/a")], memo("k", "/a"));
+    assert.deepEqual(
+      slot.map((m) => [m.key, m.env[0][1]]),
+      [["k", "/a"]],
+    );
+    slot = withMemo(slot, memo("k", "/b"));
+    slot = withMemo(slot, memo("k", "/a")); // the same variables again: in place of the older
+    assert.deepEqual(
+      slot.map((m) => m.env[0][1]),
+      ["/a", "/b"],
+    );
+    for (let i = 0; i < 10; i++) slot = withMemo(slot, memo("k", `/h${i}`));
+    assert.equal(slot.length, VARIANTS);
+    assert.equal(slot[0].env[0][1], "/h9");
+    assert.deepEqual(parseSlot(JSON.stringify(slot)), slot);
+    assert.equal(parseSlot("{}"), null);
+    assert.equal(parseSlot("{not json"), null);
+  });
+
   it("reads only a regular file of ours that others can't write, not through a symlink", () => {
     const euid = process.geteuid?.() ?? 0;
     const m = join(dir, "memo");
