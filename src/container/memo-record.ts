@@ -6,7 +6,6 @@
 import * as fs from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import type { ReadyLaunch } from "../sys/exec-launch.ts";
-import { writeAtomically } from "../sys/private-file.cjs";
 import { type EnvRecipe, HOST_ENTRIES } from "./env.ts";
 import {
   type Fact,
@@ -62,6 +61,21 @@ const WRITES = [
 ];
 
 const MOUNT_TABLE = "/proc/self/mountinfo";
+
+/** Writes file whole (aside, then renamed), mode 0600. Not private-file.cjs's writeAtomically(),
+ * whose names unique across hosts need node:crypto and node:os, milliseconds to load at a launch
+ * that records: a name taken (another host's on a shared directory, by chance) only fails this
+ * write ("wx"), and nothing is remembered. */
+function writeAside(file: string, data: string): void {
+  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  try {
+    fs.writeFileSync(tmp, data, { mode: 0o600, flag: "wx" });
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
 
 export class Recorder {
   /** Why this launch can't be remembered (the first reason), or null. */
@@ -247,7 +261,7 @@ export class Recorder {
       } catch {
         // none yet, or not one to keep
       }
-      writeAtomically(file, JSON.stringify(withMemo(slot, m)));
+      writeAside(file, JSON.stringify(withMemo(slot, m)));
       memoNote(env, "recorded");
     } catch (e) {
       memoNote(env, `not recorded: ${(e as Error).message}`);
