@@ -32,10 +32,22 @@ function compile(bundle) {
   return { fn: script.runInThisContext(), codeCache };
 }
 
+/** Whether the command line may be a remembered launch: not one that joins others (--join,
+ * --join-pid, -j), which ch-run never remembers, so that a --join launch doesn't pay for the
+ * lookup (~2 ms, x N ranks on a node). Loose: options up to "--" (or, without one, the
+ * command's too); a false "no" costs only a lookup that would have found nothing better. */
+function mayRemember(args) {
+  for (const a of args) {
+    if (a === "--") break;
+    if (a.startsWith("--join") || /^-[A-Za-z]*j/.test(a)) return false;
+  }
+  return true;
+}
+
 const called = require("node:path").basename(process.argv0 || "");
 const bundle = /^ch-run(?:[.-]|$)/.test(called) ? "ch-run" : "ch";
 let memo = null;
-if (bundle === "ch-run") {
+if (bundle === "ch-run" && mayRemember(process.argv.slice(2))) {
   try {
     const m = { exports: {} };
     compile("ch-run-memo").fn(m.exports, require, m, __filename, __dirname, {});

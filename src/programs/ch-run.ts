@@ -208,7 +208,9 @@ async function run(parsed: RunArgs, log: RunLog, syslog: Syslog, name: string): 
   // A directory image without --join: planned here, then this process becomes the container.
   if (found.kind !== "squash" && !parsed.join && parsed.joinPid === null)
     return runDirect(parsed, found.root, { euid, egid, user }, log, syslog, status, layers?.opaque ?? []);
+  // Not remembered: stop watching now (the join path polls the file system a lot).
   recorder?.spoil("not a directory image without --join");
+  recorder?.stop();
   await syslog.now();
   await loadLibc();
   const c = libc();
