@@ -27,11 +27,12 @@ beforeEach(() => {
   log = join(own, "memo.log");
 });
 
-/** A steady environment of our own (nothing of the test runner's that could change). */
+/** A steady environment of our own (nothing of the test runner's that could change; no home
+ * whose ~/.cache/charliecloud other tests' launches use as their private directory). */
 function env(extra: Record<string, string> = {}): Record<string, string> {
   return {
     PATH: "/usr/bin:/bin",
-    HOME: process.env.HOME ?? "/",
+    HOME: join(own, "home"),
     USER: process.env.USER ?? "nobody",
     TMPDIR: own,
     CH_TEST_MEMO_LOG: log,
