@@ -64,9 +64,17 @@ export interface MemoContext {
   slot: string;
 }
 
-/** The key: this build, the command line, the working directory and the IDs. */
-export function memoKey(build: string, argv0: string, args: string[], cwd: string, ids: Pick<Ids, "uid" | "gid">): string {
-  return JSON.stringify([MEMO_VERSION, build, argv0, args, cwd, ids.uid, ids.gid]);
+/** The key: this build, the command line, the working directory, the IDs and the supplementary
+ * groups (what ch-run may read can depend on them). */
+export function memoKey(
+  build: string,
+  argv0: string,
+  args: string[],
+  cwd: string,
+  ids: Pick<Ids, "uid" | "gid">,
+  groups: number[] = process.getgroups?.() ?? [],
+): string {
+  return JSON.stringify([MEMO_VERSION, build, argv0, args, cwd, ids.uid, ids.gid, groups]);
 }
 
 /** The slot's file name: one of 256, by FNV-1a of the key. */

@@ -34,14 +34,15 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("memo keys", () => {
   it("keys on build, command line, directory and IDs; 256 slots", () => {
-    const k = memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 });
+    const k = memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [2]);
     const others = [
-      memoKey("b2", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }),
-      memoKey("b1", "./ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }),
-      memoKey("b1", "ch-run", ["img", "--", "false"], "/home/u", { uid: 1, gid: 2 }),
-      memoKey("b1", "ch-run", ["img", "--", "true"], "/tmp", { uid: 1, gid: 2 }),
+      memoKey("b2", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [2]),
+      memoKey("b1", "./ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [2]),
+      memoKey("b1", "ch-run", ["img", "--", "false"], "/home/u", { uid: 1, gid: 2 }, [2]),
+      memoKey("b1", "ch-run", ["img", "--", "true"], "/tmp", { uid: 1, gid: 2 }, [2]),
       memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 3, gid: 2 }),
-      memoKey("b1", "ch-run", ["img --", "true"], "/home/u", { uid: 1, gid: 2 }),
+      memoKey("b1", "ch-run", ["img --", "true"], "/home/u", { uid: 1, gid: 2 }, [2]),
+      memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [1, 2, 3]),
     ];
     for (const o of others) assert.notEqual(o, k);
     assert.match(slotName(k), /^ch-run-memo-[0-9a-f]{2}$/);
