@@ -237,6 +237,7 @@ export class Recorder {
     this.stop();
     const env = this.rawEnv;
     if (!recipe) this.spoil("no environment recipe");
+    if (launch.holdsPid) this.spoil("the plan holds this process's PID");
     if (this.spoiled) {
       memoNote(env, `not recorded: ${this.spoiled}`);
       return;
