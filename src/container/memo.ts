@@ -64,9 +64,18 @@ export interface MemoContext {
   slot: string;
 }
 
-/** The key: this build, the command line, the working directory and the IDs. */
-export function memoKey(build: string, argv0: string, args: string[], cwd: string, ids: Pick<Ids, "uid" | "gid">): string {
-  return JSON.stringify([MEMO_VERSION, build, argv0, args, cwd, ids.uid, ids.gid]);
+/** The key: this build, the command line, the working directory, the IDs and the machine's
+ * architecture (the bundle is the same for every one, but the payload's system calls and the
+ * launcher are not: a private directory in a home shared by nodes of two kinds holds both). */
+export function memoKey(
+  build: string,
+  argv0: string,
+  args: string[],
+  cwd: string,
+  ids: Pick<Ids, "uid" | "gid">,
+  arch: string = process.arch,
+): string {
+  return JSON.stringify([MEMO_VERSION, build, arch, argv0, args, cwd, ids.uid, ids.gid]);
 }
 
 /** The slot's file name: one of 256, by FNV-1a of the key. */

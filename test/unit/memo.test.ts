@@ -33,7 +33,7 @@ before(() => {
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("memo keys", () => {
-  it("keys on build, command line, directory and IDs; 256 slots", () => {
+  it("keys on build, architecture, command line, directory and IDs; 256 slots", () => {
     const k = memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 });
     const others = [
       memoKey("b2", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }),
@@ -42,6 +42,7 @@ describe("memo keys", () => {
       memoKey("b1", "ch-run", ["img", "--", "true"], "/tmp", { uid: 1, gid: 2 }),
       memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 3, gid: 2 }),
       memoKey("b1", "ch-run", ["img --", "true"], "/home/u", { uid: 1, gid: 2 }),
+      memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, process.arch === "arm64" ? "x64" : "arm64"),
     ];
     for (const o of others) assert.notEqual(o, k);
     assert.match(slotName(k), /^ch-run-memo-[0-9a-f]{2}$/);
