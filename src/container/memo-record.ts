@@ -122,10 +122,13 @@ export class Recorder {
       if (p instanceof URL || Buffer.isBuffer(p)) this.spoil("a path not a string");
       return; // a descriptor: its path was noted when it was opened
     }
-    const abs = isAbsolute(p) ? p : resolve(this.cwd, p);
-    if (abs === MOUNT_TABLE) kind = "t";
-    else if (/^\/(proc|sys)(\/|$)/.test(abs)) {
-      this.spoil(`reads ${abs}`);
+    // As given, only made absolute: the kernel resolves ".." after a symlink from the link's
+    // target, not lexically as path.resolve() would (which would check another path).
+    const abs = isAbsolute(p) ? p : this.cwd.endsWith("/") ? `${this.cwd}${p}` : `${this.cwd}/${p}`;
+    const plain = resolve(abs);
+    if (plain === MOUNT_TABLE) kind = "t";
+    else if (/^\/(proc|sys)(\/|$)/.test(plain)) {
+      this.spoil(`reads ${plain}`);
       return;
     }
     const key = `${kind} ${abs}`;

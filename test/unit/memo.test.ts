@@ -207,6 +207,28 @@ describe("recorder", () => {
     assert.ok(!vars.has("PATH"), "the whole copy made by buildEnv() is no dependency");
   });
 
+  it("checks a relative path with .. after a symlink as the kernel resolves it, not lexically", () => {
+    for (const d of ["sub/inner", "other/inner"]) fs.mkdirSync(join(dir, d), { recursive: true });
+    writeFileSync(join(dir, "sub/x"), "1");
+    writeFileSync(join(dir, "other/x"), "2");
+    symlinkSync("sub/inner", join(dir, "link"));
+    const was = process.cwd();
+    process.chdir(dir); // the recorder's working directory
+    let r: Recorder;
+    try {
+      r = recording(() => {
+        assert.equal(fs.readFileSync("link/../x", "utf8"), "1");
+      });
+    } finally {
+      process.chdir(was);
+    }
+    assert.equal(r.spoiled, null);
+    assert.equal(staleFact(r.facts()), null);
+    rmSync(join(dir, "link"));
+    symlinkSync("other/inner", join(dir, "link"));
+    assert.ok(staleFact(r.facts()), "the file read is another one now");
+  });
+
   it("is spoiled by a write, a change or listing of the environment, another /proc file", () => {
     const cases: [() => void, RegExp][] = [
       [() => fs.writeFileSync(join(dir, "w"), ""), /writes \(writeFileSync\)/],
