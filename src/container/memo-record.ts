@@ -132,7 +132,13 @@ export class Recorder {
       return;
     }
     const key = `${kind} ${abs}`;
-    if (!this.seen.has(key)) this.seen.set(key, [kind, abs, this.observe(kind, abs)]);
+    if (this.seen.has(key)) return;
+    const now = this.observe(kind, abs);
+    this.seen.set(key, [kind, abs, now]);
+    // What is read from a pipe, a terminal or a device (--set-env=/dev/stdin, a FIFO) is no
+    // content that its stat(2) identifies: a replay would use what this launch read.
+    const type = kind === "c" && /^\d/.test(now) ? Number(now.split(":")[1]) & 0o170000 : 0o100000;
+    if (type !== 0o100000 && type !== 0o040000) this.spoil(`reads ${abs}, not a regular file`);
   }
 
   /** Starts watching node:fs, process.env, and standard output and error. */

@@ -247,6 +247,7 @@ describe("recorder", () => {
       ],
       [() => Object.keys(process.env), /lists the environment/],
       [() => fs.readFileSync("/proc/self/status"), /reads \/proc\/self\/status/],
+      [() => fs.readFileSync("/dev/null"), /reads \/dev\/null, not a regular file/],
       [() => fs.openSync(join(dir, "o"), "w"), /opens .* to write/],
     ];
     for (const [f, why] of cases) assert.match(recording(f).spoiled ?? "", why);
