@@ -21,7 +21,7 @@ import {
   VARIANTS,
   withMemo,
 } from "../../src/container/memo.ts";
-import { Recorder } from "../../src/container/memo-record.ts";
+import { Recorder, racy } from "../../src/container/memo-record.ts";
 
 // The recorder watches node:fs's module object, which CommonJS code (the executable's bundle)
 // calls through; an ES module's named imports of a built-in don't see it.
@@ -205,6 +205,19 @@ describe("recorder", () => {
     assert.deepEqual([...vars.keys()].sort(), ["CH_TEST_MEMO_A", "CH_TEST_MEMO_B"]);
     assert.equal(vars.get("CH_TEST_MEMO_B"), null);
     assert.ok(!vars.has("PATH"), "the whole copy made by buildEnv() is no dependency");
+  });
+
+  it("takes a stamp in whole seconds from this second or the last two for one a change could leave as it is", () => {
+    const at = (m: bigint, c: bigint) => `12:33188:1:1000:1000:5:0:${m}:${c}`;
+    const s = 1_000_000_000n;
+    const since = 100n * s;
+    assert.equal(racy(at(101n * s, 101n * s), since), true, "whole seconds, now");
+    assert.equal(racy(at(90n * s, 100n * s), since), true, "changed (ctime) now");
+    assert.equal(racy(at(90n * s, 99n * s), since), false, "whole seconds, before");
+    assert.equal(racy(at(101n * s + 5n, 101n * s + 7n), since), false, "nanoseconds: a change shows");
+    assert.equal(racy("d:12:16877:1000:1000", since), false);
+    assert.equal(racy("-", since), false);
+    assert.equal(racy("EENOENT", since), false);
   });
 
   it("checks a relative path with .. after a symlink as the kernel resolves it, not lexically", () => {
