@@ -62,6 +62,16 @@ const WRITES = [
 
 const MOUNT_TABLE = "/proc/self/mountinfo";
 
+/** Whether a stamp (memo.ts's observe(), of a file or symlink) may not show the next change: its
+ * times are whole seconds (Lustre's, an ext4 with small inodes) and one of them is `since` or
+ * later, so that a write of the same size within that second would leave it as it is. */
+export function racy(stamp: string, since: bigint): boolean {
+  if (!/^\d/.test(stamp)) return false; // none, an error, or a directory's (no times)
+  const f = stamp.split(":");
+  const [m, c] = [BigInt(f[7]), BigInt(f[8])];
+  return m % 1_000_000_000n === 0n && c % 1_000_000_000n === 0n && (m >= since || c >= since);
+}
+
 /** Writes file whole (aside, then renamed), mode 0600. Not private-file.cjs's writeAtomically(),
  * whose names unique across hosts need node:crypto and node:os, milliseconds to load at a launch
  * that records: a name taken (another host's on a shared directory, by chance) only fails this
@@ -91,6 +101,8 @@ export class Recorder {
   private observing = false;
   readonly ctx: MemoContext;
   private readonly cwd: string;
+  /** A time (ns) two seconds before this launch started: see racy(). */
+  private readonly since = BigInt(Date.now() - 2000) * 1_000_000n;
 
   constructor(ctx: MemoContext, cwd: string) {
     this.ctx = ctx;
@@ -122,14 +134,25 @@ export class Recorder {
       if (p instanceof URL || Buffer.isBuffer(p)) this.spoil("a path not a string");
       return; // a descriptor: its path was noted when it was opened
     }
-    const abs = isAbsolute(p) ? p : resolve(this.cwd, p);
-    if (abs === MOUNT_TABLE) kind = "t";
-    else if (/^\/(proc|sys)(\/|$)/.test(abs)) {
-      this.spoil(`reads ${abs}`);
+    // As given, only made absolute: the kernel resolves ".." after a symlink from the link's
+    // target, not lexically as path.resolve() would (which would check another path).
+    const abs = isAbsolute(p) ? p : this.cwd.endsWith("/") ? `${this.cwd}${p}` : `${this.cwd}/${p}`;
+    const plain = resolve(abs);
+    if (plain === MOUNT_TABLE) kind = "t";
+    else if (/^\/(proc|sys)(\/|$)/.test(plain)) {
+      this.spoil(`reads ${plain}`);
       return;
     }
     const key = `${kind} ${abs}`;
-    if (!this.seen.has(key)) this.seen.set(key, [kind, abs, this.observe(kind, abs)]);
+    if (this.seen.has(key)) return;
+    const now = this.observe(kind, abs);
+    this.seen.set(key, [kind, abs, now]);
+    // What is read from a pipe, a terminal or a device (--set-env=/dev/stdin, a FIFO) is no
+    // content that its stat(2) identifies: a replay would use what this launch read.
+    const type = kind === "c" && /^\d/.test(now) ? Number(now.split(":")[1]) & 0o170000 : 0o100000;
+    if (type !== 0o100000 && type !== 0o040000) this.spoil(`reads ${abs}, not a regular file`);
+    if ((kind === "s" || kind === "c" || kind === "l") && racy(now, this.since))
+      this.spoil(`${abs} changed this second (times in whole seconds: another change now wouldn't show)`);
   }
 
   /** Starts watching node:fs, process.env, and standard output and error. */
@@ -237,6 +260,7 @@ export class Recorder {
     this.stop();
     const env = this.rawEnv;
     if (!recipe) this.spoil("no environment recipe");
+    if (launch.holdsPid) this.spoil("the plan holds this process's PID");
     if (this.spoiled) {
       memoNote(env, `not recorded: ${this.spoiled}`);
       return;

@@ -64,8 +64,10 @@ export interface MemoContext {
   slot: string;
 }
 
-/** The key: this build, the command line, the working directory, the IDs and the supplementary
- * groups (what ch-run may read can depend on them). */
+/** The key: this build, the command line, the working directory, the IDs, the supplementary
+ * groups (what ch-run may read can depend on them) and the machine's architecture (the bundle is
+ * the same for every one, but the payload's system calls and the launcher are not: a private
+ * directory in a home shared by nodes of two kinds holds both). */
 export function memoKey(
   build: string,
   argv0: string,
@@ -73,8 +75,9 @@ export function memoKey(
   cwd: string,
   ids: Pick<Ids, "uid" | "gid">,
   groups: number[] = process.getgroups?.() ?? [],
+  arch: string = process.arch,
 ): string {
-  return JSON.stringify([MEMO_VERSION, build, argv0, args, cwd, ids.uid, ids.gid, groups]);
+  return JSON.stringify([MEMO_VERSION, build, arch, argv0, args, cwd, ids.uid, ids.gid, groups]);
 }
 
 /** The slot's file name: one of 256, by FNV-1a of the key. */

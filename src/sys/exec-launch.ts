@@ -162,6 +162,8 @@ export interface ReadyLaunch {
   file: string;
   args: string[];
   payload: Record<string, string>;
+  /** Whether the payload holds this process's PID (ProgramBuilder's holdsPid). */
+  holdsPid: boolean;
 }
 
 /** Replaces this process with the launcher running the container; returns only if no launcher
@@ -172,7 +174,8 @@ export function execLaunch(spec: ExecSpec, before?: (launch: ReadyLaunch) => voi
   const execve = process.execve;
   if (!execve) return "this Node has no process.execve()";
   const args = [process.argv0 || "ch-run"];
-  const payload = payloadEnv(execPayload(execProgram(spec), spec.tail));
+  const program = execProgram(spec);
+  const payload = payloadEnv(execPayload(program, spec.tail));
   const env = launcherEnv(spec.env, payload, spec.syslog?.[1] ?? null);
   const native = blobs[hostArch()];
   try {
@@ -199,7 +202,7 @@ export function execLaunch(spec: ExecSpec, before?: (launch: ReadyLaunch) => voi
           return undefined;
         }
         if (cant) return cant; // the same in any directory
-        before?.({ file, args, payload });
+        before?.({ file, args, payload, holdsPid: program.holdsPid });
         execve.call(process, file, args, env);
         return "process.execve() returned";
       },

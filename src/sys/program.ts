@@ -100,6 +100,9 @@ export class ProgramBuilder implements Syscalls {
    * the syslog message: execve(2) and sendLog() take them from its registers (REG_*), so that
    * the program itself holds neither (one plan serves any environment: container/memo.ts). */
   launcherInputs = false;
+  /** Whether the program holds this process's PID (--seccomp's warning): no plan to remember
+   * (container/memo.ts), whose launches have PIDs of their own. */
+  holdsPid = false;
 
   constructor(arch: Arch) {
     this.nr = SYSCALLS[arch];
@@ -360,6 +363,7 @@ export class ProgramBuilder implements Syscalls {
   seccompNotify(filter: Uint8Array, fallback: Uint8Array, warning: string | null, why: Why): void {
     this.op(this.nr.prctl, [PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0], { what: "can't set no_new_privs" });
     const text = new TextEncoder().encode(warning === null ? "" : `${programName()}[${process.pid}]: warning: ${warning}\n`);
+    if (text.length) this.holdsPid = true;
     this.op(
       OP_SUPERVISE,
       [

@@ -178,6 +178,13 @@ describe("remembered launches", () => {
     assert.deepEqual(said(), Array(4).fill(["miss: none", "not recorded: output"]).flat());
   });
 
+  it("remembers nothing whose plan holds the PID (--seccomp's warning), unless -qq drops it", () => {
+    for (let i = 0; i < 2; i++) assert.equal(chRun(["--seccomp", img, "--", "true"]).status, 0);
+    assert.deepEqual(said(), Array(2).fill(["miss: none", "not recorded: the plan holds this process's PID"]).flat());
+    for (let i = 0; i < 2; i++) assert.equal(chRun(["-qq", "--seccomp", img, "--", "true"]).status, 0);
+    assert.deepEqual(said().slice(4), ["miss: none", "recorded", "hit"]);
+  });
+
   it("prints a failed setup step with its own PID, then exits 31", () => {
     const args = ["-b", `${dir}:/etc/hosts`, img, "--", "true"];
     writeFileSync(join(img, "etc/hosts"), "");

@@ -21,7 +21,7 @@ import {
   VARIANTS,
   withMemo,
 } from "../../src/container/memo.ts";
-import { Recorder } from "../../src/container/memo-record.ts";
+import { Recorder, racy } from "../../src/container/memo-record.ts";
 
 // The recorder watches node:fs's module object, which CommonJS code (the executable's bundle)
 // calls through; an ES module's named imports of a built-in don't see it.
@@ -33,7 +33,7 @@ before(() => {
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("memo keys", () => {
-  it("keys on build, command line, directory and IDs; 256 slots", () => {
+  it("keys on build, architecture, command line, directory, IDs and groups; 256 slots", () => {
     const k = memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [2]);
     const others = [
       memoKey("b2", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [2]),
@@ -43,6 +43,15 @@ describe("memo keys", () => {
       memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 3, gid: 2 }),
       memoKey("b1", "ch-run", ["img --", "true"], "/home/u", { uid: 1, gid: 2 }, [2]),
       memoKey("b1", "ch-run", ["img", "--", "true"], "/home/u", { uid: 1, gid: 2 }, [1, 2, 3]),
+      memoKey(
+        "b1",
+        "ch-run",
+        ["img", "--", "true"],
+        "/home/u",
+        { uid: 1, gid: 2 },
+        [2],
+        process.arch === "arm64" ? "x64" : "arm64",
+      ),
     ];
     for (const o of others) assert.notEqual(o, k);
     assert.match(slotName(k), /^ch-run-memo-[0-9a-f]{2}$/);
@@ -207,6 +216,41 @@ describe("recorder", () => {
     assert.ok(!vars.has("PATH"), "the whole copy made by buildEnv() is no dependency");
   });
 
+  it("takes a stamp in whole seconds from this second or the last two for one a change could leave as it is", () => {
+    const at = (m: bigint, c: bigint) => `12:33188:1:1000:1000:5:0:${m}:${c}`;
+    const s = 1_000_000_000n;
+    const since = 100n * s;
+    assert.equal(racy(at(101n * s, 101n * s), since), true, "whole seconds, now");
+    assert.equal(racy(at(90n * s, 100n * s), since), true, "changed (ctime) now");
+    assert.equal(racy(at(90n * s, 99n * s), since), false, "whole seconds, before");
+    assert.equal(racy(at(101n * s + 5n, 101n * s + 7n), since), false, "nanoseconds: a change shows");
+    assert.equal(racy("d:12:16877:1000:1000", since), false);
+    assert.equal(racy("-", since), false);
+    assert.equal(racy("EENOENT", since), false);
+  });
+
+  it("checks a relative path with .. after a symlink as the kernel resolves it, not lexically", () => {
+    for (const d of ["sub/inner", "other/inner"]) fs.mkdirSync(join(dir, d), { recursive: true });
+    writeFileSync(join(dir, "sub/x"), "1");
+    writeFileSync(join(dir, "other/x"), "2");
+    symlinkSync("sub/inner", join(dir, "link"));
+    const was = process.cwd();
+    process.chdir(dir); // the recorder's working directory
+    let r: Recorder;
+    try {
+      r = recording(() => {
+        assert.equal(fs.readFileSync("link/../x", "utf8"), "1");
+      });
+    } finally {
+      process.chdir(was);
+    }
+    assert.equal(r.spoiled, null);
+    assert.equal(staleFact(r.facts()), null);
+    rmSync(join(dir, "link"));
+    symlinkSync("other/inner", join(dir, "link"));
+    assert.ok(staleFact(r.facts()), "the file read is another one now");
+  });
+
   it("is spoiled by a write, a change or listing of the environment, another /proc file", () => {
     const cases: [() => void, RegExp][] = [
       [() => fs.writeFileSync(join(dir, "w"), ""), /writes \(writeFileSync\)/],
@@ -225,6 +269,7 @@ describe("recorder", () => {
       ],
       [() => Object.keys(process.env), /lists the environment/],
       [() => fs.readFileSync("/proc/self/status"), /reads \/proc\/self\/status/],
+      [() => fs.readFileSync("/dev/null"), /reads \/dev\/null, not a regular file/],
       [() => fs.openSync(join(dir, "o"), "w"), /opens .* to write/],
     ];
     for (const [f, why] of cases) assert.match(recording(f).spoiled ?? "", why);
