@@ -1,7 +1,7 @@
 // The executable's first step when called as ch-run (src/sea-main.cjs runs this small bundle
 // before it compiles ch-run's): run a remembered launch of this very command if one holds
 // (container/memo.ts; then this never returns), else give ch-run the key to record it by.
-import { type MemoContext, memoKey, replay, slotName } from "./container/memo.ts";
+import { type Memo, type MemoContext, memoKey, replay, slotName } from "./container/memo.ts";
 import { keepInheritedFds } from "./sys/keepfd.ts";
 import { currentIds } from "./sys/secure.ts";
 
@@ -9,8 +9,8 @@ import { currentIds } from "./sys/secure.ts";
 declare const __CH_RUN_BUILD__: string;
 
 /** Keeps the inherited descriptors across the exec, as ch-run does. */
-function keep(): void {
-  keepInheritedFds();
+function keep(m: Memo): void {
+  keepInheritedFds(m.helper);
 }
 
 /** Replays a remembered launch, or returns the context to record one (null: none to record). */

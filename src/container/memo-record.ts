@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import type { ReadyLaunch } from "../sys/exec-launch.ts";
+import { helperLoadedFrom } from "../sys/keepfd.ts";
 import { type EnvRecipe, HOST_ENTRIES } from "./env.ts";
 import {
   type Fact,
@@ -274,6 +275,7 @@ export class Recorder {
         recipe: recipe as EnvRecipe,
         path,
         launcher: { file: launch.file, ident: fs.readFileSync(`${launch.file}.verified`, "utf8") },
+        helper: helperLoadedFrom(),
         args: launch.args,
         payload: launch.payload,
         syslog,

@@ -26,12 +26,12 @@ import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, rea
 import { basename, join } from "node:path";
 import { programFor } from "../dispatch.ts";
 import { launcherEnv, tooBig } from "../sys/launcher-env.ts";
-import { candidates, identity, usableDir } from "../sys/private-file.cjs";
+import { candidates, identity, type PrivateFileAt, usableDir } from "../sys/private-file.cjs";
 import { currentIds, type Ids, privilegeProblem } from "../sys/secure.ts";
 import { commandEnv, type EnvRecipe } from "./env.ts";
 import { SYSLOG_ENABLED, syslogMessage } from "./syslog.ts";
 
-export const MEMO_VERSION = 1;
+export const MEMO_VERSION = 2;
 
 /** What a path showed: stat(2) (s), lstat(2) (l), its content's identity (c: a file read or a
  * directory listed), its real path (r), its text (t, for /proc/self/mountinfo), or the kernel's
@@ -51,6 +51,9 @@ export interface Memo {
   path: string | null;
   /** The launcher file and its stamp (private-file.cjs's identity()). */
   launcher: { file: string; ident: string };
+  /** Where the descriptor helper was loaded from, and its stamp (loaded from there again if
+   * still so, without looking for it). */
+  helper: PrivateFileAt | null;
   args: string[];
   /** The payload's variables (exec-launch.ts's payloadEnv()). */
   payload: Record<string, string>;
@@ -232,8 +235,9 @@ export function replayEnv(
 
 /** The loader's first step when called as ch-run: a remembered launch of this very command, if
  * one holds, run now (this never returns then); else the context for the launch that records
- * one. `keep` keeps the inherited descriptors across the exec (the descriptor helper's). */
-export function replay(build: string, keep: () => void): MemoContext | null {
+ * one. `keep` keeps the inherited descriptors across the exec (the descriptor helper's, loaded
+ * from where the memo says if it is still there as it was). */
+export function replay(build: string, keep: (m: Memo) => void): MemoContext | null {
   const env = process.env;
   const ids = currentIds();
   if (privilegeProblem(ids)) return null; // ch-run refuses, later, with the message
@@ -274,7 +278,7 @@ export function replay(build: string, keep: () => void): MemoContext | null {
         why ||= launch;
         continue;
       }
-      keep();
+      keep(m);
       memoNote(env, "hit");
       process.execve?.(m.launcher.file, m.args, launch);
       return ctx;

@@ -9,7 +9,7 @@ import { hostArch } from "./arch.ts";
 import { ChError, sysError } from "./errors.ts";
 import { inheritedFds } from "./fds.ts";
 import { keepfdBlobs } from "./native/keepfd-blob.ts";
-import { loadPrivateModule } from "./private-file.cjs";
+import { loadPrivateModule, type PrivateFileAt } from "./private-file.cjs";
 
 interface Helper {
   keepOnExec(fd: number): number;
@@ -18,17 +18,31 @@ interface Helper {
   keepInherited(): number[] | { errno: number; fd: number };
 }
 
-/** The descriptor helper, or why it can't be loaded here. */
-export function loadHelper(): Helper | string {
+/** Where this process loaded the helper from, if it did: a remembered launch loads it from there
+ * (container/memo.ts), without looking for it again. */
+let loadedFrom: PrivateFileAt | null = null;
+
+export function helperLoadedFrom(): PrivateFileAt | null {
+  return loadedFrom;
+}
+
+/** The descriptor helper, or why it can't be loaded here; `at`: where to look first. */
+export function loadHelper(at: PrivateFileAt | null = null): Helper | string {
   const b = keepfdBlobs[hostArch()];
   try {
-    const m = loadPrivateModule({
-      what: "descriptor helper",
-      name: `ch-run-keepfd-${process.arch}-${b.sha256.slice(0, 16)}.node`,
-      sha256: b.sha256,
-      bytes: () => Buffer.from(b.module, "base64"),
-      mode: 0o600,
-    }) as Partial<Helper>;
+    const m = loadPrivateModule(
+      {
+        what: "descriptor helper",
+        name: `ch-run-keepfd-${process.arch}-${b.sha256.slice(0, 16)}.node`,
+        sha256: b.sha256,
+        bytes: () => Buffer.from(b.module, "base64"),
+        mode: 0o600,
+      },
+      at,
+      (file, stamp) => {
+        loadedFrom = { file, stamp };
+      },
+    ) as Partial<Helper>;
     if (typeof m.keepOnExec !== "function") return "the descriptor helper has no keepOnExec()";
     if (typeof m.keepInherited !== "function") return "the descriptor helper has no keepInherited()";
     return m as Helper;
@@ -56,8 +70,8 @@ export function keepOnExec(fds: number[]): void {
  * (loading it and listing them take about a millisecond less than listing them from JavaScript
  * at start-up); where it can't be loaded, they are listed from JavaScript, and only an
  * inherited one makes that an error (as keepOnExec()). */
-export function keepInheritedFds(): number[] {
-  const helper = loadHelper();
+export function keepInheritedFds(at: PrivateFileAt | null = null): number[] {
+  const helper = loadHelper(at);
   if (typeof helper === "string") {
     const fds = inheritedFds();
     keepEach(helper, fds);

@@ -241,8 +241,22 @@ function withPrivateFile(c, use) {
 
 /** The exports of the Node-API module c, loaded with process.dlopen() from the first private
  * directory where it loads (one mounted noexec fails to map it: the next). Throws as
- * withPrivateFile(). */
-function loadPrivateModule(c) {
+ * withPrivateFile(). `at`: where a remembered launch (container/memo.ts) found it, as {file,
+ * stamp} (stamp: its identity() when verified then), tried first: there, as it was, it needs no
+ * other check; else as without. `seen(file, stamp)` is told where it was loaded from. */
+function loadPrivateModule(c, at, seen) {
+  if (at) {
+    try {
+      if (identity(at.file, c.sha256) === at.stamp) {
+        const m = { exports: {} };
+        process.dlopen(m, at.file);
+        seen?.(at.file, at.stamp);
+        return m.exports;
+      }
+    } catch {
+      // gone or changed: as without
+    }
+  }
   return withPrivateFile(c, (file, why) => {
     const m = { exports: {} };
     try {
@@ -251,6 +265,7 @@ function loadPrivateModule(c) {
       why.push(`${file}: ${e.message}`);
       return undefined;
     }
+    seen?.(file, identity(file, c.sha256));
     return m.exports;
   });
 }

@@ -12,8 +12,18 @@ export interface PrivateContent {
 /** Calls use(file, why) in each usable private directory in turn until it returns something
  * other than undefined (why: reasons so far, to add to); returns that. */
 export function withPrivateFile<T>(c: PrivateContent, use: (file: string, why: string[]) => T | undefined): T;
-/** The exports of the Node-API module c, loaded from the first private directory where it loads. */
-export function loadPrivateModule(c: PrivateContent): unknown;
+/** Where a private file was found, and its identity() then. */
+export interface PrivateFileAt {
+  file: string;
+  stamp: string;
+}
+/** The exports of the Node-API module c, loaded from the first private directory where it loads;
+ * `at` (a remembered launch's: where it was, as it was) first; seen() told where. */
+export function loadPrivateModule(
+  c: PrivateContent,
+  at?: PrivateFileAt | null,
+  seen?: (file: string, stamp: string) => void,
+): unknown;
 export function sha256(buf: Uint8Array): string;
 /** Writes file whole: aside (a name unique across hosts), then renamed into place. */
 export function writeAtomically(file: string, data: string | Uint8Array, mode?: number): void;

@@ -380,10 +380,11 @@ describe("descriptors, signals, resources", () => {
     // at start-up (/dev/null is left: Node opens one too); 40: a regular file, 41: /dev/null,
     // neither marked. 3 is ls's own handle on the directory. A private directory of its own: the
     // helper is written there on this start, after which ch-run must have no more open than before.
+    // (A command line no other test runs: no launch remembered elsewhere is replayed instead.)
     const rt = join(dir, "keepfd-every-rt");
     mkdirSync(rt, { mode: 0o700 });
     const script =
-      'true | { exec 5<>/proc/self/fd/0 6<&5 0</dev/null; true | { exec 7<>/proc/self/fd/0 0</dev/null; exec "$0" "$1" -- ls /proc/self/fd 8</etc/passwd 9>/dev/null 40</etc/passwd 41>/dev/null; }; }';
+      'true | { exec 5<>/proc/self/fd/0 6<&5 0</dev/null; true | { exec 7<>/proc/self/fd/0 0</dev/null; exec "$0" "$1" -- ls /proc/self/fd/ 8</etc/passwd 9>/dev/null 40</etc/passwd 41>/dev/null; }; }';
     const r = run("bash", ["-c", script, CH_RUN, img], { env: { ...process.env, XDG_RUNTIME_DIR: rt } });
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(

@@ -22,7 +22,7 @@ import { ChError, setProgram } from "../../src/sys/errors.ts";
 import { argLimit, execPayload, execProgram, launcherEnv, payloadEnv, tooBig } from "../../src/sys/exec-launch.ts";
 import type { FdEntry } from "../../src/sys/fds.ts";
 import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts.ts";
-import { keepOnExec } from "../../src/sys/keepfd.ts";
+import { helperLoadedFrom, keepOnExec, loadHelper } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { keepfdBlobs } from "../../src/sys/native/keepfd-blob.ts";
 import { ProgramBuilder } from "../../src/sys/program.ts";
@@ -236,6 +236,23 @@ describe("descriptor helper", () => {
       );
     } finally {
       closeSync(fd);
+    }
+  });
+
+  it("says where it was loaded from, and loads from there first only while it is as it was", () => {
+    assert.equal(typeof loadHelper(), "object");
+    const at = helperLoadedFrom();
+    assert.ok(at);
+    assert.match(at.file, new RegExp(`^${priv}/charliecloud/ch-run-keepfd-`));
+    assert.equal(typeof loadHelper(at), "object"); // as it was: from there
+    // Changed since (a new change time), or gone: looked for as without, and found again.
+    for (const stale of [
+      { ...at, stamp: "not its stamp" },
+      { file: join(priv, "gone.node"), stamp: at.stamp },
+    ]) {
+      const h = loadHelper(stale);
+      assert.equal(typeof h, "object", String(h));
+      assert.deepEqual(helperLoadedFrom(), at);
     }
   });
 

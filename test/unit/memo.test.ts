@@ -133,6 +133,7 @@ describe("memo files", () => {
       recipe: { home: "/", ops: [], expand: true, pmixHash: false, files: [] },
       path: null,
       launcher: { file: "/l", ident: "x" },
+      helper: null,
       args: [],
       payload: {},
       syslog: false,
