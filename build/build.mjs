@@ -95,6 +95,20 @@ const koffiShim = {
     b.onResolve({ filter: /^koffi$/ }, () => ({ path: join(root, "node_modules/koffi/index.cjs") }));
   },
 };
+// The decompressing worker of src/image/unpack.ts, a module of its own, bundled into a string
+// that the programs run as a worker thread (eval: the executable has no file for it).
+const inflateWorker = (
+  await esbuild.build({
+    entryPoints: [join(root, "src/image/inflate-worker.ts")],
+    bundle: true,
+    platform: "node",
+    format: "cjs",
+    target: "node24",
+    write: false,
+    logLevel: "warning",
+  })
+).outputFiles[0].text;
+
 // Two bundles of src/main.ts: ch.cjs with every program, and ch-run.cjs with ch-run alone
 // (src/program-table-ch-run.ts in place of program-table.ts), which the executable runs when
 // called as ch-run (src/sea-main.cjs).
@@ -128,6 +142,9 @@ await Promise.all(
         __KOFFI_SHA256__: JSON.stringify(koffiSha),
         __KOFFI_VERSION__: JSON.stringify(koffiVersion),
         __CH_SYSLOG__: JSON.stringify(syslog),
+        __INFLATE_WORKER__: JSON.stringify(inflateWorker),
+        // Only unbundled code asks (src/image/unpack.ts, for the worker's file).
+        "import.meta.url": "undefined",
       },
       logLevel: "warning",
     }),

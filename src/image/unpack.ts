@@ -45,6 +45,7 @@ import { ChError, sysError, warn } from "../sys/errors.ts";
 import { libc, loadLibc } from "../sys/libc.ts";
 import { checkImageShape } from "./fixup.ts";
 import { MAX_META, type MemberExtra, MemberScanner } from "./headers.ts";
+import type { InflateJob, InflateMessage } from "./inflate-protocol.ts";
 import { forceRemove, type InstallOptions, installImage } from "./install.ts";
 import { badSparse, type SparseInfo, SparseSink } from "./sparse.ts";
 import { commandPath } from "./tools.ts";
@@ -555,91 +556,27 @@ function childSource(compression: ToolCompression, path: string): Source {
   };
 }
 
-/** Decompresses in a worker thread, whose event loop does nothing else, so that zlib never
- * waits for the main thread to be free. Both sides reuse their buffers: the worker reads the
- * file into one, and copies zlib's output into a pool of POOL buffers of CHUNK bytes that are
- * transferred (not cloned) to us and back; it waits when all of them are with us. */
+/** Decompresses in a worker thread (inflate-worker.ts), whose event loop does nothing else, so
+ * that zlib never waits for the main thread to be free. Both sides reuse their buffers: the
+ * worker reads the file into one, and copies zlib's output into a pool of POOL buffers of CHUNK
+ * bytes that are transferred (not cloned) to us and back; it waits when all of them are with us. */
 const POOL = 8;
-const WORKER = `
-const { parentPort, workerData } = require("node:worker_threads");
-const fs = require("node:fs");
-const zlib = require("node:zlib");
-const { path, kind, size, count } = workerData;
-const opts = { chunkSize: 1 << 16 };
-const z = kind === "gzip" ? zlib.createGunzip(opts) : zlib.createZstdDecompress(opts);
-const free = [];
-for (let i = 0; i < count; i++) free.push(new ArrayBuffer(size));
-let waiting = null;
-parentPort.on("message", (ab) => {
-  free.push(ab);
-  if (waiting) {
-    const w = waiting;
-    waiting = null;
-    w();
-  }
-});
-let read = 0;
-async function produce() {
-  const fd = fs.openSync(path, "r");
-  const buf = Buffer.allocUnsafeSlow(1 << 20);
-  try {
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      read += n;
-      await new Promise((resolve, reject) => z.write(buf.subarray(0, n), (e) => (e ? reject(e) : resolve())));
-    }
-    z.end();
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-let cur = null;
-let fill = 0;
-async function consume() {
-  for await (const c of z) {
-    let off = 0;
-    while (off < c.length) {
-      if (!cur) {
-        while (free.length === 0) await new Promise((resolve) => (waiting = resolve));
-        cur = new Uint8Array(free.pop());
-        fill = 0;
-      }
-      const k = Math.min(c.length - off, size - fill);
-      cur.set(c.subarray(off, off + k), fill);
-      fill += k;
-      off += k;
-      if (fill === size) {
-        parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
-        cur = null;
-      }
-    }
-  }
-  if (cur && fill > 0) parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
-  cur = null;
-  parentPort.postMessage({ end: true, read });
-}
-Promise.all([produce(), consume()]).catch((e) => {
-  // What came before the error first, so that the error says where it is.
-  if (cur && fill > 0) parentPort.postMessage({ data: cur.buffer, length: fill, read }, [cur.buffer]);
-  parentPort.postMessage({ error: String((e && e.message) || e) });
-});
-`;
 
-interface WorkerMessage {
-  data?: ArrayBuffer;
-  length?: number;
-  read?: number;
-  error?: string;
-  end?: boolean;
+/** inflate-worker.ts bundled, as the build makes it (build/build.mjs); undefined unbundled. */
+declare const __INFLATE_WORKER__: string | undefined;
+
+function startInflater(job: InflateJob): Worker {
+  if (typeof __INFLATE_WORKER__ === "string") return new Worker(__INFLATE_WORKER__, { eval: true, workerData: job });
+  // The TypeScript itself (tests): the module's own file.
+  return new Worker(new URL("./inflate-worker.ts", import.meta.url), { workerData: job });
 }
 
 function workerSource(kind: "gzip" | "zstd", path: string): Source {
-  const worker = new Worker(WORKER, { eval: true, workerData: { path, kind, size: CHUNK, count: POOL } });
-  const queue: WorkerMessage[] = [];
+  const worker = startInflater({ path, kind, size: CHUNK, count: POOL });
+  const queue: InflateMessage[] = [];
   let wake: (() => void) | null = null;
   let read = 0;
-  const push = (m: WorkerMessage) => {
+  const push = (m: InflateMessage) => {
     queue.push(m);
     wake?.();
     wake = null;
@@ -653,7 +590,7 @@ function workerSource(kind: "gzip" | "zstd", path: string): Source {
         await new Promise<void>((resolve) => {
           wake = resolve;
         });
-      const m = queue.shift() as WorkerMessage;
+      const m = queue.shift() as InflateMessage;
       if (m.read !== undefined) read = m.read;
       if (m.error !== undefined) throw new Error(m.error);
       if (m.end || !m.data) return;
