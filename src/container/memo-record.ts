@@ -158,10 +158,9 @@ export class Recorder {
 
   /** Starts watching node:fs, process.env, and standard output and error. */
   start(): this {
-    const mod = fs as unknown as Patchable;
     // node:fs's exports as the bundle reads them (esbuild's namespace object) may be frozen; the
     // module object itself, which the bundle's calls go through, is not.
-    const target = (process.getBuiltinModule("node:fs") as unknown as Patchable) ?? mod;
+    const target = process.getBuiltinModule("node:fs") as unknown as Patchable;
     const patch = (name: string, wrap: (orig: (...a: unknown[]) => unknown) => (...a: unknown[]) => unknown) => {
       const orig = target[name];
       if (typeof orig !== "function") return;

@@ -23,8 +23,8 @@
 // else can write or swap it) hold for these files too; 256 slots named by a hash of the key, a
 // slot holding the key it is for (no unbounded growth; a collision is a miss).
 import { closeSync, constants, fstatSync, lstatSync, openSync, readFileSync, readSync, realpathSync, statSync } from "node:fs";
-import { basename, join } from "node:path";
-import { programFor } from "../dispatch.ts";
+import { join } from "node:path";
+import { runName } from "../dispatch.ts";
 import { launcherEnv, tooBig } from "../sys/launcher-env.ts";
 import { candidates, identity, type PrivateFileAt, usableDir } from "../sys/private-file.cjs";
 import { currentIds, type Ids, privilegeProblem } from "../sys/secure.ts";
@@ -226,9 +226,7 @@ export function replayEnv(
   if ((made.env.get("PATH") ?? null) !== m.path) return "changed: the command's $PATH";
   const envp: string[] = [];
   for (const [k, v] of made.env) envp.push(`${k}=${v}`);
-  const name = basename(argv0 || "ch-run");
-  const log =
-    m.syslog && SYSLOG_ENABLED ? syslogMessage(programFor(name) === "ch-run" ? name : "ch-run", ids.uid, [argv0, ...args]) : null;
+  const log = m.syslog && SYSLOG_ENABLED ? syslogMessage(runName(argv0 || "ch-run"), ids.uid, [argv0, ...args]) : null;
   const out = launcherEnv(envp, m.payload, log);
   return tooBig(m.launcher.file, m.args, out) ?? out;
 }

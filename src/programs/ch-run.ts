@@ -4,7 +4,6 @@
 // sys/launch.ts (a SquashFS image, --join, --join-pid); this file ties them together.
 import { existsSync, realpathSync } from "node:fs";
 import { release } from "node:os";
-import { basename } from "node:path";
 import { argpHelp, argpUsage } from "../cli/argp.ts";
 import { imageDefaults, squashDefaults } from "../container/defaults.ts";
 import { describeOp, execute } from "../container/execute.ts";
@@ -18,7 +17,7 @@ import { AFTER_OPTIONS, ARGS_DOC, parseRunArgs, type RunArgs, SPECS, SUMMARY } f
 import { type Plan, plan, planJoin } from "../container/plan.ts";
 import { mountSquash, prepareSquash } from "../container/squash.ts";
 import { SYSLOG_ENABLED, syslogMessage, syslogSocket } from "../container/syslog.ts";
-import { programFor } from "../dispatch.ts";
+import { runName } from "../dispatch.ts";
 import { forgetBuiltState, storageDir } from "../image/storage.ts";
 import { ChError, usageError } from "../sys/errors.ts";
 import { execLaunch } from "../sys/exec-launch.ts";
@@ -33,8 +32,7 @@ import { VERSION } from "../version.ts";
 
 /** The name ch-run was called by, as argp and syslog(3) name it. */
 function calledAs(): string {
-  const name = basename(process.argv0 || "ch-run");
-  return programFor(name) === "ch-run" ? name : "ch-run";
+  return runName(process.argv0 || "ch-run");
 }
 
 /** This launch's recording, to remember it (container/memo.ts), if the loader asked for one. */

@@ -9,7 +9,7 @@ import { dirname } from "node:path";
 import { hostArch } from "./arch.ts";
 import { formatError, programName } from "./errors.ts";
 import { mountFlagsOf } from "./hostfacts.ts";
-import { argLimit, LAUNCH_PREFIX, launcherEnv, payloadEnv, tooBig } from "./launcher-env.ts";
+import { argLimit, launcherEnv, payloadEnv, tooBig } from "./launcher-env.ts";
 import { blobs } from "./native/blobs.ts";
 import { withPrivateFile, writeAtomically } from "./private-file.cjs";
 import { ProgramBuilder } from "./program.ts";
@@ -51,7 +51,7 @@ function locator(): (at: Error) => string {
 
 const ST_NOEXEC = 8;
 
-export { argLimit, LAUNCH_PREFIX, launcherEnv, payloadEnv, tooBig };
+export { argLimit, launcherEnv, payloadEnv, tooBig };
 
 /** Whether the launcher at `file` can be executed here: null if so, else why ("noexec" where
  * another directory may do; not so under qemu-user without binfmt_misc, say). Tried once,

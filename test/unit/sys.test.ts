@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { parseArgs, parseId } from "../../src/cli/getopt.ts";
-import { programFor } from "../../src/dispatch.ts";
+import { programFor, runName } from "../../src/dispatch.ts";
 import { hostArch, SYSCALLS } from "../../src/sys/arch.ts";
 import { ChError, describe as describeError, formatError, setProgram, usageError } from "../../src/sys/errors.ts";
 import { pickInherited } from "../../src/sys/fds.ts";
@@ -250,5 +250,12 @@ describe("program names", () => {
     assert.equal(programFor("ch-runner"), null);
     assert.equal(programFor("charliecloud"), null);
     assert.equal(programFor("ch"), null);
+  });
+
+  it("names ch-run as it was called, for argp and syslog: its base name if that calls ch-run", () => {
+    assert.equal(runName("/opt/cc/bin/ch-run-0.39"), "ch-run-0.39");
+    assert.equal(runName("ch-run"), "ch-run");
+    assert.equal(runName("/usr/bin/charliecloud"), "ch-run");
+    assert.equal(runName(""), "ch-run");
   });
 });
