@@ -247,7 +247,8 @@ function withPrivateFile(c, use) {
 function loadPrivateModule(c, at, seen) {
   if (at) {
     try {
-      if (identity(at.file, c.sha256) === at.stamp) {
+      // Its directory still one of ours, checked as withPrivateFile() would, and the file as it was.
+      if (usableDir(path.dirname(at.file)) === null && identity(at.file, c.sha256) === at.stamp) {
         const m = { exports: {} };
         process.dlopen(m, at.file);
         seen?.(at.file, at.stamp);

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import {
   chmodSync,
   closeSync,
+  copyFileSync,
   mkdirSync,
   mkdtempSync,
   openSync,
@@ -25,6 +26,7 @@ import { groupEntry, mountInfoFlags, passwdEntry } from "../../src/sys/hostfacts
 import { helperLoadedFrom, keepOnExec, loadHelper } from "../../src/sys/keepfd.ts";
 import { blobs } from "../../src/sys/native/blobs.ts";
 import { keepfdBlobs } from "../../src/sys/native/keepfd-blob.ts";
+import { identity } from "../../src/sys/private-file.cjs";
 import { ProgramBuilder } from "../../src/sys/program.ts";
 
 const nr = SYSCALLS[hostArch()];
@@ -254,6 +256,16 @@ describe("descriptor helper", () => {
       assert.equal(typeof h, "object", String(h));
       assert.deepEqual(helperLoadedFrom(), at);
     }
+    // As it was, but in a directory others can write (one could swap it before it is loaded):
+    // not loaded from there.
+    const open = join(priv, "open");
+    mkdirSync(open);
+    chmodSync(open, 0o777);
+    const there = join(open, "helper.node");
+    copyFileSync(at.file, there);
+    const h = loadHelper({ file: there, stamp: identity(there, keepfdBlobs[hostArch()].sha256) });
+    assert.equal(typeof h, "object", String(h));
+    assert.equal(helperLoadedFrom()?.file, at.file);
   });
 
   // A Node process (bash's exec) that inherited descriptors of every kind, run as code: what
