@@ -10,9 +10,10 @@
 // the launcher (process.execve): there the cache is written and the process exits. It runs twice,
 // in two processes sharing one private directory: the first writes and tries the launcher file
 // (once per file, in real use too), the second, as every later start, finds it ready and trains.
-// Nothing inherited past descriptor 2 is seen (a shell that leaks one would make ch-run load
-// koffi, which no launch without inherited descriptors does); koffi's module isn't there, so a
-// launch that doesn't take the fast path fails the build instead of training the wrong path.
+// A descriptor the shell leaks is kept by the descriptor helper as any inherited one (no koffi);
+// koffi's module isn't there, so a launch that doesn't take the fast path fails the build
+// instead of training the wrong path. A third process replays the launch the second remembered
+// (src/container/memo.ts), with the facts it recorded through node:fs: the memo bundle's cache.
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import { createRequire } from "node:module";
@@ -85,12 +86,8 @@ function asset(name) {
     throw new Error(`train: the launch asked for the asset ${name}: it did not take the fast path`);
   return fs.readFileSync(join(dir, name));
 }
-const fsSeen = {
-  ...fs,
-  readdirSync: (p, o) => (p === "/proc/self/fd" ? fs.readdirSync(p, o).filter((f) => Number(f) <= 2) : fs.readdirSync(p, o)),
-};
 const nodeRequire = createRequire(import.meta.url);
-const require = (id) => (id === "node:sea" ? sea : id === "node:fs" || id === "fs" ? fsSeen : nodeRequire(id));
+const require = (id) => (id === "node:sea" ? sea : nodeRequire(id));
 let done = false;
 let script;
 process.execve = () => {
