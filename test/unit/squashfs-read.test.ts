@@ -399,6 +399,10 @@ describe("lz4, lzo, lzma and xz decoders refuse bad input", () => {
       return b;
     };
     assert.throws(() => lzmaAloneDecompress(header(225, 1n), 10), /bad LZMA properties/);
+    // lc 8, lp 4: valid in the LZMA specification, refused by liblzma (xz) as in LZMA2, and
+    // here, before 6 MiB of probabilities are set up for it.
+    const big = Buffer.concat([header(8 + 9 * 4, 1n), Buffer.from([0, 0, 0, 0, 0])]);
+    assert.throws(() => lzmaAloneDecompress(big, 10), /bad LZMA properties: lc \+ lp is more than 4/);
     assert.throws(() => lzmaAloneDecompress(header(93, 11n), 10), /lzma data larger than 10 bytes/);
     assert.throws(
       () => lzmaAloneDecompress(Buffer.concat([header(93, 5n), Buffer.from([1, 0, 0, 0, 0])]), 10),
@@ -415,5 +419,12 @@ describe("lz4, lzo, lzma and xz decoders refuse bad input", () => {
     const data = execFileSync("xz", ["--check=crc32", "--lzma2=dict=4KiB"], { input: "hello hello hello hello\n" });
     assert.equal(xzDecompress(data, 100).toString(), "hello hello hello hello\n");
     assert.throws(() => xzDecompress(data, 10), /xz data larger than 10 bytes/);
+    // Its first LZMA2 chunk (after the stream and block headers, the control byte and two sizes)
+    // with lc + lp more than 4.
+    const props = 12 + (data[12] + 1) * 4 + 5;
+    assert.equal(data[props], 0x5d); // lc 3, lp 0, pb 2
+    const badProps = Buffer.from(data);
+    badProps[props] = 8 + 9 * 4;
+    assert.throws(() => xzDecompress(badProps, 100), /bad LZMA properties: lc \+ lp is more than 4/);
   });
 });
