@@ -204,7 +204,11 @@ function xzProgram(xz: string, src: Buffer, max: number, format: "xz" | "lzma"):
     maxBuffer: max,
     stdio: ["pipe", "pipe", "pipe"],
   });
-  if (r.error) throw new SquashError(`bad ${format} data: ${r.error.message}`);
+  if (r.error) {
+    // More output than `max`: spawnSync killed it ("spawnSync xz ENOBUFS" would not say so).
+    const more = (r.error as NodeJS.ErrnoException).code === "ENOBUFS";
+    throw new SquashError(`bad ${format} data: ${more ? `larger than ${max} bytes` : r.error.message}`);
+  }
   if (r.status !== 0) throw new SquashError(`bad ${format} data: ${r.stderr.toString().trim().split("\n")[0]}`);
   return r.stdout;
 }
