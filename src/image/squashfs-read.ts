@@ -4,8 +4,8 @@
 // limits, what is decompressed is capped (8 KiB metadata blocks, data blocks of the image's block
 // size, the file at the caller's maximum), and the number of blocks read is bounded, so a
 // corrupt or hostile image is an error (SquashError), never a crash, a hang or a huge allocation.
-// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4, lzo, lzma and xz (here;
-// xz with a BCJ filter by the xz program, if there is one).
+// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4, lzo, lzma and xz (here,
+// xz's x86 BCJ filter too; xz with another BCJ filter by the xz program, if there is one).
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import type * as Zlib from "node:zlib";
 import { findExecutable } from "../sys/which.ts";
