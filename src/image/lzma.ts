@@ -109,11 +109,15 @@ class Lzma {
   state = 0;
   reps = [0, 0, 0, 0];
 
+  /** lc + lp at most 4, as liblzma (and so the xz program) wants in .lzma too, not only in
+   * LZMA2: the literal coder's probabilities (0x300 << (lc + lp)) stay small, rather than 6 MiB
+   * allocated and filled for each block of a hostile image. */
   setProps(b: number): void {
     if (b >= 9 * 5 * 5) bad("bad LZMA properties");
     this.lc = b % 9;
     this.lp = Math.floor(b / 9) % 5;
     this.pb = Math.floor(b / 45);
+    if (this.lc + this.lp > 4) bad("bad LZMA properties: lc + lp is more than 4");
   }
   reset(): void {
     const n = LITERAL + (0x300 << (this.lc + this.lp));
@@ -379,7 +383,6 @@ function lzma2(src: Uint8Array, pos: number, max: number): Buffer {
     if (reset >= 2) {
       if (pos >= src.length) bad("truncated LZMA2 chunk");
       lz.setProps(src[pos++]);
-      if (lz.lc + lz.lp > 4) bad("bad LZMA2 properties");
       propsSet = true;
     }
     if (!propsSet) bad("LZMA2 chunk without properties");

@@ -4,8 +4,8 @@
 // limits, what is decompressed is capped (8 KiB metadata blocks, data blocks of the image's block
 // size, the file at the caller's maximum), and the number of blocks read is bounded, so a
 // corrupt or hostile image is an error (SquashError), never a crash, a hang or a huge allocation.
-// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4, lzo, lzma and xz (here;
-// xz with a BCJ filter by the xz program, if there is one).
+// Symlinks are not followed. Compressions: gzip and zstd (node:zlib), lz4, lzo, lzma and xz (here,
+// xz's x86 BCJ filter too; xz with another BCJ filter by the xz program, if there is one).
 import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import type * as Zlib from "node:zlib";
 import { findExecutable } from "../sys/which.ts";
@@ -204,7 +204,11 @@ function xzProgram(xz: string, src: Buffer, max: number, format: "xz" | "lzma"):
     maxBuffer: max,
     stdio: ["pipe", "pipe", "pipe"],
   });
-  if (r.error) throw new SquashError(`bad ${format} data: ${r.error.message}`);
+  if (r.error) {
+    // More output than `max`: spawnSync killed it ("spawnSync xz ENOBUFS" would not say so).
+    const more = (r.error as NodeJS.ErrnoException).code === "ENOBUFS";
+    throw new SquashError(`bad ${format} data: ${more ? `larger than ${max} bytes` : r.error.message}`);
+  }
   if (r.status !== 0) throw new SquashError(`bad ${format} data: ${r.stderr.toString().trim().split("\n")[0]}`);
   return r.stdout;
 }

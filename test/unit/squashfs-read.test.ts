@@ -145,14 +145,19 @@ describe("SquashImage reads files from mksquashfs images", () => {
     }
   });
 
-  it("xz with another BCJ filter: by the xz program, else an error saying it is needed", () => {
-    // ARM BL instructions that all call one address: the ARM filter makes them alike, so
-    // mksquashfs -Xbcj arm picks it.
+  /** A tree of one file, "code": ARM BL instructions that all call one address (the ARM filter
+   * makes them alike, so mksquashfs -Xbcj arm picks it); the directory and the code. */
+  function armSource(): [string, Buffer] {
     const arm = join(dir, "armsrc");
-    mkdirSync(arm);
     const code = Buffer.alloc(131072);
     for (let i = 0; i < code.length; i += 4) code.writeUInt32LE((0xeb000000 | (((0x200000 - i - 8) >>> 2) & 0xffffff)) >>> 0, i);
+    mkdirSync(arm, { recursive: true });
     writeFileSync(join(arm, "code"), code);
+    return [arm, code];
+  }
+
+  it("xz with another BCJ filter: by the xz program, else an error saying it is needed", () => {
+    const [arm, code] = armSource();
     const file = squash("xz-arm", ["-comp", "xz", "-Xbcj", "arm"], arm);
     assert.ok(readAll(file, "code")?.equals(code));
     withoutXz(() =>
@@ -160,6 +165,33 @@ describe("SquashImage reads files from mksquashfs images", () => {
         () => readAll(file, "code"),
         /xz filter 0x7 not supported here: it needs the xz program, not found in \$PATH/,
       ),
+    );
+  });
+
+  it("xz by the xz program: corrupt data, or more than a block, is an error saying so", () => {
+    const [arm] = armSource();
+    const file = squash("xz-arm-4k", ["-comp", "xz", "-Xbcj", "arm", "-b", "4096"], arm);
+    const orig = readFileSync(file);
+    // The first data block's xz stream, and the next block's.
+    const magic = Buffer.from([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0]);
+    const first = orig.indexOf(magic, 96);
+    const next = orig.indexOf(magic, first + 1);
+    const corrupt = Buffer.from(orig);
+    corrupt[first + 40] ^= 0xff;
+    writeFileSync(join(dir, "xz-arm-corrupt.sqfs"), corrupt);
+    assert.throws(
+      () => readAll(join(dir, "xz-arm-corrupt.sqfs"), "code"),
+      (e: Error) => e instanceof SquashError && /^bad xz data: .*xz: \(stdin\): Compressed data is corrupt$/.test(e.message),
+    );
+    // In its place, a stream (with the ARM filter: for the xz program) of 8 KiB, in a 4 KiB block.
+    const bomb = execFileSync("xz", ["--check=none", "--arm", "--lzma2=dict=64KiB"], { input: Buffer.alloc(8192) });
+    assert.ok(bomb.length <= next - first, `${bomb.length} bytes in a block of ${next - first}`);
+    const big = Buffer.from(orig);
+    bomb.copy(big, first);
+    writeFileSync(join(dir, "xz-arm-big.sqfs"), big);
+    assert.throws(
+      () => readAll(join(dir, "xz-arm-big.sqfs"), "code"),
+      (e: Error) => e instanceof SquashError && e.message === "bad xz data: larger than 4096 bytes",
     );
   });
 });
@@ -399,6 +431,10 @@ describe("lz4, lzo, lzma and xz decoders refuse bad input", () => {
       return b;
     };
     assert.throws(() => lzmaAloneDecompress(header(225, 1n), 10), /bad LZMA properties/);
+    // lc 8, lp 4: valid in the LZMA specification, refused by liblzma (xz) as in LZMA2, and
+    // here, before 6 MiB of probabilities are set up for it.
+    const big = Buffer.concat([header(8 + 9 * 4, 1n), Buffer.from([0, 0, 0, 0, 0])]);
+    assert.throws(() => lzmaAloneDecompress(big, 10), /bad LZMA properties: lc \+ lp is more than 4/);
     assert.throws(() => lzmaAloneDecompress(header(93, 11n), 10), /lzma data larger than 10 bytes/);
     assert.throws(
       () => lzmaAloneDecompress(Buffer.concat([header(93, 5n), Buffer.from([1, 0, 0, 0, 0])]), 10),
@@ -415,5 +451,12 @@ describe("lz4, lzo, lzma and xz decoders refuse bad input", () => {
     const data = execFileSync("xz", ["--check=crc32", "--lzma2=dict=4KiB"], { input: "hello hello hello hello\n" });
     assert.equal(xzDecompress(data, 100).toString(), "hello hello hello hello\n");
     assert.throws(() => xzDecompress(data, 10), /xz data larger than 10 bytes/);
+    // Its first LZMA2 chunk (after the stream and block headers, the control byte and two sizes)
+    // with lc + lp more than 4.
+    const props = 12 + (data[12] + 1) * 4 + 5;
+    assert.equal(data[props], 0x5d); // lc 3, lp 0, pb 2
+    const badProps = Buffer.from(data);
+    badProps[props] = 8 + 9 * 4;
+    assert.throws(() => xzDecompress(badProps, 100), /bad LZMA properties: lc \+ lp is more than 4/);
   });
 });
