@@ -217,6 +217,47 @@ describe("build cache store", () => {
   });
 });
 
+describe("build cache layer replaced (--rebuild)", () => {
+  it("forgets the images above it before the old layer goes, and stores the new record", () => {
+    const cache = new BuildCache(dir, join(dir, "rebuild"));
+    const id = stateId({ parent: ROOT_STATE, instruction: "RUN a", args: [], sources: null });
+    const child = stateId({ parent: id, instruction: "ENV b=1", args: [], sources: null });
+    const other = stateId({ parent: ROOT_STATE, instruction: "RUN c", args: [], sources: null });
+    const rec = (i: string, parent: string | null, chain: string[], n: number): StateRecord => ({
+      id: i,
+      parent,
+      text: "RUN a",
+      config: {},
+      created: "2024-01-01T00:00:00Z",
+      layer: chain[0] === i,
+      flat: false,
+      chain,
+      opaque: [],
+      entries: n,
+      bytes: n,
+    });
+    const layer = (content: string) => {
+      const up = join(cache.tmp("upper"), "layer");
+      mkdirSync(up);
+      writeFileSync(join(up, "f"), content);
+      return up;
+    };
+    cache.commit(rec(id, null, [id], 1), layer("old"));
+    cache.commit(rec(child, id, [id], 0), null);
+    cache.commit(rec(other, null, [other], 1), layer("other"));
+    cache.setTag("a+latest", { state: child, dev: 0, ino: 0, time: "" });
+    cache.setTag("b+latest", { state: other, dev: 0, ino: 0, time: "" });
+    cache.commit(rec(id, null, [id], 2), layer("new"));
+    // An image made from the old layer is no longer said to hold it (a kill before the build's
+    // end would otherwise leave the record trusted: an all-hit rebuild copies nothing, an update
+    // in place undoes the new layer over the old content); others keep theirs.
+    assert.equal(cache.tag("a+latest"), null);
+    assert.equal(cache.tag("b+latest")?.state, other);
+    assert.equal(cache.get(id)?.entries, 2);
+    assert.equal(readFileSync(join(cache.layerPath(id), "f"), "utf8"), "new");
+  });
+});
+
 describe("digest memo", () => {
   it("reads a file again when anything about it changed, its change time included; keeps only settled files", async () => {
     const d = join(dir, "memo");
