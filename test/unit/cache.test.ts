@@ -8,6 +8,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   renameSync,
   rmSync,
   symlinkSync,
@@ -30,6 +31,7 @@ import {
 } from "../../src/builder/cache.ts";
 import { parseDockerfile } from "../../src/builder/dockerfile.ts";
 import { BuildArgs, StageScope } from "../../src/builder/vars.ts";
+import { BUILD_CACHE_DIR, forgetBuiltState, imageChanges } from "../../src/image/storage.ts";
 import { cleanup, tmp } from "../helpers.ts";
 
 let dir: string;
@@ -255,6 +257,22 @@ describe("build cache layer replaced (--rebuild)", () => {
     assert.equal(cache.tag("b+latest")?.state, other);
     assert.equal(cache.get(id)?.entries, 2);
     assert.equal(readFileSync(join(cache.layerPath(id), "f"), "utf8"), "new");
+  });
+});
+
+describe("forgetBuiltState()", () => {
+  it("records an image's change without touching another image's record (DIR.PID is an image directory's name too)", () => {
+    const st = join(dir, "forget-storage");
+    const dirName = "foo+latest";
+    mkdirSync(join(st, "img", dirName), { recursive: true });
+    mkdirSync(join(st, "img", `${dirName}.${process.pid}`));
+    const changed = join(st, BUILD_CACHE_DIR, "changed");
+    mkdirSync(changed, { recursive: true });
+    writeFileSync(join(changed, `${dirName}.${process.pid}`), "its own\n");
+    forgetBuiltState(st, join(realpathSync(st), "img", dirName));
+    assert.equal(readFileSync(join(changed, `${dirName}.${process.pid}`), "utf8"), "its own\n");
+    assert.notEqual(imageChanges(join(st, BUILD_CACHE_DIR), dirName), "");
+    assert.deepEqual(readdirSync(changed).sort(), [dirName, `${dirName}.${process.pid}`]);
   });
 });
 
