@@ -260,6 +260,44 @@ describe("build cache layer replaced (--rebuild)", () => {
   });
 });
 
+describe("build cache store errors", () => {
+  it("says which path of the cache it can't write: a layer's directory, a record's", () => {
+    const cache = new BuildCache(dir, join(dir, "ro"));
+    const id = stateId({ parent: ROOT_STATE, instruction: "RUN ro", args: [], sources: null });
+    const rec: StateRecord = {
+      id,
+      parent: null,
+      text: "RUN ro",
+      config: {},
+      created: "2024-01-01T00:00:00Z",
+      layer: true,
+      flat: true,
+      chain: [id],
+      opaque: [],
+      entries: 1,
+      bytes: 1,
+    };
+    const up = join(cache.tmp("upper"), "layer");
+    mkdirSync(up);
+    mkdirSync(join(dir, "ro", "layers"));
+    mkdirSync(join(dir, "ro", "states"));
+    chmodSync(join(dir, "ro", "layers"), 0o500);
+    try {
+      assert.throws(() => cache.commit(rec, up), /can't store build cache layer: .*\/ro\/layers\/[0-9a-f]{64}$/);
+    } finally {
+      chmodSync(join(dir, "ro", "layers"), 0o700);
+    }
+    chmodSync(join(dir, "ro", "states"), 0o500);
+    try {
+      assert.throws(() => cache.commit(rec, up), /can't write build cache: .*\/ro\/states\/[0-9a-f]{64}\.json$/);
+    } finally {
+      chmodSync(join(dir, "ro", "states"), 0o700);
+    }
+    // Neither left a record: the state is a miss, not a record of a layer that isn't there.
+    assert.equal(cache.get(id), null);
+  });
+});
+
 describe("forgetBuiltState()", () => {
   it("records an image's change without touching another image's record (DIR.PID is an image directory's name too)", () => {
     const st = join(dir, "forget-storage");
