@@ -330,6 +330,20 @@ describe("ch-image build cache", () => {
     assert.ok(existsSync(join(cacheDir(), "changed", "foreign+latest")));
   });
 
+  it("build-cache refuses a storage directory that isn't safe (writable by others), even only to list", () => {
+    const mode = statSync(storage).mode & 0o7777;
+    chmodSync(storage, mode | 0o002);
+    let r: Result;
+    try {
+      r = image(["build-cache", "--tree"]);
+    } finally {
+      chmodSync(storage, mode);
+    }
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /storage directory unusable: .* is writable by others .*fix: chmod go-w/);
+    assert.equal(r.stdout, "");
+  });
+
   it("FROM an image changed in place by ch-run -w --unsafe: the build sees the change (FROM misses)", () => {
     const chRun = join(DIST, "ch-run");
     const env = { ...process.env, CH_IMAGE_STORAGE: storage };
