@@ -209,13 +209,16 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
 
 /** For the unpacker (extractTar()'s `below`): a path `rel` of directory `base` of tree `t` that
  * isn't where the tree is written, made there as the tree shows it: a lower layer's directory
- * copied up (its mode kept), its symbolic link made again; nothing for a plain directory. */
+ * copied up (its mode kept), its symbolic link made again, anything else refused as the
+ * unpacker refuses it in a plain directory (no directory over an image's file); nothing for a
+ * plain directory. */
 function fromBelow(t: Tree, base: string): (rel: string) => void {
   return (rel) => {
     const r = base === "" ? rel : `${base}/${rel}`;
     const st = t.lstat(r);
     if (st?.isDirectory()) t.copyUp(r);
     else if (st?.isSymbolicLink()) symlinkSync(t.readlink(r), join(t.root, r));
+    else if (st) throw new ChError(`not a directory: /${r}`, { errno: 20 });
   };
 }
 

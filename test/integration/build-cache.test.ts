@@ -212,6 +212,16 @@ describe("ch-image build cache", () => {
     assert.equal(text(img("addtar", "usr/lib2/x")), "x\n");
     assert.equal(lstatSync(img("addtar", "opt2")).mode & 0o7777, 0o700);
     assert.equal(text(img("addtar", "opt2/y")), "y\n");
+    // A member through a file of the image: refused, as in a plain directory (not a directory
+    // over the file).
+    const ctx2 = context("addtar2", "FROM bb\nRUN echo f > /f2\nADD t.tar /\n");
+    mkdirSync(join(t, "f2"));
+    writeFileSync(join(t, "f2", "x"), "x\n");
+    const tr2 = run("tar", ["-C", t, "-cf", join(ctx2, "t.tar"), "f2/x"]);
+    assert.equal(tr2.status, 0, tr2.stderr);
+    const r2 = image(["build", "-t", "addtar2", ctx2]);
+    assert.notEqual(r2.status, 0);
+    assert.match(r2.stderr, /not a directory: \/f2/);
   });
 
   it("a RUN's FIFO reaches the image as a FIFO (mode and mtime kept), built whole and updated in place", () => {
