@@ -310,8 +310,6 @@ export class Builder {
   private cache: BuildCache | null = null;
   /** Digests of COPY sources known from earlier builds. */
   private memo = new DigestMemo(null);
-  /** States whose layer --rebuild replaced. */
-  private readonly replaced = new Set<string>();
 
   private readonly plan: Plan;
   private readonly args: BuildArgs;
@@ -366,7 +364,6 @@ export class Builder {
     try {
       for (const i of this.plan.order) await this.stage(this.plan.stages[i]);
       const final = this.states.get(this.plan.target) as StageState;
-      shared.forgetTags(this.replaced);
       await this.materialize(final, storage.imagePath(name), shared);
       this.memo.save();
     } finally {
@@ -483,7 +480,7 @@ export class Builder {
     else await copyImageDir(dir, tree);
     fixupImage(tree);
     const r = fromRecord(id, stage.from.text, baseMetadata(dir === null ? null : tree), scanLayer(tree));
-    if (cache.commit(r, tree)) this.replaced.add(id);
+    cache.commit(r, tree);
     return r;
   }
 
@@ -653,7 +650,7 @@ export class Builder {
         layer = flat;
       }
     } else layer = null;
-    if (cache.commit(r, layer)) this.replaced.add(id);
+    cache.commit(r, layer);
     return r;
   }
 

@@ -58,6 +58,7 @@ export function treeLines(states: StateRecord[], tags: Map<string, string[]>): s
  * needs, --tree shows the states. */
 export function buildCacheCommand(storage: Storage, f: BuildCacheFlags): void {
   const cache = new BuildCache(storage.root);
+  // exists() first, even only to list: it refuses a storage directory another user could write.
   if (storage.exists() && (f.reset || f.gc)) storage.lock();
   if (f.reset) {
     cache.reset();

@@ -373,15 +373,17 @@ export class BuildCache {
   }
 
   /** Stores a state: its layer (a finished upper directory, or null for none) renamed into
-   * place first, then its record. A layer already there (--rebuild) is replaced: returns
-   * whether one was. */
-  commit(r: StateRecord, upper: string | null): boolean {
-    let replaced = false;
+   * place first, then its record. A layer already there (--rebuild) is replaced, after the
+   * images that hold it (or a state above it) are forgotten and its old record removed: a kill
+   * from then on leaves a miss, never an image trusted to hold the new layer's content, nor
+   * the old record (its opaque directories, sizes) over the new layer. */
+  commit(r: StateRecord, upper: string | null): void {
     if (upper !== null) {
       const final = this.layerPath(r.id);
       mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
       if (lstatOrNull(final)) {
-        replaced = true;
+        this.forgetTags(r.id);
+        rmSync(this.statePath(r.id), { force: true });
         const old = join(this.tmp("old"), "layer");
         renameSync(final, old);
       }
@@ -392,16 +394,15 @@ export class BuildCache {
       }
     }
     writeJson(this.statePath(r.id), r);
-    return replaced;
   }
 
   /** Forgets which state the images hold where it may no longer be what their layers say
-   * (a layer of their ancestry replaced): they are made whole by their next build. */
-  forgetTags(replaced: ReadonlySet<string>): void {
-    if (replaced.size === 0) return;
+   * (the layer of state `id`, in their ancestry, replaced): they are made whole by their next
+   * build. */
+  private forgetTags(id: string): void {
     for (const d of this.tagDirs()) {
       const t = this.tag(d);
-      if (t && this.ancestry(t.state).some((i) => replaced.has(i))) this.setTag(d, null);
+      if (t && this.ancestry(t.state).includes(id)) this.setTag(d, null);
     }
   }
 

@@ -193,7 +193,7 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
       );
     } else if (add && item.st.isFile() && isTarball(item.host)) {
       const dir = mkdirsIn(req.dest, destPath);
-      reportStats(item.host, await extractTar(item.host, dir.host));
+      reportStats(item.host, await extractTar(item.host, dir.host, { below: fromBelow(treeOf(req.dest), dir.rel) }));
     } else if (item.st.isFile()) {
       const target = intoDir ? posix.join(destPath, item.name) : destPath;
       writeFile(
@@ -205,6 +205,21 @@ export async function copyInstruction(req: CopyRequest): Promise<void> {
       );
     } else warn(`${where(inst)}: ${K}: not copying special file: ${item.rel}`);
   }
+}
+
+/** For the unpacker (extractTar()'s `below`): a path `rel` of directory `base` of tree `t` that
+ * isn't where the tree is written, made there as the tree shows it: a lower layer's directory
+ * copied up (its mode kept), its symbolic link made again, anything else refused as the
+ * unpacker refuses it in a plain directory (no directory over an image's file); nothing for a
+ * plain directory. */
+function fromBelow(t: Tree, base: string): (rel: string) => void {
+  return (rel) => {
+    const r = base === "" ? rel : `${base}/${rel}`;
+    const st = t.lstat(r);
+    if (st?.isDirectory()) t.copyUp(r);
+    else if (st?.isSymbolicLink()) symlinkSync(t.readlink(r), join(t.root, r));
+    else if (st) throw new ChError(`not a directory: /${r}`, { errno: 20 });
+  };
 }
 
 /** Writes one file at `path` in the image (parents made, symlinks on the way followed inside

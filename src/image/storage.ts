@@ -189,10 +189,13 @@ export function forgetBuiltState(storage: string, root: string): void {
     // A build FROM this image must not reuse the copy it made of it before (imageChanges()).
     if (!lstatSync(cache, { throwIfNoEntry: false })?.isDirectory()) return;
     const file = `${cache}/changed/${dir}`;
+    // Written aside under a name no image directory has (none starts with "."): DIR.PID is
+    // image DIR.PID's own record (tag "latest.123"), which this would overwrite, then remove.
+    const aside = `${cache}/changed/.${dir}.${process.pid}`;
     try {
       mkdirSync(`${cache}/changed`, { recursive: true, mode: 0o700 });
-      writeFileSync(`${file}.${process.pid}`, `${Date.now()} ${process.pid} ${Math.random()}\n`, { mode: 0o600 });
-      renameSync(`${file}.${process.pid}`, file);
+      writeFileSync(aside, `${Date.now()} ${process.pid} ${Math.random()}\n`, { mode: 0o600 });
+      renameSync(aside, file);
     } catch (e) {
       throw sysError(`can't update the build cache: ${file}`, e);
     }

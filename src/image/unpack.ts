@@ -62,6 +62,11 @@ export interface ExtractOptions {
   xattrs?: boolean;
   /** Makes the progress display (default: one line on stderr if it's a terminal). */
   progress?: (label: string, total: number | null) => Progress;
+  /** Called with a path (relative to the directory unpacked into) that a member goes through
+   * and that isn't there: where that directory is the upper layer of an overlay (the build
+   * cache's), it brings up what the layers below show there (a directory, a symbolic link),
+   * so that a member follows the image's symlinks and keeps its directories' modes. */
+  below?: (rel: string) => void;
 }
 
 export interface UnpackOptions extends InstallOptions {
@@ -186,8 +191,17 @@ class Extractor {
   /** mkfifo(3), or why libc couldn't be loaded for it. */
   private readonly mkfifo: ((path: string, mode: number) => void) | ChError;
 
-  constructor(root: string, layer: boolean, xattrs: boolean, mkfifo: ((path: string, mode: number) => void) | ChError) {
+  private readonly below: ((rel: string) => void) | null;
+
+  constructor(
+    root: string,
+    layer: boolean,
+    xattrs: boolean,
+    mkfifo: ((path: string, mode: number) => void) | ChError,
+    below: ((rel: string) => void) | null = null,
+  ) {
     this.root = root;
+    this.below = below;
     this.layer = layer;
     this.mkfifo = mkfifo;
     this.scanner = new MemberScanner(xattrs);
@@ -297,7 +311,11 @@ class Extractor {
       const rel = out.join("/");
       if (this.dirs.has(rel)) continue;
       const abs = join(this.root, rel);
-      const st = lstatOrNull(abs);
+      let st = lstatOrNull(abs);
+      if (!st && this.below) {
+        this.below(rel);
+        st = lstatOrNull(abs);
+      }
       if (!st) {
         if (!create) return null;
         mkdirSync(abs, 0o755);
@@ -764,7 +782,7 @@ export async function extractTar(path: string, root: string, opts: ExtractOption
     },
     (e: unknown) => (e instanceof ChError ? e : new ChError(`can't load libc: ${e}`)),
   );
-  const ex = new Extractor(root, opts.layer ?? false, opts.xattrs ?? false, mkfifo);
+  const ex = new Extractor(root, opts.layer ?? false, opts.xattrs ?? false, mkfifo, opts.below ?? null);
   const size = statSync(path).size;
   const parser = new Parser({ strict: true, zstd: false, brotli: false, maxMetaEntrySize: MAX_META });
   let offset = 0;

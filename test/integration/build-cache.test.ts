@@ -191,6 +191,39 @@ describe("ch-image build cache", () => {
     assert.deepEqual(snapshot(img("wh")), snapshot(img("wh-fresh")));
   });
 
+  it("ADD of a tarball goes through the image's symlinks and keeps its directories' modes (layers below the upper)", () => {
+    const ctx = context(
+      "addtar",
+      "FROM bb\nRUN mkdir -p /usr/lib2 /opt2 && chmod 700 /opt2 && ln -s usr/lib2 /lib2\nADD t.tar /\n",
+    );
+    const t = join(dir, "addtar-members");
+    mkdirSync(join(t, "lib2"), { recursive: true });
+    mkdirSync(join(t, "opt2"));
+    writeFileSync(join(t, "lib2", "x"), "x\n");
+    writeFileSync(join(t, "opt2", "y"), "y\n");
+    // Members only: no directory members, whose modes would be the archive's.
+    const tr = run("tar", ["-C", t, "-cf", join(ctx, "t.tar"), "lib2/x", "opt2/y"]);
+    assert.equal(tr.status, 0, tr.stderr);
+    const r = image(["build", "-t", "addtar", ctx]);
+    assert.equal(r.status, 0, r.stderr);
+    // As unpacking into the image directory itself does (and Docker): /lib2 stays a symlink,
+    // its member lands where it points; /opt2 keeps mode 700.
+    assert.equal(lstatSync(img("addtar", "lib2")).isSymbolicLink(), true);
+    assert.equal(text(img("addtar", "usr/lib2/x")), "x\n");
+    assert.equal(lstatSync(img("addtar", "opt2")).mode & 0o7777, 0o700);
+    assert.equal(text(img("addtar", "opt2/y")), "y\n");
+    // A member through a file of the image: refused, as in a plain directory (not a directory
+    // over the file).
+    const ctx2 = context("addtar2", "FROM bb\nRUN echo f > /f2\nADD t.tar /\n");
+    mkdirSync(join(t, "f2"));
+    writeFileSync(join(t, "f2", "x"), "x\n");
+    const tr2 = run("tar", ["-C", t, "-cf", join(ctx2, "t.tar"), "f2/x"]);
+    assert.equal(tr2.status, 0, tr2.stderr);
+    const r2 = image(["build", "-t", "addtar2", ctx2]);
+    assert.notEqual(r2.status, 0);
+    assert.match(r2.stderr, /not a directory: \/f2/);
+  });
+
   it("a RUN's FIFO reaches the image as a FIFO (mode and mtime kept), built whole and updated in place", () => {
     const base = "FROM bb\nRUN busybox mkfifo -m 640 /fifo && busybox touch -d @978307200 /fifo\n";
     const ctx = context("fifo", base);
@@ -305,6 +338,20 @@ describe("ch-image build cache", () => {
     assert.equal(c.status, 0, c.stderr);
     assert.ok(!existsSync(tag));
     assert.ok(existsSync(join(cacheDir(), "changed", "foreign+latest")));
+  });
+
+  it("build-cache refuses a storage directory that isn't safe (writable by others), even only to list", () => {
+    const mode = statSync(storage).mode & 0o7777;
+    chmodSync(storage, mode | 0o002);
+    let r: Result;
+    try {
+      r = image(["build-cache", "--tree"]);
+    } finally {
+      chmodSync(storage, mode);
+    }
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /storage directory unusable: .* is writable by others .*fix: chmod go-w/);
+    assert.equal(r.stdout, "");
   });
 
   it("FROM an image changed in place by ch-run -w --unsafe: the build sees the change (FROM misses)", () => {

@@ -8,6 +8,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   renameSync,
   rmSync,
   symlinkSync,
@@ -30,6 +31,7 @@ import {
 } from "../../src/builder/cache.ts";
 import { parseDockerfile } from "../../src/builder/dockerfile.ts";
 import { BuildArgs, StageScope } from "../../src/builder/vars.ts";
+import { BUILD_CACHE_DIR, forgetBuiltState, imageChanges } from "../../src/image/storage.ts";
 import { cleanup, tmp } from "../helpers.ts";
 
 let dir: string;
@@ -214,6 +216,101 @@ describe("build cache store", () => {
     cache.setTag("t+latest", null);
     assert.deepEqual(cache.gc(), { states: 2, layers: 1 });
     assert.deepEqual(cache.states(), []);
+  });
+});
+
+describe("build cache layer replaced (--rebuild)", () => {
+  it("forgets the images above it before the old layer goes, and stores the new record", () => {
+    const cache = new BuildCache(dir, join(dir, "rebuild"));
+    const id = stateId({ parent: ROOT_STATE, instruction: "RUN a", args: [], sources: null });
+    const child = stateId({ parent: id, instruction: "ENV b=1", args: [], sources: null });
+    const other = stateId({ parent: ROOT_STATE, instruction: "RUN c", args: [], sources: null });
+    const rec = (i: string, parent: string | null, chain: string[], n: number): StateRecord => ({
+      id: i,
+      parent,
+      text: "RUN a",
+      config: {},
+      created: "2024-01-01T00:00:00Z",
+      layer: chain[0] === i,
+      flat: false,
+      chain,
+      opaque: [],
+      entries: n,
+      bytes: n,
+    });
+    const layer = (content: string) => {
+      const up = join(cache.tmp("upper"), "layer");
+      mkdirSync(up);
+      writeFileSync(join(up, "f"), content);
+      return up;
+    };
+    cache.commit(rec(id, null, [id], 1), layer("old"));
+    cache.commit(rec(child, id, [id], 0), null);
+    cache.commit(rec(other, null, [other], 1), layer("other"));
+    cache.setTag("a+latest", { state: child, dev: 0, ino: 0, time: "" });
+    cache.setTag("b+latest", { state: other, dev: 0, ino: 0, time: "" });
+    cache.commit(rec(id, null, [id], 2), layer("new"));
+    // An image made from the old layer is no longer said to hold it (a kill before the build's
+    // end would otherwise leave the record trusted: an all-hit rebuild copies nothing, an update
+    // in place undoes the new layer over the old content); others keep theirs.
+    assert.equal(cache.tag("a+latest"), null);
+    assert.equal(cache.tag("b+latest")?.state, other);
+    assert.equal(cache.get(id)?.entries, 2);
+    assert.equal(readFileSync(join(cache.layerPath(id), "f"), "utf8"), "new");
+  });
+});
+
+describe("build cache store errors", () => {
+  it("says which path of the cache it can't write: a layer's directory, a record's", () => {
+    const cache = new BuildCache(dir, join(dir, "ro"));
+    const id = stateId({ parent: ROOT_STATE, instruction: "RUN ro", args: [], sources: null });
+    const rec: StateRecord = {
+      id,
+      parent: null,
+      text: "RUN ro",
+      config: {},
+      created: "2024-01-01T00:00:00Z",
+      layer: true,
+      flat: true,
+      chain: [id],
+      opaque: [],
+      entries: 1,
+      bytes: 1,
+    };
+    const up = join(cache.tmp("upper"), "layer");
+    mkdirSync(up);
+    mkdirSync(join(dir, "ro", "layers"));
+    mkdirSync(join(dir, "ro", "states"));
+    chmodSync(join(dir, "ro", "layers"), 0o500);
+    try {
+      assert.throws(() => cache.commit(rec, up), /can't store build cache layer: .*\/ro\/layers\/[0-9a-f]{64}$/);
+    } finally {
+      chmodSync(join(dir, "ro", "layers"), 0o700);
+    }
+    chmodSync(join(dir, "ro", "states"), 0o500);
+    try {
+      assert.throws(() => cache.commit(rec, up), /can't write build cache: .*\/ro\/states\/[0-9a-f]{64}\.json$/);
+    } finally {
+      chmodSync(join(dir, "ro", "states"), 0o700);
+    }
+    // Neither left a record: the state is a miss, not a record of a layer that isn't there.
+    assert.equal(cache.get(id), null);
+  });
+});
+
+describe("forgetBuiltState()", () => {
+  it("records an image's change without touching another image's record (DIR.PID is an image directory's name too)", () => {
+    const st = join(dir, "forget-storage");
+    const dirName = "foo+latest";
+    mkdirSync(join(st, "img", dirName), { recursive: true });
+    mkdirSync(join(st, "img", `${dirName}.${process.pid}`));
+    const changed = join(st, BUILD_CACHE_DIR, "changed");
+    mkdirSync(changed, { recursive: true });
+    writeFileSync(join(changed, `${dirName}.${process.pid}`), "its own\n");
+    forgetBuiltState(st, join(realpathSync(st), "img", dirName));
+    assert.equal(readFileSync(join(changed, `${dirName}.${process.pid}`), "utf8"), "its own\n");
+    assert.notEqual(imageChanges(join(st, BUILD_CACHE_DIR), dirName), "");
+    assert.deepEqual(readdirSync(changed).sort(), [dirName, `${dirName}.${process.pid}`]);
   });
 });
 
