@@ -218,11 +218,6 @@ function where(inst: Instruction): string {
   return `${inst.file}:${inst.line}`;
 }
 
-/** Copies an image directory (in storage) to make a FROM layer of it (special.ts: reflinks
- * where the file system has them, FIFOs made again, sockets and device files left out with a
- * warning). */
-const copyImageDir = copyTree;
-
 /** The record of a FROM state: one flat layer, the bottom of its chain. */
 function fromRecord(id: string, text: string, meta: BuildMetadata, size: { entries: number; bytes: number }): StateRecord {
   return {
@@ -477,7 +472,9 @@ export class Builder {
     const up = cache.tmp("from");
     const tree = join(up, "tree");
     if (dir === null) mkdirSync(tree, 0o755);
-    else await copyImageDir(dir, tree);
+    // special.ts: reflinks where the file system has them, FIFOs made again, sockets and device
+    // files left out with a warning.
+    else await copyTree(dir, tree);
     fixupImage(tree);
     const r = fromRecord(id, stage.from.text, baseMetadata(dir === null ? null : tree), scanLayer(tree));
     cache.commit(r, tree);

@@ -49,7 +49,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname, isAbsolute, join, posix } from "node:path";
-import { forceRemove } from "../image/install.ts";
+import { forceRemove, pidAlive } from "../image/install.ts";
 import { BUILD_CACHE_DIR } from "../image/storage.ts";
 import { sysError } from "../sys/errors.ts";
 import { applyLayer } from "./layers.ts";
@@ -274,16 +274,6 @@ function writeJson(path: string, data: unknown): void {
   }
 }
 
-function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** The build cache: STORAGE/dlcache/build-cache/ (Charliecloud refuses a storage directory with
  * anything else at its top, and reads nothing in dlcache/ it didn't write):
  *   states/ID.json   state records, written aside then renamed
@@ -368,7 +358,7 @@ export class BuildCache {
     for (const n of names) {
       const m = /\.(\d+)(\.tmp)?$/.exec(n);
       const pid = m ? Number(m[1]) : 0;
-      if (own ? pid === process.pid : !alive(pid)) forceRemove(join(base, n));
+      if (own ? pid === process.pid : !pidAlive(pid)) forceRemove(join(base, n));
     }
   }
 

@@ -33,8 +33,8 @@ export function isPartialName(name: string): boolean {
   return /\.partial-.+\.\d+(\.old)?$/.test(name);
 }
 
-function alive(pid: number): boolean {
-  if (pid === process.pid) return false; // can't be ours: we haven't made one yet
+/** Whether process pid runs (on this host): one of another user's counts (EPERM). */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -81,7 +81,7 @@ export function cleanLeftovers(target: string): void {
   }
   for (const name of names) {
     const p = parsePartial(base, name);
-    if (!p || p.host !== hostname() || alive(p.pid)) continue;
+    if (!p || p.host !== hostname() || (p.pid !== process.pid && pidAlive(p.pid))) continue; // ours: we haven't made one yet
     info(`removing leftover of an earlier run: ${join(dir, name)}`);
     forceRemove(join(dir, name));
   }
